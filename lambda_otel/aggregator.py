@@ -1,0 +1,329 @@
+"""The in-memory queue between everything that produces telemetry and the exporter thread.
+
+One FIFO per signal, but one shared budget (bytes and records) for the whole extension:
+the extension lives inside the function's memory, so what matters is the total it holds,
+not how it is split between traces, metrics and logs. When the budget is full, producers
+choose: platform telemetry evicts the oldest items (``evict=True``, counted as
+``queue_full``), the OTLP receiver refuses instead (``evict=False``) and answers 503, so the
+function's SDK keeps its data and retries rather than us acknowledging and then dropping it.
+
+Items are protobuf ``ResourceSpans`` / ``ResourceMetrics`` / ``ResourceLogs`` messages. Sizes
+are ``ByteSize()`` (serialised, uncompressed); a "record" is one span, metric data point or
+log record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SIGNALS, TRACES, LossCounter
+
+MiB = 1024 * 1024
+
+# budget_from_memory: see its docstring for the why.
+BUDGET_FRACTION = 0.05
+MIN_QUEUE_BYTES = 4 * MiB
+MAX_QUEUE_BYTES = 64 * MiB
+BYTES_PER_RECORD = 512
+MIN_QUEUE_RECORDS = 10_000
+MAX_QUEUE_RECORDS = 131_072
+
+
+def budget_from_memory(memory_mb: int) -> Tuple[int, int]:
+    """Queue budgets ``(max_bytes, max_records)`` for a function with ``memory_mb`` MB.
+
+    Rule:
+      * ``max_bytes   = clamp(memory_mb MiB x 5%, 4 MiB, 64 MiB)``
+      * ``max_records = clamp(max_bytes / 512, 10_000, 131_072)``
+
+    Why: the extension shares the function's memory. Python plus our imports already take
+    ~25-33 MiB, and a queued item costs more in RAM than its serialised size (measured: ~1x
+    for messages parsed from the wire, up to ~5x for messages built field by field, ~0.9 KiB
+    per 6-attribute span). 5% keeps the worst case small on a 128 MB function (6.4 MiB
+    serialised, 13,107 records) while large functions get up to 64 MiB / 131,072 records,
+    the Rust original's per-queue byte cap, now shared by all three signals. The records cap
+    bounds the per-record object overhead that ``ByteSize()`` does not see.
+    Examples: 128 MB -> (6.4 MiB, 13,107); 512 MB -> (25.6 MiB, 52,428);
+    1,769 MB and up -> (64 MiB, 131,072). Values below 1 are treated as 128 MB (Lambda's minimum).
+    """
+    if memory_mb < 1:
+        memory_mb = 128
+    max_bytes = int(memory_mb * MiB * BUDGET_FRACTION)
+    max_bytes = max(MIN_QUEUE_BYTES, min(MAX_QUEUE_BYTES, max_bytes))
+    max_records = max(MIN_QUEUE_RECORDS, min(MAX_QUEUE_RECORDS, max_bytes // BYTES_PER_RECORD))
+    return max_bytes, max_records
+
+
+_METRIC_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+
+
+def count_records(signal: str, item: Any) -> int:
+    """Spans, metric data points (of every kind) or log records in one Resource* item."""
+    if signal == TRACES:
+        return sum(len(ss.spans) for ss in item.scope_spans)
+    if signal == LOGS:
+        return sum(len(sl.log_records) for sl in item.scope_logs)
+    if signal == METRICS:
+        n = 0
+        for sm in item.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind in _METRIC_KINDS:
+                    n += len(getattr(metric, kind).data_points)
+        return n
+    raise ValueError(f"unknown signal {signal!r}")
+
+
+def _request_class(signal: str):
+    """The Export*ServiceRequest class and its repeated field name (imported lazily: cold start)."""
+    if signal == TRACES:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        return ExportTraceServiceRequest, "resource_spans"
+    if signal == METRICS:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+        )
+
+        return ExportMetricsServiceRequest, "resource_metrics"
+    if signal == LOGS:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+        return ExportLogsServiceRequest, "resource_logs"
+    raise ValueError(f"unknown signal {signal!r}")
+
+
+@dataclass
+class _Entry:
+    seq: int  # insertion order across all signals: smaller = older
+    item: Any
+    records: int
+    nbytes: int
+
+
+@dataclass
+class Batch:
+    """Items taken from one signal's queue for one export request.
+
+    ``attempts`` is for the exporter's bookkeeping (how many times this batch was tried).
+    """
+
+    signal: str
+    items: List[Any]
+    records: int
+    nbytes: int
+    attempts: int = 0
+    # The queue entries, so requeue() restores sizes and age without recounting.
+    _entries: List[_Entry] = field(default_factory=list, repr=False, compare=False)
+
+    def to_request(self):
+        cls, field_name = _request_class(self.signal)
+        request = cls()
+        getattr(request, field_name).extend(self.items)
+        return request
+
+    def to_bytes(self) -> bytes:
+        return self.to_request().SerializeToString()
+
+    # The name design.md uses.
+    to_request_bytes = to_bytes
+
+
+class Aggregator:
+    """Bounded per-signal FIFOs under one shared byte/record budget. Thread-safe."""
+
+    def __init__(self, max_bytes: int, max_records: int, loss: LossCounter) -> None:
+        if max_bytes <= 0 or max_records <= 0:
+            raise ValueError("max_bytes and max_records must be positive")
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self._loss = loss
+        self._cond = threading.Condition(threading.Lock())
+        self._queues: Dict[str, Deque[_Entry]] = {s: deque() for s in SIGNALS}
+        self._bytes = 0
+        self._records = 0
+        self._seq = itertools.count()
+        self._oldest_seq = 0  # requeued entries without a known age get older numbers
+
+    # -- producers -----------------------------------------------------------------------
+
+    def add(self, signal: str, item: Any, records: int, nbytes: Optional[int] = None, evict: bool = True) -> bool:
+        """Queue one item. Returns False (and drops nothing else) when it was not queued.
+
+        evict=True: drop the oldest items, across signals, until it fits (counted as queue_full).
+        evict=False: return False if it does not fit now (the caller answers with backpressure).
+        Either way an item larger than the whole budget can never fit: it is counted as
+        queue_full and False is returned.
+        """
+        return self.add_many(signal, [(item, records, nbytes)], evict=evict)
+
+    def add_many(
+        self, signal: str, entries: Sequence[Tuple[Any, int, Optional[int]]], evict: bool = True
+    ) -> bool:
+        """Queue several ``(item, records, nbytes)`` of one signal.
+
+        With evict=False this is all-or-nothing (one OTLP request = one answer): either every
+        item fits and all are queued, or nothing is queued and False is returned. Items that
+        can never fit are counted and skipped in both modes (the receiver checks
+        ``fits_budget`` first, so it can report them as rejected instead).
+        """
+        self._check_signal(signal)
+        sized = []
+        for item, records, nbytes in entries:
+            sized.append((item, records, item.ByteSize() if nbytes is None else nbytes))
+        all_ok = True
+        with self._cond:
+            keep = []
+            for item, records, nbytes in sized:
+                if not self.fits_budget(nbytes, records):
+                    self._loss.add(signal, QUEUE_FULL, records)
+                    all_ok = False
+                else:
+                    keep.append((item, records, nbytes))
+            if not keep:
+                return False if sized else True
+            if not evict:
+                need_bytes = sum(n for _, _, n in keep)
+                need_records = sum(r for _, r, _ in keep)
+                if not self._has_room_locked(need_bytes, need_records):
+                    return False
+            for item, records, nbytes in keep:
+                if evict:
+                    self._evict_until_fits_locked(nbytes, records)
+                self._queues[signal].append(_Entry(next(self._seq), item, records, nbytes))
+                self._bytes += nbytes
+                self._records += records
+            self._cond.notify_all()
+        return all_ok
+
+    def fits_budget(self, nbytes: int, records: int) -> bool:
+        """Could this ever fit (in an empty queue)?"""
+        return nbytes <= self.max_bytes and records <= self.max_records
+
+    def has_room(self, nbytes: int, records: int) -> bool:
+        """Would this fit now without evicting anything?"""
+        with self._cond:
+            return self._has_room_locked(nbytes, records)
+
+    # -- the exporter ----------------------------------------------------------------------
+
+    def take_batch(self, signal: str, max_bytes: int, max_records: int) -> Optional[Batch]:
+        """Up to max_bytes/max_records of the oldest items of one signal (at least one item)."""
+        self._check_signal(signal)
+        with self._cond:
+            queue = self._queues[signal]
+            if not queue:
+                return None
+            taken: List[_Entry] = [queue.popleft()]
+            nbytes, records = taken[0].nbytes, taken[0].records
+            while queue:
+                nxt = queue[0]
+                if nbytes + nxt.nbytes > max_bytes or records + nxt.records > max_records:
+                    break
+                taken.append(queue.popleft())
+                nbytes += nxt.nbytes
+                records += nxt.records
+            self._bytes -= nbytes
+            self._records -= records
+        return Batch(signal, [e.item for e in taken], records, nbytes, 0, taken)
+
+    def requeue(self, batch: Batch) -> None:
+        """Put a batch back at the front of its queue, in order (after a retryable failure).
+
+        The budget may have filled while the batch was out: then the oldest items (usually
+        this batch's, which are the oldest) are dropped and counted as queue_full.
+        """
+        self._check_signal(batch.signal)
+        entries = batch._entries
+        hand_made = len(entries) != len(batch.items)
+        if hand_made:  # a Batch built by hand: size it now, age it as older than anything queued
+            entries = [_Entry(0, it, count_records(batch.signal, it), it.ByteSize()) for it in batch.items]
+        with self._cond:
+            queue = self._queues[batch.signal]
+            for entry in reversed(entries):
+                if hand_made:
+                    self._oldest_seq -= 1
+                    entry.seq = self._oldest_seq
+                queue.appendleft(entry)
+                self._bytes += entry.nbytes
+                self._records += entry.records
+            self._evict_until_fits_locked(0, 0)
+            self._cond.notify_all()
+
+    def wait_for_data(self, timeout: float) -> bool:
+        """Block until some signal has data (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while not any(self._queues.values()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def wake(self) -> None:
+        """Wake wait_for_data() callers (e.g. at shutdown) without adding data."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def discard_all(self, reason: str) -> int:
+        """Drop everything still queued, counting it under ``reason``; returns the records dropped."""
+        with self._cond:
+            dropped = 0
+            for signal, queue in self._queues.items():
+                n = sum(e.records for e in queue)
+                self._loss.add(signal, reason, n)
+                dropped += n
+                queue.clear()
+            self._bytes = 0
+            self._records = 0
+        return dropped
+
+    # -- observation -----------------------------------------------------------------------
+
+    def pending_records(self, signal: Optional[str] = None) -> int:
+        with self._cond:
+            if signal is None:
+                return self._records
+            self._check_signal(signal)
+            return sum(e.records for e in self._queues[signal])
+
+    def pending_bytes(self) -> int:
+        with self._cond:
+            return self._bytes
+
+    def pending_items(self, signal: Optional[str] = None) -> int:
+        with self._cond:
+            if signal is None:
+                return sum(len(q) for q in self._queues.values())
+            return len(self._queues[signal])
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _has_room_locked(self, nbytes: int, records: int) -> bool:
+        return self._bytes + nbytes <= self.max_bytes and self._records + records <= self.max_records
+
+    def _evict_until_fits_locked(self, nbytes: int, records: int) -> None:
+        while not self._has_room_locked(nbytes, records):
+            oldest_signal = None
+            oldest_seq = None
+            for signal, queue in self._queues.items():
+                if queue and (oldest_seq is None or queue[0].seq < oldest_seq):
+                    oldest_signal, oldest_seq = signal, queue[0].seq
+            if oldest_signal is None:  # empty and still no room: caller checked fits_budget
+                return
+            entry = self._queues[oldest_signal].popleft()
+            self._bytes -= entry.nbytes
+            self._records -= entry.records
+            self._loss.add(oldest_signal, QUEUE_FULL, entry.records)
+
+    @staticmethod
+    def _check_signal(signal: str) -> None:
+        if signal not in SIGNALS:
+            raise ValueError(f"unknown signal {signal!r}")
+

@@ -1,0 +1,248 @@
+"""Aggregator: shared budget, drop-oldest accounting, backpressure, batching, requeue, threads."""
+
+import threading
+import unittest
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from lambda_otel.aggregator import MiB, Aggregator, Batch, budget_from_memory, count_records
+from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
+
+
+def spans(name: str, n: int = 1) -> trace_pb2.ResourceSpans:
+    rs = trace_pb2.ResourceSpans()
+    rs.resource.attributes.add(key="service.name").value.string_value = "svc"
+    ss = rs.scope_spans.add()
+    for i in range(n):
+        span = ss.spans.add()
+        span.name = f"{name}-{i}"
+        span.trace_id = bytes(16)
+        span.span_id = bytes(8)
+    return rs
+
+
+def logs(body: str, n: int = 1) -> logs_pb2.ResourceLogs:
+    rl = logs_pb2.ResourceLogs()
+    sl = rl.scope_logs.add()
+    for i in range(n):
+        sl.log_records.add().body.string_value = f"{body}-{i}"
+    return rl
+
+
+def names(batch: Batch) -> list:
+    return [s.name for rs in batch.items for ss in rs.scope_spans for s in ss.spans]
+
+
+class BudgetRuleTest(unittest.TestCase):
+    def test_rule(self):
+        self.assertEqual(budget_from_memory(128), (int(128 * MiB * 0.05), 13107))
+        self.assertEqual(budget_from_memory(64), (4 * MiB, 10_000))  # floors
+        self.assertEqual(budget_from_memory(10240), (64 * MiB, 131_072))  # caps
+        self.assertEqual(budget_from_memory(0), budget_from_memory(128))
+        small, large = budget_from_memory(256), budget_from_memory(1024)
+        self.assertLess(small[0], large[0])
+        self.assertLess(small[1], large[1])
+
+
+class CountRecordsTest(unittest.TestCase):
+    def test_counts(self):
+        self.assertEqual(count_records(TRACES, spans("a", 3)), 3)
+        self.assertEqual(count_records(LOGS, logs("a", 4)), 4)
+        rm = metrics_pb2.ResourceMetrics()
+        sm = rm.scope_metrics.add()
+        sm.metrics.add(name="g").gauge.data_points.add()
+        s = sm.metrics.add(name="s").sum
+        s.data_points.add()
+        s.data_points.add()
+        sm.metrics.add(name="h").histogram.data_points.add()
+        sm.metrics.add(name="e").exponential_histogram.data_points.add()
+        sm.metrics.add(name="q").summary.data_points.add()
+        sm.metrics.add(name="empty")
+        self.assertEqual(count_records(METRICS, rm), 6)
+        with self.assertRaises(ValueError):
+            count_records("profiles", rm)
+
+
+class AggregatorTest(unittest.TestCase):
+    def setUp(self):
+        self.loss = LossCounter()
+
+    def test_records_budget_drops_oldest_across_signals(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=5, loss=self.loss)
+        self.assertTrue(agg.add(TRACES, spans("t0", 2), 2))
+        self.assertTrue(agg.add(LOGS, logs("l0", 2), 2))
+        self.assertTrue(agg.add(TRACES, spans("t1", 1), 1))
+        self.assertEqual(agg.pending_records(), 5)
+        # 2 more records: the oldest item overall (traces t0, 2 records) must go.
+        self.assertTrue(agg.add(LOGS, logs("l1", 2), 2))
+        self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 2})
+        self.assertEqual(agg.pending_records(TRACES), 1)
+        self.assertEqual(agg.pending_records(LOGS), 4)
+        # next: l0 is the oldest now
+        self.assertTrue(agg.add(METRICS, metrics_pb2.ResourceMetrics(), 1))
+        self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 2, (LOGS, QUEUE_FULL): 2})
+        self.assertEqual(agg.pending_records(), 4)
+
+    def test_bytes_budget_and_item_bigger_than_budget(self):
+        item = spans("x", 1)
+        size = item.ByteSize()
+        agg = Aggregator(max_bytes=size * 3, max_records=1000, loss=self.loss)
+        for _ in range(3):
+            self.assertTrue(agg.add(TRACES, spans("x", 1), 1))
+        self.assertEqual(agg.pending_bytes(), size * 3)
+        self.assertTrue(agg.add(TRACES, spans("x", 1), 1))
+        self.assertEqual(agg.pending_bytes(), size * 3)
+        self.assertEqual(self.loss.total(QUEUE_FULL), 1)
+        # explicit nbytes larger than the whole budget: refused and counted, nothing evicted
+        self.assertFalse(agg.add(LOGS, logs("big", 7), 7, nbytes=size * 4))
+        self.assertEqual(self.loss.snapshot()[(LOGS, QUEUE_FULL)], 7)
+        self.assertEqual(agg.pending_records(), 3)
+
+    def test_evict_false_is_backpressure_without_loss(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=4, loss=self.loss)
+        self.assertTrue(agg.add(TRACES, spans("a", 3), 3, evict=False))
+        self.assertFalse(agg.has_room(0, 2))
+        self.assertTrue(agg.has_room(0, 1))
+        self.assertFalse(agg.add(TRACES, spans("b", 2), 2, evict=False))
+        self.assertEqual(self.loss.snapshot(), {})
+        self.assertEqual(agg.pending_records(), 3)
+        # all-or-nothing for a multi-item request
+        ok = agg.add_many(LOGS, [(logs("x"), 1, None), (logs("y"), 1, None)], evict=False)
+        self.assertFalse(ok)
+        self.assertEqual(agg.pending_records(LOGS), 0)
+        self.assertTrue(agg.add_many(LOGS, [(logs("x"), 1, None)], evict=False))
+        self.assertEqual(agg.pending_records(), 4)
+
+    def test_take_batch_limits_and_order(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=1000, loss=self.loss)
+        for i in range(5):
+            agg.add(TRACES, spans(f"s{i}", 2), 2)
+        batch = agg.take_batch(TRACES, max_bytes=10 * MiB, max_records=5)
+        self.assertEqual(batch.records, 4)
+        self.assertEqual(names(batch), ["s0-0", "s0-1", "s1-0", "s1-1"])
+        self.assertEqual(batch.nbytes, sum(i.ByteSize() for i in batch.items))
+        # at least one item even when it alone exceeds the limits
+        batch2 = agg.take_batch(TRACES, max_bytes=1, max_records=1)
+        self.assertEqual(names(batch2), ["s2-0", "s2-1"])
+        self.assertEqual(agg.pending_records(), 4)
+        self.assertIsNone(agg.take_batch(LOGS, 100, 100))
+        request = ExportTraceServiceRequest.FromString(batch.to_bytes())
+        self.assertEqual(len(request.resource_spans), 2)
+        self.assertEqual(request.resource_spans[0], batch.items[0])
+        self.assertEqual(batch.to_request_bytes(), batch.to_bytes())
+
+    def test_to_request_per_signal(self):
+        agg = Aggregator(10 * MiB, 1000, self.loss)
+        rm = metrics_pb2.ResourceMetrics()
+        rm.scope_metrics.add().metrics.add(name="m").gauge.data_points.add().as_int = 7
+        agg.add(METRICS, rm, 1)
+        agg.add(LOGS, logs("hello"), 1)
+        m = ExportMetricsServiceRequest.FromString(agg.take_batch(METRICS, MiB, 100).to_bytes())
+        self.assertEqual(m.resource_metrics[0], rm)
+        lg = agg.take_batch(LOGS, MiB, 100).to_request()
+        self.assertIsInstance(lg, ExportLogsServiceRequest)
+        self.assertEqual(lg.resource_logs[0].scope_logs[0].log_records[0].body.string_value, "hello-0")
+
+    def test_requeue_keeps_order_and_counts_overflow(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=6, loss=self.loss)
+        for i in range(3):
+            agg.add(TRACES, spans(f"s{i}", 2), 2)
+        batch = agg.take_batch(TRACES, 10 * MiB, 4)
+        self.assertEqual(agg.pending_records(), 2)
+        agg.requeue(batch)
+        again = agg.take_batch(TRACES, 10 * MiB, 100)
+        self.assertEqual(names(again), ["s0-0", "s0-1", "s1-0", "s1-1", "s2-0", "s2-1"])
+        self.assertEqual(self.loss.snapshot(), {})
+        # while the batch is out, new data fills the budget; requeue drops the oldest (the batch's)
+        for i in range(3, 6):
+            agg.add(LOGS, logs(f"l{i}", 2), 2)
+        self.assertEqual(agg.pending_records(), 6)
+        agg.requeue(again)
+        self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 6})
+        self.assertEqual(agg.pending_records(), 6)
+        self.assertEqual(agg.pending_records(TRACES), 0)
+
+    def test_requeue_partial_overflow_drops_front_first(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=4, loss=self.loss)
+        agg.add(TRACES, spans("a", 2), 2)
+        agg.add(TRACES, spans("b", 2), 2)
+        batch = agg.take_batch(TRACES, 10 * MiB, 100)
+        agg.add(LOGS, logs("new", 2), 2)
+        agg.requeue(batch)
+        self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 2})
+        self.assertEqual(names(agg.take_batch(TRACES, 10 * MiB, 100)), ["b-0", "b-1"])
+
+    def test_requeue_hand_made_batch(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=100, loss=self.loss)
+        agg.add(TRACES, spans("queued"), 1)
+        agg.requeue(Batch(TRACES, [spans("retry", 2)], 2, 0))
+        self.assertEqual(agg.pending_records(), 3)
+        self.assertEqual(names(agg.take_batch(TRACES, 10 * MiB, 100)), ["retry-0", "retry-1", "queued-0"])
+
+    def test_wait_for_data_and_discard(self):
+        agg = Aggregator(10 * MiB, 100, self.loss)
+        self.assertFalse(agg.wait_for_data(0.01))
+        results = []
+        waiter = threading.Thread(target=lambda: results.append(agg.wait_for_data(10)))
+        waiter.start()
+        self.addCleanup(waiter.join, 10)
+        agg.add(LOGS, logs("x", 3), 3)
+        waiter.join(10)
+        self.assertEqual(results, [True])
+        self.assertEqual(agg.discard_all(SHUTDOWN_DEADLINE), 3)
+        self.assertEqual(self.loss.snapshot(), {(LOGS, SHUTDOWN_DEADLINE): 3})
+        self.assertEqual((agg.pending_records(), agg.pending_bytes()), (0, 0))
+
+    def test_thread_safety_smoke(self):
+        """Producers and a consumer at once: every record is taken, refused or counted as lost."""
+        agg = Aggregator(max_bytes=10 * MiB, max_records=200, loss=self.loss)
+        producers, per_producer = 6, 300
+        taken, refused = [], []
+        requeues = [0]
+        done = threading.Event()
+
+        def produce(k):
+            mine = 0
+            for i in range(per_producer):
+                signal = (TRACES, LOGS)[i % 2]
+                item = spans(f"p{k}", 1) if signal == TRACES else logs(f"p{k}", 1)
+                evict = k % 2 == 0
+                if not agg.add(signal, item, 1, evict=evict):
+                    self.assertFalse(evict)
+                    mine += 1
+            refused.append(mine)
+
+        def consume():
+            for _ in range(100_000):
+                if done.is_set() and not agg.pending_records():
+                    return
+                for signal in (TRACES, LOGS):
+                    batch = agg.take_batch(signal, MiB, 50)
+                    if batch and requeues[0] < 50 and batch.records % 3 == 0:
+                        requeues[0] += 1
+                        agg.requeue(batch)
+                    elif batch:
+                        taken.append(batch.records)
+                agg.wait_for_data(0.01)
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        done.set()
+        consumer.join(30)
+        self.assertFalse(consumer.is_alive())
+        self.assertEqual(len(refused), producers)
+        self.assertEqual(sum(taken) + sum(refused) + self.loss.total(QUEUE_FULL), producers * per_producer)
+        self.assertEqual((agg.pending_records(), agg.pending_bytes()), (0, 0))
+
+if __name__ == "__main__":
+    unittest.main()
