@@ -1,0 +1,259 @@
+"""The one place where lambda-otel's threads are wired together.
+
+Start-up (all before the first ``/event/next``, because Lambda counts it as init):
+register → read config → bind the listeners → build the pipeline → subscribe.
+Then the main thread is the events thread: it long-polls ``/event/next`` and, around
+each call, lets the FlushCoordinator decide whether to hold ``/next`` for an
+end-of-invocation flush. On SHUTDOWN it waits for in-flight telemetry (RWLock write
+lock), runs the final flush inside the deadline and exits 0.
+
+Threads: main (events), telemetry listener (+ one per connection), OTLP receiver
+(+ one per connection), exporter worker. All but main are daemons: nothing we start
+can keep the process alive past SHUTDOWN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Mapping, Optional
+
+from .config import Config, ConfigError, load_config
+from .extensions_api import ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
+from .telemetry_api import bind_socket, listener_host, subscribe
+
+log = logging.getLogger("lambda_otel")
+
+# Our own log lines come back to us as `extension` telemetry records; this prefix is how
+# the converter recognises them (and how a user greps for them).
+LOG_FORMAT = "[lambda-otel] %(levelname)s %(name)s: %(message)s"
+
+
+class StartupError(Exception):
+    """A fatal problem before the first /next, with the Extension.* error type to report."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class Extension:
+    """Everything the threads share (the Python form of the seed's ExtensionState)."""
+
+    def __init__(self, config: Config, registration: Registration, client: ExtensionsApiClient, env: Mapping[str, str]) -> None:
+        # Heavy imports (protobuf, readerwriterlock) happen here, not at module import,
+        # so `python -m lambda_otel --help`-style uses and config errors stay cheap.
+        from readerwriterlock import rwlock
+
+        from .aggregator import Aggregator, budget_from_memory
+        from .convert import TelemetryConverter
+        from .exporter import OtlpExporter
+        from .flush import ExportGate, ExportWorker, FlushCoordinator, FlushManager
+        from .loss import LossCounter
+        from .metrics import MetricsState
+        from .resource import build_resource, to_proto
+        from .telemetry_api import TelemetryPipeline
+
+        self.config = config
+        self.client = client
+        self.loss = LossCounter()
+        self.resource_attributes = build_resource(env, config, registration.account_id)
+        resource = to_proto(self.resource_attributes)
+
+        max_bytes, max_records = budget_from_memory(config.queue.memory_mb)
+        self.aggregator = Aggregator(config.queue.max_bytes or max_bytes, config.queue.max_records or max_records, self.loss)
+        self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
+        self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode)
+        self.exporter = OtlpExporter(config.exporter, self.loss)
+
+        self.gate = ExportGate()
+        self.flush_manager = FlushManager(config.flush)
+        self.worker = ExportWorker(self.aggregator, self.exporter, self.metrics, self.flush_manager, self.gate, self.loss, config.flush)
+        self.coordinator = FlushCoordinator(self.flush_manager, self.gate, self.worker, config.flush)
+
+        self.rwlock = rwlock.RWLockWrite()
+        self.pipeline = TelemetryPipeline(self.converter, self.aggregator, self.rwlock, self.coordinator.on_runtime_done)
+        self.listener = None
+        self.receiver = None
+        self.last_request_id: Optional[str] = None
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def start_servers(self, telemetry_sock, receiver_sock) -> None:
+        from .telemetry_api import TelemetryListener
+
+        self.listener = TelemetryListener(telemetry_sock, self.pipeline.process, self.config.telemetry)
+        self.listener.start()
+        if receiver_sock is not None:
+            from .receiver import OtlpReceiver
+
+            rc = self.config.receiver
+            self.receiver = OtlpReceiver(
+                self.aggregator,
+                self.loss,
+                sock=receiver_sock,
+                max_body_bytes=rc.max_body_bytes,
+                max_decompressed_bytes=rc.max_decompressed_bytes,
+            )
+            self.receiver.start()
+        self.worker.start()
+
+    # -- the events loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Long-poll /next until SHUTDOWN. Returns the process exit code."""
+        while True:
+            self.coordinator.before_next()
+            try:
+                event = self.client.next_event()
+            except ExtensionsApiError as exc:
+                log.error("event/next failed, exiting: %s", exc)
+                report_exit_error(self.client, "Extension.NextEventFailed", str(exc))
+                return 1
+            if isinstance(event, InvokeEvent):
+                self.last_request_id = event.request_id
+                self.converter.on_invoke(event.request_id, event.deadline_ms, event.invoked_function_arn, event.tracing_value)
+                self.coordinator.on_invoke(event.request_id, event.deadline_ms)
+            else:
+                return self.shutdown(event)
+
+    def shutdown(self, event: ShutdownEvent) -> int:
+        started = time.monotonic()
+        remaining_s = max(0.0, event.deadline_ms / 1000.0 - time.time())
+        log.info("SHUTDOWN (%s), %.0f ms to the deadline", event.reason, remaining_s * 1000)
+
+        # The last invocation's platform.report is generated after our last /next, so it
+        # arrives only now: give it a short, bounded grace.
+        grace = min(self.config.telemetry.report_grace_s, remaining_s / 4)
+        if self.last_request_id is not None and grace > 0:
+            self.pipeline.wait_for_report(self.last_request_id, grace)
+
+        # Wait for batches being processed right now (read locks) before the final flush.
+        # We keep the write lock to the end: a batch that arrives later gets no 200 from us.
+        write_lock = self.rwlock.gen_wlock()
+        if not write_lock.acquire(timeout=max(0.01, min(0.5, remaining_s / 4))):
+            log.warning("telemetry still being processed at shutdown; flushing what is in the queue")
+
+        self.pipeline.add_converted(self.converter.on_shutdown(event.reason))
+        summary = self.coordinator.on_shutdown_event(event.deadline_ms)
+        log.info("shutdown flush done in %.0f ms: %s", (time.monotonic() - started) * 1000, summary)
+        return 0
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def extension_name(env: Mapping[str, str], argv0: str) -> str:
+    """Lambda requires the registered name to equal the executable's file name."""
+    name = (env.get("LAMBDA_OTEL_EXTENSION_NAME") or "").strip()
+    if name:
+        return name
+    base = os.path.basename(argv0 or "")
+    return base if base and not base.endswith(".py") else "lambda-otel"
+
+
+def report_init_error(client: ExtensionsApiClient, error_type: str, message: str) -> None:
+    try:
+        client.init_error(error_type, message)
+    except ExtensionsApiError as exc:
+        log.error("could not report init error: %s", exc)
+
+
+def report_exit_error(client: ExtensionsApiClient, error_type: str, message: str) -> None:
+    try:
+        client.exit_error(error_type, message)
+    except ExtensionsApiError as exc:
+        log.error("could not report exit error: %s", exc)
+
+
+def _install_thread_watchdog(client: ExtensionsApiClient) -> None:
+    """A worker thread that dies leaves the extension half-alive: report it and exit instead."""
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread else "?"
+        log.critical("thread %s died: %s: %s", name, args.exc_type.__name__, args.exc_value, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        report_exit_error(client, "Extension.ThreadDied", f"lambda-otel thread {name} died: {args.exc_type.__name__}")
+        logging.shutdown()
+        os._exit(1)
+
+    threading.excepthook = hook
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger("lambda_otel")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str]) -> Extension:
+    """Build everything up to (not including) the first /next; raise StartupError on a fatal problem."""
+    try:
+        config = load_config(env)
+    except ConfigError as exc:
+        raise StartupError("Extension.ConfigInvalid", f"lambda-otel configuration error: {exc}") from None
+    setup_logging(config.log_level)
+
+    host = listener_host()
+    try:
+        telemetry_sock = bind_socket(host, config.telemetry.port)
+    except OSError as exc:
+        raise StartupError(
+            "Extension.ListenerBindFailed",
+            f"cannot listen for telemetry on {host}:{config.telemetry.port} ({exc}); set LAMBDA_OTEL_TELEMETRY_PORT to a free port",
+        ) from None
+    receiver_sock = None
+    if config.receiver.enabled:
+        try:
+            receiver_sock = bind_socket("127.0.0.1", config.receiver.port)
+        except OSError as exc:
+            telemetry_sock.close()
+            raise StartupError(
+                "Extension.ReceiverBindFailed",
+                f"cannot listen for OTLP on 127.0.0.1:{config.receiver.port} ({exc}); "
+                "set LAMBDA_OTEL_RECEIVER_PORT to a free port or LAMBDA_OTEL_RECEIVER_ENABLED=false",
+            ) from None
+
+    if not config.exporter.any_endpoint:
+        log.warning(
+            "no OTLP endpoint configured (set LAMBDA_OTEL_EXPORTER_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT): "
+            "telemetry will be counted as dropped, not exported"
+        )
+
+    extension = Extension(config, registration, client, env)
+    extension.start_servers(telemetry_sock, receiver_sock)
+    try:
+        subscribe(client.runtime_api, registration.extension_id, config.telemetry, extension.listener.port)
+    except ExtensionsApiError as exc:
+        raise StartupError("Extension.TelemetrySubscribeFailed", f"Telemetry API subscription failed: {exc}") from None
+    return extension
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = sys.argv if argv is None else argv
+    env = os.environ
+    level = (env.get("LAMBDA_OTEL_LOG_LEVEL") or "info").strip().lower()
+    setup_logging(level if level in ("debug", "info", "warning", "error") else "info")
+    try:
+        client = ExtensionsApiClient(env.get("AWS_LAMBDA_RUNTIME_API", ""))
+        registration = client.register(extension_name(env, argv[0] if argv else ""))
+    except ExtensionsApiError as exc:
+        log.error("cannot register with the Extensions API: %s", exc)
+        return 1
+    try:
+        extension = start(client, registration, env)
+    except StartupError as exc:
+        log.error("%s", exc)
+        report_init_error(client, exc.error_type, str(exc))
+        return 1
+    except Exception as exc:  # a bug of ours must still be reported, not look like a hang
+        log.exception("start-up failed")
+        report_init_error(client, "Extension.StartupFailed", f"lambda-otel start-up failed: {type(exc).__name__}: {exc}")
+        return 1
+    _install_thread_watchdog(client)
+    return extension.run()

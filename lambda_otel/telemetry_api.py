@@ -1,0 +1,255 @@
+"""The Telemetry API side: subscribing, and the listener that Lambda POSTs event batches to.
+
+Lambda delivers each batch as one POST of a JSON array and retries on a non-2xx
+answer, so the listener answers 200 only once the batch is safely in the
+aggregator, and answers 4xx (never crashes) on input it cannot use. Each batch is
+processed under the RWLock's read lock: the SHUTDOWN path takes the write lock
+before the final flush, so a batch that is mid-processing when SHUTDOWN arrives
+is never lost.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, List, Optional, Set
+
+from .config import TelemetryConfig
+from .extensions_api import ExtensionsApiError
+
+log = logging.getLogger("lambda_otel.telemetry_api")
+
+API_VERSION = "2022-07-01"
+SANDBOX_HOST = "sandbox.localdomain"
+# Lambda may send up to 2 × maxBytes plus metadata in one POST (reference §1.3).
+METADATA_ALLOWANCE = 64 * 1024
+
+
+# --- subscribing -------------------------------------------------------------------------------
+
+
+def subscription_body(config: TelemetryConfig, port: int) -> dict:
+    return {
+        "schemaVersion": config.schema_version,
+        "types": list(config.types),
+        "buffering": {"maxItems": config.max_items, "maxBytes": config.max_bytes, "timeoutMs": config.timeout_ms},
+        "destination": {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:{port}/"},
+    }
+
+
+def subscribe(runtime_api: str, extension_id: str, config: TelemetryConfig, port: int) -> None:
+    """PUT /2022-07-01/telemetry; raise ExtensionsApiError unless Lambda says 200."""
+    host, _, port_text = runtime_api.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port_text), timeout=10)
+    body = json.dumps(subscription_body(config, port)).encode()
+    try:
+        conn.request(
+            "PUT",
+            f"/{API_VERSION}/telemetry",
+            body=body,
+            headers={"Lambda-Extension-Identifier": extension_id, "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        data = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise ExtensionsApiError(f"telemetry subscribe failed: {exc}") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        # 202 is what local emulators answer when they don't support the Telemetry API.
+        detail = data[:300].decode("utf-8", "replace")
+        raise ExtensionsApiError(f"telemetry subscribe refused with HTTP {response.status}: {detail}", response.status)
+
+
+def listener_host(hosts_file: str = "/etc/hosts") -> str:
+    """Where ``sandbox.localdomain`` points, read from the hosts file (no DNS at start-up).
+
+    Inside Lambda the name is in /etc/hosts; elsewhere (the local simulator) it is not,
+    and the simulator delivers to 127.0.0.1.
+    """
+    try:
+        with open(hosts_file, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split("#", 1)[0].split()
+                if len(fields) >= 2 and SANDBOX_HOST in (name.lower() for name in fields[1:]):
+                    return fields[0]
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; done early and cheaply so Lambda's first POST waits in the backlog."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# --- processing one batch ------------------------------------------------------------------------
+
+
+@dataclass
+class ListenerStats:
+    batches: int = 0
+    events: int = 0
+    rejected_batches: int = 0
+
+
+class TelemetryPipeline:
+    """Converts one Telemetry API batch and puts the result in the aggregator, under the read lock."""
+
+    def __init__(self, converter, aggregator, rwlock, on_runtime_done: Callable[[str], None]) -> None:
+        self._converter = converter
+        self._aggregator = aggregator
+        self._rwlock = rwlock
+        self._on_runtime_done = on_runtime_done
+        self._reports_seen: Set[str] = set()
+        self._reports_cond = threading.Condition()
+
+    def process(self, events: List[Any]) -> None:
+        with self._rwlock.gen_rlock():
+            converted = self._converter.process(events)
+            if converted.resource_spans is not None and converted.span_count:
+                self._aggregator.add("traces", converted.resource_spans, converted.span_count)
+            if converted.resource_logs is not None and converted.log_count:
+                self._aggregator.add("logs", converted.resource_logs, converted.log_count)
+            for request_id in converted.runtime_done:
+                self._on_runtime_done(request_id)
+            self._note_reports(events)
+
+    def add_converted(self, converted) -> None:
+        """For what the events thread synthesises itself (e.g. at shutdown)."""
+        if converted.resource_spans is not None and converted.span_count:
+            self._aggregator.add("traces", converted.resource_spans, converted.span_count)
+        if converted.resource_logs is not None and converted.log_count:
+            self._aggregator.add("logs", converted.resource_logs, converted.log_count)
+
+    def _note_reports(self, events: List[Any]) -> None:
+        ids = [
+            e["record"].get("requestId")
+            for e in events
+            if isinstance(e, dict) and e.get("type") == "platform.report" and isinstance(e.get("record"), dict)
+        ]
+        if ids:
+            with self._reports_cond:
+                if len(self._reports_seen) > 10_000:
+                    self._reports_seen.clear()
+                self._reports_seen.update(i for i in ids if isinstance(i, str))
+                self._reports_cond.notify_all()
+
+    def wait_for_report(self, request_id: str, timeout: float) -> bool:
+        """True once ``platform.report`` for ``request_id`` has been processed (bounded wait)."""
+        with self._reports_cond:
+            return self._reports_cond.wait_for(lambda: request_id in self._reports_seen, timeout=max(0.0, timeout))
+
+
+# --- the listener --------------------------------------------------------------------------------
+
+
+class _TelemetryHandler(BaseHTTPRequestHandler):
+    """One Telemetry API POST: read, parse, process, answer. Nothing else."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else every keep-alive answer stalls ~40 ms (delayed ACK)
+    server: "TelemetryListener"
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.strip().isdigit():
+            self._answer(411, "Content-Length required")
+            return
+        length = int(length_text)
+        if length > self.server.max_body_bytes:
+            self.server.count_rejected()
+            self._answer(413, "batch larger than 2 x maxBytes", close=True)
+            return
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self._answer(400, "truncated body", close=True)
+            return
+        try:
+            events = json.loads(body)
+        except (ValueError, RecursionError):
+            self.server.count_rejected()
+            self._answer(400, "body is not JSON")
+            return
+        if not isinstance(events, list):
+            self.server.count_rejected()
+            self._answer(400, "body is not a JSON array of events")
+            return
+        try:
+            self.server.on_batch(events)
+        except Exception:  # never let one bad batch kill the listener thread
+            log.exception("telemetry batch processing failed")
+            self._answer(500, "processing failed")
+            return
+        self.server.count_batch(len(events))
+        self._answer(200, "")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._answer(405, "use POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _answer(self, status: int, message: str, close: bool = False) -> None:
+        body = message.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # never log per request: our own logs come back to us as telemetry
+
+
+class TelemetryListener(ThreadingHTTPServer):
+    """The HTTP server Lambda pushes telemetry to. Serves on its own daemon thread."""
+
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, on_batch: Callable[[List[Any]], None], config: TelemetryConfig) -> None:
+        super().__init__(sock.getsockname()[:2], _TelemetryHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.on_batch = on_batch
+        self.max_body_bytes = 2 * config.max_bytes + METADATA_ALLOWANCE
+        self.stats = ListenerStats()
+        self._stats_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def port(self) -> int:
+        return self.socket.getsockname()[1]
+
+    def count_batch(self, events: int) -> None:
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.events += events
+
+    def count_rejected(self) -> None:
+        with self._stats_lock:
+            self.stats.rejected_batches += 1
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="telemetry-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
