@@ -1,0 +1,128 @@
+"""The Telemetry API listener: real HTTP on 127.0.0.1, bad input answered with 4xx, nothing crashes."""
+
+import http.client
+import json
+import threading
+import unittest
+
+from lambda_otel.config import TelemetryConfig
+from lambda_otel.telemetry_api import (
+    SANDBOX_HOST,
+    TelemetryListener,
+    bind_socket,
+    listener_host,
+    subscription_body,
+)
+
+
+class ListenerTest(unittest.TestCase):
+    def setUp(self):
+        self.batches = []
+        self.fail_next = threading.Event()
+
+        def on_batch(events):
+            if self.fail_next.is_set():
+                self.fail_next.clear()
+                raise RuntimeError("converter bug")
+            self.batches.append(events)
+
+        self.listener = TelemetryListener(bind_socket("127.0.0.1", 0), on_batch, TelemetryConfig())
+        self.listener.start()
+        self.addCleanup(self.listener.stop)
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.listener.port, timeout=10)
+        self.addCleanup(self.conn.close)
+
+    def post(self, body: bytes, headers=None, conn=None):
+        conn = conn or self.conn
+        conn.request("POST", "/", body=body, headers=headers or {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    def test_valid_batch_is_processed_and_acknowledged(self):
+        events = [{"time": "2024-05-01T10:00:00.700Z", "type": "function", "record": "hello\n"}]
+        status, _ = self.post(json.dumps(events).encode())
+        self.assertEqual(status, 200)
+        self.assertEqual(self.batches, [events])
+        self.assertEqual(self.listener.stats.batches, 1)
+        self.assertEqual(self.listener.stats.events, 1)
+
+    def test_keep_alive_connection_serves_many_batches(self):
+        for i in range(20):
+            status, _ = self.post(json.dumps([{"type": "function", "record": str(i)}]).encode())
+            self.assertEqual(status, 200)
+        self.assertEqual(len(self.batches), 20)
+
+    def test_bad_bodies_get_400_and_the_listener_keeps_working(self):
+        bad = {
+            "not json": b"{nope",
+            "object, not array": b'{"type": "function"}',
+            "invalid utf-8": b'["\xff\xfe"]',
+            "deeply nested": b"[" * 100_000 + b"]" * 100_000,
+            "a number": b"42",
+        }
+        for name, body in bad.items():
+            with self.subTest(name):
+                conn = http.client.HTTPConnection("127.0.0.1", self.listener.port, timeout=10)
+                self.addCleanup(conn.close)
+                status, _ = self.post(body, conn=conn)
+                self.assertEqual(status, 400)
+        self.assertEqual(self.listener.stats.rejected_batches, len(bad))
+        self.assertEqual(self.batches, [])
+        status, _ = self.post(b"[]")
+        self.assertEqual(status, 200)
+
+    def test_oversized_batch_is_refused_without_reading_it(self):
+        limit = 2 * TelemetryConfig().max_bytes + 64 * 1024
+        self.conn.putrequest("POST", "/")
+        self.conn.putheader("Content-Length", str(limit + 1))
+        self.conn.endheaders()
+        response = self.conn.getresponse()
+        self.assertEqual(response.status, 413)
+        response.read()
+        self.assertEqual(self.batches, [])
+
+    def test_missing_content_length_gets_411(self):
+        self.conn.putrequest("POST", "/")
+        self.conn.endheaders()
+        response = self.conn.getresponse()
+        self.assertEqual(response.status, 411)
+
+    def test_processing_error_gets_500_and_the_next_batch_still_works(self):
+        self.fail_next.set()
+        status, _ = self.post(b"[]")
+        self.assertEqual(status, 500)
+        status, _ = self.post(b'[{"type":"function","record":"x"}]')
+        self.assertEqual(status, 200)
+        self.assertEqual(len(self.batches), 1)
+
+    def test_get_is_not_allowed(self):
+        self.conn.request("GET", "/")
+        response = self.conn.getresponse()
+        response.read()
+        self.assertEqual(response.status, 405)
+
+
+class SubscriptionShapeTest(unittest.TestCase):
+    def test_body_uses_sandbox_host_and_low_latency_buffering(self):
+        body = subscription_body(TelemetryConfig(), 4322)
+        self.assertEqual(body["schemaVersion"], "2022-12-13")
+        self.assertEqual(body["types"], ["platform", "function", "extension"])
+        self.assertEqual(body["buffering"], {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25})
+        self.assertEqual(body["destination"], {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:4322/"})
+
+
+class ListenerHostTest(unittest.TestCase):
+    def test_hosts_file_entry_is_used(self):
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix="hosts", delete=False) as fh:
+            fh.write("127.0.0.1 localhost\n# comment sandbox.localdomain\n169.254.100.1  sandbox.localdomain sandbox\n")
+        self.addCleanup(lambda: __import__("os").unlink(fh.name))
+        self.assertEqual(listener_host(fh.name), "169.254.100.1")
+
+    def test_falls_back_to_loopback(self):
+        self.assertEqual(listener_host("/nonexistent/hosts"), "127.0.0.1")
+
+
+if __name__ == "__main__":
+    unittest.main()
