@@ -1,0 +1,518 @@
+"""OTLP receiver: the real OpenTelemetry SDK and raw HTTP clients against 127.0.0.1."""
+
+import base64
+import gzip
+import http.client
+import json
+import select
+import socket
+import threading
+import time
+import unittest
+import zlib
+
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, LogRecordExportResult, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, SpanKind
+
+from lambda_otel.aggregator import MiB, Aggregator
+from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, TRACES, LossCounter
+from lambda_otel.receiver import OtlpReceiver, build_status_class, inflate_bounded
+
+RESOURCE = Resource.create({"service.name": "my-function", "faas.name": "fn"})
+WAIT = 10  # generous bound for anything that should be quick
+
+
+def make_spans(prefix: str, n: int):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("my.lib", "1.2.3")
+    with tracer.start_as_current_span(f"{prefix}-root", kind=SpanKind.SERVER) as root:
+        root.set_attribute("http.route", "/x")
+        link = Link(root.get_span_context(), {"link.attr": 1})
+        for i in range(n - 1):
+            with tracer.start_as_current_span(f"{prefix}-{i}", links=[link]) as child:
+                child.add_event("evt", {"i": i})
+    provider.shutdown()
+    return exporter.get_finished_spans()
+
+
+def hexify(obj):
+    """OTLP/JSON as a client sends it: trace/span ids as hex (the test's own encoder)."""
+    if isinstance(obj, dict):
+        return {
+            k: (base64.b64decode(v).hex().upper() if k in ("traceId", "spanId", "parentSpanId") else hexify(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [hexify(v) for v in obj]
+    return obj
+
+
+def peak_rss_reset() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def vm(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+class ReceiverTestBase(unittest.TestCase):
+    max_records = 100_000
+    receiver_kwargs: dict = {}
+
+    def setUp(self):
+        self.loss = LossCounter()
+        self.agg = Aggregator(max_bytes=64 * MiB, max_records=self.max_records, loss=self.loss)
+        self.receiver = OtlpReceiver(self.agg, self.loss, port=0, poll_interval_s=0.02, **self.receiver_kwargs)
+        self.receiver.start()
+        self.addCleanup(self.receiver.stop)
+
+    def conn(self) -> http.client.HTTPConnection:
+        c = http.client.HTTPConnection("127.0.0.1", self.receiver.port, timeout=WAIT)
+        self.addCleanup(c.close)
+        return c
+
+    def post(self, path, body, content_type="application/x-protobuf", headers=None, conn=None):
+        c = conn or self.conn()
+        h = {"Content-Type": content_type}
+        h.update(headers or {})
+        c.request("POST", path, body=body, headers=h)
+        resp = c.getresponse()
+        return resp, resp.read()
+
+    def raw_socket(self) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.receiver.port), timeout=WAIT)
+        self.addCleanup(s.close)
+        return s
+
+    def take_all(self, signal):
+        batch = self.agg.take_batch(signal, 1 << 40, 1 << 40)
+        return list(batch.items) if batch else []
+
+    def trace_request_bytes(self, prefix="s", n=3) -> bytes:
+        return encode_spans(make_spans(prefix, n)).SerializeToString()
+
+
+class SdkClientTest(ReceiverTestBase):
+    def test_sdk_traces_protobuf_plain_and_gzip(self):
+        for compression in (Compression.NoCompression, Compression.Gzip):
+            with self.subTest(compression=compression):
+                spans = make_spans(f"c{compression.value}", 5)
+                exporter = OTLPSpanExporter(endpoint=f"{self.receiver.address}/v1/traces",
+                                            compression=compression, timeout=WAIT)
+                self.addCleanup(exporter.shutdown)
+                self.assertEqual(exporter.export(spans), SpanExportResult.SUCCESS)
+                sent = encode_spans(spans)
+                self.assertEqual(self.take_all(TRACES), list(sent.resource_spans))
+        self.assertEqual(self.loss.snapshot(), {})
+
+    def test_sdk_metrics(self):
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(resource=RESOURCE, metric_readers=[reader])
+        self.addCleanup(provider.shutdown)
+        meter = provider.get_meter("my.meter")
+        meter.create_counter("orders").add(3, {"kind": "a"})
+        meter.create_counter("orders2").add(1)
+        meter.create_histogram("latency", unit="ms").record(12.5, {"route": "/x"})
+        meter.create_up_down_counter("inflight").add(-2)
+        data = reader.get_metrics_data()
+        exporter = OTLPMetricExporter(endpoint=f"{self.receiver.address}/v1/metrics",
+                                      compression=Compression.Gzip, timeout=WAIT)
+        self.addCleanup(exporter.shutdown)
+        self.assertEqual(exporter.export(data), MetricExportResult.SUCCESS)
+        sent = encode_metrics(data)
+        self.assertEqual(self.take_all(METRICS), list(sent.resource_metrics))
+        self.assertEqual(self.agg.pending_records(), 0)
+        self.assertEqual(self.receiver.stats()["records_received"][METRICS], 4)
+
+    def test_sdk_logs(self):
+        memory = InMemoryLogRecordExporter()
+        provider = LoggerProvider(resource=RESOURCE)
+        provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+        self.addCleanup(provider.shutdown)
+        logger = provider.get_logger("my.logger")
+        for i in range(4):
+            logger.emit(body=f"hello {i}", attributes={"i": i}, severity_text="INFO")
+        records = memory.get_finished_logs()
+        exporter = OTLPLogExporter(endpoint=f"{self.receiver.address}/v1/logs", timeout=WAIT)
+        self.addCleanup(exporter.shutdown)
+        self.assertEqual(exporter.export(records), LogRecordExportResult.SUCCESS)
+        self.assertEqual(self.take_all(LOGS), list(encode_logs(records).resource_logs))
+
+    def test_eight_concurrent_sdk_clients(self):
+        clients, batches, per_batch = 8, 5, 4
+        results, errors = [], []
+
+        def client(k):
+            try:
+                exporter = OTLPSpanExporter(endpoint=f"{self.receiver.address}/v1/traces", timeout=WAIT,
+                                            compression=Compression.Gzip if k % 2 else Compression.NoCompression)
+                for b in range(batches):
+                    results.append(exporter.export(make_spans(f"t{k}.{b}", per_batch)))
+                exporter.shutdown()
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(errors, [])
+        self.assertEqual(results, [SpanExportResult.SUCCESS] * clients * batches)
+        names = sorted(s.name for rs in self.take_all(TRACES) for ss in rs.scope_spans for s in ss.spans)
+        expected = sorted(
+            [f"t{k}.{b}-root" for k in range(clients) for b in range(batches)]
+            + [f"t{k}.{b}-{i}" for k in range(clients) for b in range(batches) for i in range(per_batch - 1)]
+        )
+        self.assertEqual(names, expected)
+
+
+class JsonTest(ReceiverTestBase):
+    def test_json_with_hex_ids_plain_and_gzip(self):
+        spans = make_spans("j", 3)
+        sent = encode_spans(spans)
+        body = json.dumps(hexify(json_format.MessageToDict(sent))).encode()
+        self.assertIn(format(spans[0].context.trace_id, "032x").upper(), body.decode())
+        for encoding in ("identity", "gzip"):
+            with self.subTest(encoding=encoding):
+                payload = gzip.compress(body) if encoding == "gzip" else body
+                resp, data = self.post("/v1/traces", payload, "application/json; charset=utf-8",
+                                       {"Content-Encoding": encoding})
+                self.assertEqual(resp.status, 200, data)
+                self.assertEqual(resp.getheader("Content-Type"), "application/json")
+                response = json_format.Parse(data, ExportTraceServiceResponse())
+                self.assertFalse(response.HasField("partial_success"))
+                received = self.take_all(TRACES)
+                self.assertEqual(received, list(sent.resource_spans))
+                span = received[0].scope_spans[0].spans[0]
+                self.assertEqual(len(span.trace_id), 16)
+                self.assertEqual(span.trace_id, sent.resource_spans[0].scope_spans[0].spans[0].trace_id)
+
+    def test_json_links_and_logs_ids(self):
+        trace_id, span_id = "5B8EFFF798038103D269B633813FC60C", "EEE19B7EC3C1B174"
+        traces = {"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": trace_id, "spanId": span_id, "parentSpanId": "", "name": "x", "kind": 2,
+            "startTimeUnixNano": "1700000000000000000", "futureField": {"a": 1},
+            "links": [{"traceId": trace_id.lower(), "spanId": span_id}]}]}]}]}
+        resp, data = self.post("/v1/traces", json.dumps(traces).encode(), "application/json")
+        self.assertEqual(resp.status, 200, data)
+        span = self.take_all(TRACES)[0].scope_spans[0].spans[0]
+        self.assertEqual(span.trace_id, bytes.fromhex(trace_id))
+        self.assertEqual(span.links[0].span_id, bytes.fromhex(span_id))
+        self.assertEqual(span.kind, trace_pb2.Span.SPAN_KIND_SERVER)
+        self.assertEqual(span.start_time_unix_nano, 1700000000000000000)
+        logs = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{
+            "traceId": trace_id, "spanId": span_id, "body": {"stringValue": "hi"}}]}]}]}
+        resp, data = self.post("/v1/logs", json.dumps(logs).encode(), "application/json")
+        self.assertEqual(resp.status, 200, data)
+        json_format.Parse(data, ExportLogsServiceResponse())
+        record = self.take_all(LOGS)[0].scope_logs[0].log_records[0]
+        self.assertEqual((record.trace_id, record.span_id), (bytes.fromhex(trace_id), bytes.fromhex(span_id)))
+
+
+class BadInputTest(ReceiverTestBase):
+    def assert_status_body(self, data: bytes, content_type="application/x-protobuf") -> str:
+        if content_type == "application/json":
+            status = json_format.Parse(data, status_pb2.Status())
+        else:
+            status = status_pb2.Status.FromString(data)
+        self.assertTrue(status.message)
+        return status.message
+
+    def test_truncated_protobuf_is_400_and_keeps_the_connection(self):
+        conn = self.conn()
+        body = self.trace_request_bytes()
+        resp, data = self.post("/v1/traces", body[: len(body) // 2], conn=conn)
+        self.assertEqual(resp.status, 400)
+        self.assertIn("protobuf", self.assert_status_body(data))
+        resp, data = self.post("/v1/traces", body, conn=conn)  # same connection still usable
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(len(self.take_all(TRACES)), 1)
+        self.assertEqual(self.receiver.stats()["responses"], {"400": 1, "200": 1})
+
+    def test_unsupported_content_type_and_encoding_415(self):
+        body = self.trace_request_bytes()
+        for ctype, headers in (("text/plain", {}), ("application/grpc", {}),
+                               ("application/x-protobuf", {"Content-Encoding": "br"})):
+            with self.subTest(ctype=ctype, headers=headers):
+                resp, data = self.post("/v1/traces", body, ctype, headers)
+                self.assertEqual(resp.status, 415)
+                self.assert_status_body(data)
+        self.assertEqual(self.agg.pending_records(), 0)
+
+    def test_json_that_is_not_otlp_is_400(self):
+        for body in (b"[1, 2, 3]", b'"spans"', b"{not json", b'{"resourceSpans": 5}',
+                     b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz"}]}]}]}',
+                     b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "soon"}]}]}]}',
+                     b"\xff\xfe", b"[" * 100_000):
+            with self.subTest(body=body[:40]):
+                resp, data = self.post("/v1/traces", body, "application/json")
+                self.assertEqual(resp.status, 400)
+                self.assertEqual(resp.getheader("Content-Type"), "application/json")
+                self.assert_status_body(data, "application/json")
+        self.assertEqual(self.agg.pending_records(), 0)
+
+    def test_invalid_gzip_is_400(self):
+        resp, data = self.post("/v1/traces", b"not gzip at all", headers={"Content-Encoding": "gzip"})
+        self.assertEqual(resp.status, 400)
+        truncated = gzip.compress(self.trace_request_bytes())[:-12]
+        resp, data = self.post("/v1/traces", truncated, headers={"Content-Encoding": "gzip"})
+        self.assertEqual(resp.status, 400)
+
+    def test_gzip_bomb_is_413_with_bounded_memory(self):
+        # 128 MiB of zeros in ~128 KiB of gzip, built in chunks so the test itself stays small.
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        zeros = bytes(MiB)
+        bomb = b"".join([compressor.compress(zeros) for _ in range(128)] + [compressor.flush()])
+        self.assertLess(len(bomb), self.receiver.max_body_bytes)
+        del zeros
+        exact_peak = peak_rss_reset()
+        before = vm("VmHWM") if exact_peak else vm("VmRSS")
+        resp, data = self.post("/v1/traces", bomb, headers={"Content-Encoding": "gzip"})
+        self.assertEqual(resp.status, 413)
+        self.assertIn("decompressed", self.assert_status_body(data))
+        after = vm("VmHWM") if exact_peak else vm("VmRSS")
+        # The limit is 16 MiB; inflating the whole bomb would cost 128 MiB.
+        self.assertLess(after - before, 64 * MiB)
+
+    def test_inflate_bounded_steps(self):
+        data = bytes(range(256)) * 1000
+        self.assertEqual(inflate_bounded(gzip.compress(data), len(data)), data)
+        self.assertIsNone(inflate_bounded(gzip.compress(data), len(data) - 1))
+        self.assertEqual(inflate_bounded(gzip.compress(b"ab") + gzip.compress(b"cd"), 10), b"abcd")
+
+    def test_body_over_limit_is_413_without_reading_it(self):
+        sock = self.raw_socket()
+        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: %d\r\n\r\nabc" % (1024 * MiB))
+        sock.settimeout(WAIT)
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+        self.assertTrue(response.startswith(b"HTTP/1.1 413 "), response[:100])
+        self.assertIn(b"Connection: close", response)
+        # and the server closes the connection instead of waiting for the gigabyte
+        for _ in range(100):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+        self.assertEqual(chunk, b"")
+
+    def test_chunked_body_is_411(self):
+        sock = self.raw_socket()
+        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        self.assertTrue(sock.recv(65536).startswith(b"HTTP/1.1 411 "))
+
+    def test_routes_404_405_and_health(self):
+        conn = self.conn()
+        conn.request("GET", "/v1/traces")
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual((resp.status, resp.getheader("Allow")), (405, "POST"))
+        resp, _ = self.post("/health", b"x")
+        self.assertEqual((resp.status, resp.getheader("Allow")), (405, "GET"))
+        resp, _ = self.post("/v1/profiles", b"x")
+        self.assertEqual(resp.status, 404)
+        conn = self.conn()
+        conn.request("DELETE", "/v1/logs")
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual((resp.status, resp.getheader("Allow")), (405, "POST"))
+        conn = self.conn()
+        conn.request("GET", "/nope")
+        resp = conn.getresponse()
+        resp.read()
+        self.assertEqual(resp.status, 404)
+        self.post("/v1/traces", self.trace_request_bytes())
+        conn = self.conn()
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        health = json.loads(resp.read())
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(health["status"], "ready")
+        self.assertEqual(health["signals_received"], 1)
+        self.assertEqual(health["records_received"][TRACES], 3)
+        self.assertEqual(health["responses"]["405"], 3)
+        self.assertEqual(health["responses"]["404"], 2)
+
+    def test_empty_request_is_success(self):
+        resp, data = self.post("/v1/metrics", b"")
+        self.assertEqual(resp.status, 200)
+        resp, data = self.post("/v1/logs", b"{}", "application/json")
+        self.assertEqual((resp.status, data), (200, b"{}"))
+        self.assertEqual(self.agg.pending_items(), 0)
+
+
+class SlowClientTest(ReceiverTestBase):
+    receiver_kwargs = {"socket_timeout_s": 0.5, "body_timeout_s": 1.0}
+
+    def test_slow_client_does_not_block_others(self):
+        body = self.trace_request_bytes("slow", 2)
+        slow = self.raw_socket()
+        slow.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        # A fast client completes while the slow one is mid-body.
+        exporter = OTLPSpanExporter(endpoint=f"{self.receiver.address}/v1/traces", timeout=WAIT)
+        self.addCleanup(exporter.shutdown)
+        self.assertEqual(exporter.export(make_spans("fast", 2)), SpanExportResult.SUCCESS)
+        readable, _, _ = select.select([slow], [], [], 0)
+        self.assertEqual(readable, [], "the slow client was answered before it finished its body")
+        slow.sendall(body[10:])
+        self.assertTrue(slow.recv(65536).startswith(b"HTTP/1.1 200 "))
+        names = {s.name for rs in self.take_all(TRACES) for ss in rs.scope_spans for s in ss.spans}
+        self.assertEqual(names, {"fast-root", "fast-0", "slow-root", "slow-0"})
+
+    def test_stalled_client_is_disconnected(self):
+        stalled = self.raw_socket()
+        stalled.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                        b"Content-Length: 1000\r\n\r\nabc")
+        idle = self.raw_socket()  # sends nothing at all
+        for sock in (stalled, idle):
+            sock.settimeout(WAIT)
+            self.assertEqual(sock.recv(65536), b"")  # closed by the server long before WAIT
+        self.assertEqual(self.agg.pending_items(), 0)
+
+    def test_dribbling_client_hits_the_body_deadline(self):
+        sock = self.raw_socket()
+        sock.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                     b"Content-Length: 1000\r\n\r\n")
+        closed = False
+        for _ in range(100):  # one byte per 0.1 s: each recv is within the socket timeout
+            try:
+                sock.sendall(b"a")
+            except OSError:
+                closed = True
+                break
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable and sock.recv(65536) == b"":
+                closed = True
+                break
+        self.assertTrue(closed, "a client dribbling its body kept the connection for 10 s")
+
+
+class BackpressureTest(ReceiverTestBase):
+    max_records = 5
+
+    def test_full_aggregator_gives_503_and_loses_nothing(self):
+        first = self.trace_request_bytes("first", 5)
+        resp, _ = self.post("/v1/traces", first)
+        self.assertEqual(resp.status, 200)
+        second = self.trace_request_bytes("second", 2)
+        conn = self.conn()
+        resp, data = self.post("/v1/traces", second, conn=conn)
+        self.assertEqual(resp.status, 503)
+        self.assertEqual(resp.getheader("Retry-After"), "1")
+        status_pb2.Status.FromString(data)
+        self.assertEqual(self.loss.snapshot(), {})
+        # what was accepted is intact
+        self.assertEqual(self.take_all(TRACES), list(ExportTraceServiceRequest.FromString(first).resource_spans))
+        # room again: the retry (same connection) is accepted
+        resp, _ = self.post("/v1/traces", second, conn=conn)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(self.agg.pending_records(), 2)
+        self.assertEqual(self.loss.snapshot(), {})
+
+    def test_item_larger_than_the_whole_budget_is_partial_success(self):
+        request = ExportTraceServiceRequest()
+        request.resource_spans.extend(encode_spans(make_spans("small", 2)).resource_spans)
+        request.resource_spans.extend(encode_spans(make_spans("huge", 6)).resource_spans)
+        resp, data = self.post("/v1/traces", request.SerializeToString())
+        self.assertEqual(resp.status, 200)
+        response = ExportTraceServiceResponse.FromString(data)
+        self.assertEqual(response.partial_success.rejected_spans, 6)
+        self.assertTrue(response.partial_success.error_message)
+        self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 6})
+        self.assertEqual(self.agg.pending_records(), 2)
+
+
+class ConnectionLimitTest(ReceiverTestBase):
+    receiver_kwargs = {"max_connections": 2}
+
+    def test_connections_over_the_limit_get_503(self):
+        holders = [self.raw_socket() for _ in range(2)]
+        for s in holders:
+            s.sendall(b"POST /v1/traces HTTP/1.1\r\n")  # incomplete: holds a slot
+        extra = self.raw_socket()
+        extra.settimeout(WAIT)
+        response = extra.recv(65536)
+        self.assertTrue(response.startswith(b"HTTP/1.1 503 "), response)
+        self.assertIn(b"Retry-After: 1", response)
+        for s in holders:
+            s.close()
+        # slots come back once the held connections are gone
+        for _ in range(50):
+            try:
+                resp, _ = self.post("/v1/traces", self.trace_request_bytes())
+            except (ConnectionError, http.client.HTTPException):
+                continue
+            if resp.status == 200:
+                break
+            threading.Event().wait(0.1)
+        self.assertEqual(resp.status, 200)
+
+
+class ConstructionTest(unittest.TestCase):
+    def test_loopback_only_and_ports(self):
+        loss = LossCounter()
+        agg = Aggregator(MiB, 100, loss)
+        for host in ("0.0.0.0", "10.1.2.3", "example.com", ""):
+            with self.assertRaises(ValueError):
+                OtlpReceiver(agg, loss, host=host, port=0)
+        receiver = OtlpReceiver(agg, loss, host="localhost", port=0, poll_interval_s=0.02)
+        self.assertEqual(receiver.port, 0)
+        receiver.start()
+        self.addCleanup(receiver.stop)
+        self.assertNotEqual(receiver.port, 0)
+        self.assertEqual(receiver.address, f"http://127.0.0.1:{receiver.port}")
+        port = receiver.port
+        receiver.stop()
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+
+    def test_status_fallback_matches_google_rpc_status(self):
+        Fallback = build_status_class()
+        ours = Fallback(code=3, message="bad body").SerializeToString()
+        theirs = status_pb2.Status(code=3, message="bad body")
+        self.assertEqual(ours, theirs.SerializeToString())
+        self.assertEqual(json_format.MessageToDict(Fallback(code=3, message="m")), {"code": 3, "message": "m"})
+
+
+if __name__ == "__main__":
+    unittest.main()
