@@ -1,0 +1,870 @@
+"""When to export, and making sure no export is open when Lambda freezes us.
+
+Four pieces, each small enough to test on its own:
+
+* ``FlushManager``: pure decisions (which strategy is in effect, is a flush due,
+  is the invocation deadline near). Injectable clock, no threads, no I/O.
+* ``CircuitBreaker``: stops exporting inside invocations while the backend is down,
+  and probes it again with jittered exponential backoff.
+* ``ExportGate``: the freeze-safety gate. The exporter thread may only *start* an
+  HTTP request while the gate is open; the events thread closes it right before
+  ``/next`` and waits (bounded) for the request in flight.
+* ``ExportWorker``: the one exporter thread. ``FlushCoordinator``: what the events
+  thread calls (``on_invoke``, ``on_runtime_done``, ``before_next``,
+  ``on_shutdown_event``).
+
+Strategies (``FlushConfig.strategy``):
+
+==========  ===================================================================
+default     Adaptive, as the Rust original. *Infrequent* functions (fewer than 2
+            invocations seen, or average interval over the last 20 > 120 s) are
+            flushed at the end of every invocation (``end``); *frequent* ones are
+            flushed by the ``periodic`` timer, so busy functions do not pay a hold
+            of ``/next`` on every invocation.
+end         Flush at the end of every invocation: ``before_next`` holds ``/next``
+            until this invocation's ``platform.runtimeDone`` is in the aggregator,
+            then flushes (bounded). Nothing waits in memory across a freeze.
+periodic    A real timer: every ``interval_s`` (while thawed, gate open) flush
+            everything pending. ``/next`` is never held for a flush; data may sit
+            across a freeze until the next invocation or SHUTDOWN.
+continuous  As ``periodic`` (the timer still drives metrics-only flushes), and in
+            addition pending data is exported as soon as it is seen while the gate
+            is open (checked every ``CONTINUOUS_TICK_S``). Lowest latency, most
+            requests.
+==========  ===================================================================
+
+In every strategy: a full buffer (``max_batch_records``/``max_batch_bytes``
+pending) is flushed while the gate is open, an invocation whose deadline is within
+``deadline_margin_s`` flushes at INVOKE, and after ``ESCALATION_FAILURES``
+consecutive failed flushes the effective strategy is ``continuous`` (as in the
+Rust original; a success resets it). With the breaker (default 3 failures) this
+only matters while the breaker is open, i.e. it removes the hold of ``/next``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+
+from lambda_otel import loss as loss_mod
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from lambda_otel.config import FlushConfig
+
+log = logging.getLogger("lambda_otel.flush")
+
+Clock = Callable[[], float]
+
+STRATEGIES = ("default", "end", "periodic", "continuous")
+HISTORY_SIZE = 20  # invocations remembered for the frequency decision (seed)
+FREQUENT_THRESHOLD_S = 120.0  # average interval above this = infrequent (seed)
+ESCALATION_FAILURES = 20  # consecutive failed flushes before forcing continuous (seed)
+MAX_BATCH_ATTEMPTS = 5  # a batch that failed this often is dropped (retries_exhausted)
+CONTINUOUS_TICK_S = 0.1  # how often continuous looks for pending data while thawed
+DATA_CHECK_S = 0.5  # how often other strategies look for a full buffer while thawed
+RUNTIME_DONE_WAIT_FLOOR_S = 0.05  # the adaptive runtimeDone wait never shrinks below this
+PROBE_MAX_RECORDS = 100  # a breaker probe is one small batch ...
+PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_s)
+BREAKER_INITIAL_BACKOFF_S = 1.0
+GATE_CLOSE_GRACE_S = 0.25  # slack on top of the in-flight request's own deadline
+MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
+
+
+class FlushManager:
+    """Pure flush decisions, following the Rust ``FlushManager`` (anchor §7).
+
+    Thread-safe (the events thread records invocations, the worker records
+    flushes). All times are ``clock()`` instants (monotonic seconds).
+    """
+
+    def __init__(self, config: "FlushConfig", clock: Clock = time.monotonic) -> None:
+        if config.strategy not in STRATEGIES:
+            raise ValueError(f"unknown flush strategy {config.strategy!r}; allowed: {', '.join(STRATEGIES)}")
+        self._config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._history: Deque[float] = deque(maxlen=HISTORY_SIZE)
+        self._failures = 0
+        self._last_flush: Optional[float] = None
+        self._escalated_logged = False
+
+    # -- invocation pattern -------------------------------------------------
+    def record_invocation(self, now: Optional[float] = None) -> None:
+        with self._lock:
+            self._history.append(self._now(now))
+
+    def history_len(self) -> int:
+        with self._lock:
+            return len(self._history)
+
+    def average_interval(self) -> Optional[float]:
+        """Mean gap between the remembered invocations, None with fewer than 2."""
+        with self._lock:
+            return self._average_interval()
+
+    def _average_interval(self) -> Optional[float]:
+        if len(self._history) < 2:
+            return None
+        return (self._history[-1] - self._history[0]) / (len(self._history) - 1)
+
+    def is_infrequent(self) -> bool:
+        with self._lock:
+            return self._is_infrequent()
+
+    def _is_infrequent(self) -> bool:
+        avg = self._average_interval()
+        return avg is None or avg > FREQUENT_THRESHOLD_S
+
+    # -- strategy -------------------------------------------------------------
+    @property
+    def consecutive_failures(self) -> int:
+        with self._lock:
+            return self._failures
+
+    @property
+    def escalated(self) -> bool:
+        with self._lock:
+            return self._failures >= ESCALATION_FAILURES
+
+    def effective_strategy(self) -> str:
+        """``end``, ``periodic`` or ``continuous``: ``default`` and escalation resolved."""
+        with self._lock:
+            return self._effective()
+
+    def _effective(self) -> str:
+        if self._failures >= ESCALATION_FAILURES:
+            return "continuous"
+        strategy = self._config.strategy
+        if strategy == "default":
+            return "end" if self._is_infrequent() else "periodic"
+        return strategy
+
+    def flush_at_invocation_end(self) -> bool:
+        """True when ``before_next`` should hold ``/next`` and flush."""
+        return self.effective_strategy() == "end"
+
+    def flushes_on_new_data(self) -> bool:
+        """True for ``continuous``: export pending data as soon as it is seen."""
+        return self.effective_strategy() == "continuous"
+
+    def deadline_near(self, deadline: float, now: Optional[float] = None) -> bool:
+        """The invocation ends within ``deadline_margin_s``: flush now, there is no later."""
+        return deadline - self._now(now) < self._config.deadline_margin_s
+
+    def buffer_full(self, pending_records: int, pending_bytes: int) -> bool:
+        c = self._config
+        return pending_records > 0 and (
+            pending_records >= c.max_batch_records or pending_bytes >= c.max_batch_bytes
+        )
+
+    def next_timer_due(self, now: Optional[float] = None) -> Optional[float]:
+        """When the timer should next flush, or None when the strategy has no timer.
+
+        Before the first flush the timer is due at once (as the seed: "no flush yet").
+        """
+        now = self._now(now)
+        with self._lock:
+            if self._effective() == "end":
+                return None
+            if self._last_flush is None:
+                return now
+            return self._last_flush + self._config.interval_s
+
+    # -- outcomes -------------------------------------------------------------
+    def record_flush(self, success: Optional[bool], now: Optional[float] = None) -> None:
+        """Record a finished flush. ``None`` = nothing was sent (only restarts the timer)."""
+        now = self._now(now)
+        with self._lock:
+            self._last_flush = now
+            if success is None:
+                return
+            was_escalated = self._failures >= ESCALATION_FAILURES
+            self._failures = 0 if success else self._failures + 1
+            escalated = self._failures >= ESCALATION_FAILURES
+        if escalated and not was_escalated:
+            log.warning("%d consecutive failed flushes: flushing continuously, no longer holding /next",
+                        ESCALATION_FAILURES)
+        elif was_escalated and not escalated:
+            log.info("flush succeeded: back to the %r strategy", self._config.strategy)
+
+    def _now(self, now: Optional[float]) -> float:
+        return self._clock() if now is None else now
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive failed flushes; probes with jittered backoff.
+
+    While open nothing is exported inside invocations except one small probe when
+    ``probe_due``; ``/next`` is not held. The first backoff is ~1 s, doubling to
+    ``max_backoff_s``; each wait is jittered to [50 %, 100 %] so a fleet of
+    sandboxes does not probe a recovering backend in lockstep.
+    """
+
+    def __init__(self, failures: int, max_backoff_s: float, clock: Clock = time.monotonic,
+                 rng: Callable[[], float] = random.random,
+                 initial_backoff_s: float = BREAKER_INITIAL_BACKOFF_S) -> None:
+        self._threshold = max(1, failures)
+        self._max_backoff = max(initial_backoff_s, max_backoff_s)
+        self._initial = initial_backoff_s
+        self._clock = clock
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._open = False
+        self._backoff = initial_backoff_s
+        self._next_probe: Optional[float] = None
+        self.opened_count = 0
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self._open
+
+    @property
+    def next_probe_at(self) -> Optional[float]:
+        with self._lock:
+            return self._next_probe if self._open else None
+
+    def probe_due(self, now: Optional[float] = None) -> bool:
+        now = self._clock() if now is None else now
+        with self._lock:
+            return self._open and self._next_probe is not None and now >= self._next_probe
+
+    def record(self, success: bool, now: Optional[float] = None) -> None:
+        """Feed one flush (or probe) result."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            if success:
+                was_open = self._open
+                self._failures, self._open, self._backoff, self._next_probe = 0, False, self._initial, None
+            else:
+                self._failures += 1
+                was_open = self._open
+                if self._open:  # a failed probe: back off further
+                    self._backoff = min(self._backoff * 2, self._max_backoff)
+                elif self._failures >= self._threshold:
+                    self._open = True
+                    self.opened_count += 1
+                if self._open:
+                    self._next_probe = now + self._backoff * (0.5 + 0.5 * self._rng())
+            failures = self._failures
+        if success and was_open:
+            log.info("export breaker closed: backend reachable again")
+        elif not success and not was_open and self._open:
+            log.warning("export breaker open after %d failed flushes: buffering, probing with backoff "
+                        "(no export or hold inside invocations)", failures)
+
+
+class ExportGate:
+    """Freeze safety: requests start only while open; ``close`` waits for the one in flight.
+
+    The worker brackets every HTTP request with ``try_begin``/``end``. The events
+    thread calls ``open`` when ``/next`` returns and ``close(timeout)`` right before
+    it calls ``/next`` again. ``close`` returns False if a request is still open at
+    the timeout: the caller decides what to do (``FlushCoordinator`` logs it, once,
+    and goes to ``/next`` anyway rather than turn a stuck socket into a function
+    timeout; every request's deadline is capped, so this should not happen).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = False
+        self._in_flight = 0
+        self._deadlines: Dict[int, float] = {}  # token -> deadline of each request in flight
+        self._tokens = 0
+        self.close_timeouts = 0
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def close(self, timeout: Optional[float] = None, grace: float = GATE_CLOSE_GRACE_S) -> bool:
+        """Stop new requests; wait for the one in flight. True when none is open.
+
+        ``timeout`` None: wait until the in-flight request's own deadline plus ``grace``
+        (the request never outlives its deadline, so this is the natural bound).
+        """
+        with self._cond:
+            self._open = False
+            self._cond.notify_all()
+            if timeout is None:
+                latest = max(self._deadlines.values(), default=time.monotonic())
+                timeout = max(0.0, latest - time.monotonic()) + grace
+            end = time.monotonic() + max(0.0, timeout)
+            while self._in_flight:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    self.close_timeouts += 1
+                    first = self.close_timeouts == 1
+                    break
+                self._cond.wait(remaining)
+            else:
+                return True
+        if first:
+            log.warning("export gate: a request was still open %.3fs after close; calling /next anyway",
+                        timeout)
+        return False
+
+    @property
+    def is_open(self) -> bool:
+        with self._cond:
+            return self._open
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    def try_begin(self, deadline: Optional[float] = None) -> Optional[int]:
+        """Start a request if the gate is open (atomically with respect to ``close``).
+
+        Returns a token for ``end`` (None: closed, do not send). ``deadline`` (monotonic)
+        is when the request will have ended at the latest; ``close`` waits for it.
+        """
+        with self._cond:
+            if not self._open:
+                return None
+            self._in_flight += 1
+            self._tokens += 1
+            if deadline is not None:
+                self._deadlines[self._tokens] = deadline
+            return self._tokens
+
+    def end(self, token: int) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._deadlines.pop(token, None)
+            self._cond.notify_all()
+
+    def wait_open(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._open, timeout)
+
+
+@dataclass
+class FlushResult:
+    """What one flush did. ``success`` is None when nothing was sent."""
+
+    success: Optional[bool] = None
+    sent: Dict[str, int] = field(default_factory=dict)  # records accepted, per signal
+    requests: int = 0
+    deferred: bool = False  # stopped before the queue was empty (gate, budget, breaker, Retry-After)
+    shutdown_dropped: int = 0  # final flush only: records left unsent at the deadline
+
+
+class FlushTicket:
+    """A flush asked of the worker; ``wait(timeout)`` returns True once it has finished."""
+
+    def __init__(self, deadline: float, final: bool = False) -> None:
+        self.deadline = deadline
+        self.final = final
+        self.result: Optional[FlushResult] = None
+        self._done = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(max(0.0, timeout))
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _finish(self, result: FlushResult) -> None:
+        self.result = result
+        self._done.set()
+
+
+class ExportWorker(threading.Thread):
+    """The exporter thread: the only one that does HTTP.
+
+    Like the OTel SDK's BatchSpanProcessor: one thread, one condition variable,
+    flushes with a deadline. Triggers: the strategy's timer, a full buffer,
+    ``request_flush`` (end of invocation, deadline near) and the final flush.
+    Every request starts only through the ``ExportGate`` and its deadline is
+    capped by the flush deadline, the invocation deadline (``begin_invocation``)
+    and ``flush_budget_s``.
+    """
+
+    def __init__(self, aggregator: Any, exporter: Any, metrics_state: Any, manager: FlushManager,
+                 gate: ExportGate, loss: loss_mod.LossCounter, config: "FlushConfig",
+                 clock: Clock = time.monotonic, breaker: Optional[CircuitBreaker] = None,
+                 wall_ns: Callable[[], int] = time.time_ns) -> None:
+        super().__init__(name="lambda-otel-export", daemon=True)
+        self.aggregator = aggregator
+        self.exporter = exporter
+        self.metrics_state = metrics_state
+        self.loss = loss
+        self.gate = gate
+        self.manager = manager
+        self.config = config
+        self.breaker = breaker or CircuitBreaker(config.breaker_failures, config.breaker_max_backoff_s, clock)
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self._cond = threading.Condition()
+        self._tickets: Deque[FlushTicket] = deque()
+        self._stopping = False
+        self._cap: Optional[float] = None  # latest allowed request deadline in this invocation
+        self._failing_spent = 0.0  # seconds spent on failed requests in this invocation
+        self._not_before = 0.0  # Retry-After: no request before this instant
+        self._in_flight_deadline: Optional[float] = None
+        self._warned_no_endpoint: set = set()
+        self._warned_error = False
+        self.sent_records: Dict[str, int] = {s: 0 for s in loss_mod.SIGNALS}
+        self.requests_made = 0
+        self.flushes = 0
+
+    # -- called from other threads ------------------------------------------------
+    def request_flush(self, deadline: float, final: bool = False) -> FlushTicket:
+        ticket = FlushTicket(deadline, final)
+        with self._cond:
+            if self._stopping:
+                ticket._finish(FlushResult(deferred=True))
+                return ticket
+            self._tickets.append(ticket)
+            self._cond.notify_all()
+        return ticket
+
+    def begin_invocation(self, cap: Optional[float]) -> None:
+        """A new invocation (or SHUTDOWN, cap None): fresh export budget, new deadline cap."""
+        with self._cond:
+            self._cap = cap
+            self._failing_spent = 0.0
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def in_flight_deadline(self) -> Optional[float]:
+        """The deadline of the request in flight (None when idle): bounds ``ExportGate.close``."""
+        with self._cond:
+            return self._in_flight_deadline
+
+    @property
+    def budget_exhausted(self) -> bool:
+        with self._cond:
+            return self._failing_spent >= self.config.flush_budget_s
+
+    def stop(self, timeout: float) -> bool:
+        """Stop after the current request; True if the thread ended within ``timeout``."""
+        with self._cond:
+            self._stopping = True
+            tickets, self._tickets = list(self._tickets), deque()
+            self._cond.notify_all()
+        for t in tickets:
+            t._finish(FlushResult(deferred=True))
+        if self.is_alive():
+            self.join(max(0.0, timeout))
+        return not self.is_alive()
+
+    # -- the thread -----------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                action, arg, wait_s = self._next_action_locked(self._clock())
+                if action is None:
+                    self._cond.wait(wait_s)
+                    continue
+            try:
+                if action == "ticket":
+                    arg._finish(self._serve_ticket(arg))
+                elif action == "probe":
+                    self._probe()
+                else:  # "flush": timer, continuous or buffer full
+                    now = self._clock()
+                    self._flush(now + self.config.flush_budget_s, final=False)
+            except Exception:  # never let the exporter thread die silently
+                log.exception("export worker: unexpected error (continuing)")
+                if action == "ticket" and not arg.done:
+                    arg._finish(FlushResult(success=False))
+
+    def _next_action_locked(self, now: float):
+        """(action, argument, wait) where action is None when there is nothing to do yet."""
+        if self._tickets:
+            return "ticket", self._tickets.popleft(), 0.0
+        if not self.gate.is_open:
+            return None, None, 5.0  # woken by begin_invocation/wake when /next returns
+        if self._failing_spent >= self.config.flush_budget_s:
+            return None, None, 5.0  # this invocation's export budget is spent
+        if self._cap is not None and now >= self._cap - 0.01:
+            return None, None, 5.0  # too close to the invocation deadline to start anything
+        if now < self._not_before:
+            return None, None, self._not_before - now
+        if self.breaker.is_open:
+            probe_at = self.breaker.next_probe_at
+            if probe_at is not None and now >= probe_at:
+                if self.aggregator.pending_records() > 0:
+                    return "probe", None, 0.0
+                return None, None, DATA_CHECK_S  # nothing to probe with yet
+            return None, None, max(0.005, min(5.0, (probe_at or now + 5.0) - now))
+        due = self.manager.next_timer_due(now)
+        if due is not None and now >= due:
+            return "flush", None, 0.0
+        pending = self.aggregator.pending_records()
+        if self.manager.buffer_full(pending, self.aggregator.pending_bytes()):
+            return "flush", None, 0.0
+        if pending and self.manager.flushes_on_new_data():
+            return "flush", None, 0.0
+        tick = CONTINUOUS_TICK_S if self.manager.flushes_on_new_data() else DATA_CHECK_S
+        wait_s = tick if due is None else min(tick, due - now)
+        return None, None, max(0.005, wait_s)
+
+    def _serve_ticket(self, ticket: FlushTicket) -> FlushResult:
+        if ticket.final:
+            return self._final_flush(ticket.deadline)
+        now = self._clock()
+        if self.breaker.is_open:
+            if self.breaker.probe_due(now):
+                return self._probe()
+            return FlushResult(deferred=True)
+        with self._cond:
+            spent = self._failing_spent >= self.config.flush_budget_s
+        if spent or now < self._not_before:
+            return FlushResult(deferred=True)
+        return self._flush(ticket.deadline, final=False)
+
+    # -- flushing -------------------------------------------------------------------
+    def _flush(self, deadline: float, final: bool) -> FlushResult:
+        """Drain the queues once (the periodic/explicit flush)."""
+        self._collect_metrics()
+        result = FlushResult()
+        for signal in loss_mod.SIGNALS:
+            status = self._drain_signal(signal, deadline, result, final=final)
+            if status != "empty":
+                result.deferred = True
+                if status == "failed":
+                    result.success = False
+                break
+        self._record(result)
+        return result
+
+    def _probe(self) -> FlushResult:
+        """One small batch with a short deadline, to see whether the backend is back."""
+        self._collect_metrics()
+        now = self._clock()
+        deadline = now + min(PROBE_TIMEOUT_S, self.config.flush_budget_s)
+        result = FlushResult()
+        for signal in loss_mod.SIGNALS:
+            if self.aggregator.pending_records(signal):
+                self._drain_signal(signal, deadline, result, final=False, max_records=PROBE_MAX_RECORDS,
+                                   max_batches=1)
+                break
+        result.deferred = self.aggregator.pending_records() > 0
+        if result.success is None and result.requests == 0:
+            # Nothing could be sent (gate closed, nothing pending): try again after the next backoff.
+            return result
+        self._record(result)
+        return result
+
+    def _final_flush(self, deadline: float) -> FlushResult:
+        """SHUTDOWN: send everything that fits before ``deadline``; count the rest."""
+        self._collect_metrics()
+        result = FlushResult()
+        for _ in range(MAX_BATCH_ATTEMPTS):  # passes: a signal that failed is retried next pass
+            if self.aggregator.pending_records() == 0 or self._clock() >= deadline:
+                break
+            now = self._clock()
+            if now < self._not_before:
+                if self._not_before >= deadline:
+                    break
+                with self._cond:
+                    self._cond.wait(self._not_before - now)
+            for signal in loss_mod.SIGNALS:
+                status = self._drain_signal(signal, deadline, result, final=True)
+                if status == "failed":
+                    result.success = False
+                elif status == "stopped":
+                    break
+        unsent = self.aggregator.discard_all(loss_mod.SHUTDOWN_DEADLINE)
+        result.shutdown_dropped = unsent
+        result.deferred = unsent > 0
+        self._record(result)
+        return result
+
+    def _drain_signal(self, signal: str, deadline: float, result: FlushResult, final: bool,
+                      max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH) -> str:
+        """Send batches of one signal until its queue is empty.
+
+        Returns "empty" (all sent or dropped), "failed" (a retryable failure: the batch
+        is back in the queue), or "stopped" (gate closed, out of time or budget).
+        """
+        cfg = self.config
+        for _ in range(max_batches):
+            now = self._clock()
+            req_deadline = self._request_deadline(deadline, final, now)
+            if req_deadline - now < 0.01 or now < self._not_before:
+                return "stopped"
+            if not final and self.budget_exhausted:
+                return "stopped"
+            token = self.gate.try_begin(req_deadline)
+            if token is None:
+                return "stopped"
+            batch = None
+            try:
+                batch = self.aggregator.take_batch(signal, cfg.max_batch_bytes,
+                                                   max_records or cfg.max_batch_records)
+                if batch is None:
+                    return "empty"
+                with self._cond:
+                    self._in_flight_deadline = req_deadline
+                started = self._clock()
+                try:
+                    outcome = self.exporter.export(signal, batch.to_bytes(), req_deadline)
+                except Exception as exc:  # the exporter should not raise; treat as retryable
+                    if not self._warned_error:
+                        self._warned_error = True
+                        log.warning("export of %s raised %r; treating as retryable", signal, exc)
+                    outcome = None
+                elapsed = self._clock() - started
+            finally:
+                with self._cond:
+                    self._in_flight_deadline = None
+                self.gate.end(token)
+            result.requests += 1
+            self.requests_made += 1
+            kind = getattr(outcome, "kind", "RETRYABLE")
+            kind = getattr(kind, "name", kind)
+            if kind == "SUCCESS":
+                # Partial-success rejections are counted by the exporter itself.
+                rejected = min(batch.records, max(0, int(getattr(outcome, "rejected_records", 0) or 0)))
+                self._sent(result, signal, batch.records - rejected)
+                if result.success is None:
+                    result.success = True
+            elif kind == "REJECTED":  # the backend answered: it is up, the data is bad
+                self.loss.add(signal, loss_mod.EXPORT_REJECTED, batch.records)
+                if result.success is None:
+                    result.success = True
+            elif kind == "NO_ENDPOINT":
+                self.loss.add(signal, loss_mod.NO_ENDPOINT, batch.records)
+                if signal not in self._warned_no_endpoint:
+                    self._warned_no_endpoint.add(signal)
+                    log.warning("no endpoint configured for %s: dropping them (counted as no_endpoint)", signal)
+            else:  # RETRYABLE (or an exception)
+                with self._cond:
+                    self._failing_spent += elapsed
+                retry_after = getattr(outcome, "retry_after", None)
+                if retry_after:
+                    with self._cond:
+                        self._not_before = max(self._not_before, self._clock() + float(retry_after))
+                batch.attempts += 1
+                if batch.attempts >= MAX_BATCH_ATTEMPTS:
+                    self.loss.add(signal, loss_mod.RETRIES_EXHAUSTED, batch.records)
+                else:
+                    self.aggregator.requeue(batch)
+                return "failed"
+        return "stopped" if self.aggregator.pending_records(signal) else "empty"
+
+    def _request_deadline(self, deadline: float, final: bool, now: float) -> float:
+        if final:
+            return deadline
+        with self._cond:
+            cap = self._cap
+        d = min(deadline, now + self.config.flush_budget_s)
+        return d if cap is None else min(d, cap)
+
+    def _sent(self, result: FlushResult, signal: str, records: int) -> None:
+        result.sent[signal] = result.sent.get(signal, 0) + records
+        self.sent_records[signal] += records
+
+    def _collect_metrics(self) -> None:
+        """Metrics ride along with every flush (including ``lambda_otel.dropped``)."""
+        if self.metrics_state is None:
+            return
+        try:
+            rm = self.metrics_state.collect(self._wall_ns())
+        except Exception as exc:
+            if not self._warned_error:
+                self._warned_error = True
+                log.warning("metrics collection failed: %r", exc)
+            return
+        if rm is not None:
+            from lambda_otel.aggregator import count_records
+
+            self.aggregator.add(loss_mod.METRICS, rm, records=count_records(loss_mod.METRICS, rm), evict=True)
+
+    def _record(self, result: FlushResult) -> None:
+        self.flushes += 1
+        now = self._clock()
+        self.manager.record_flush(result.success, now)
+        if result.success is not None:
+            self.breaker.record(result.success, now)
+
+
+@dataclass
+class ShutdownSummary:
+    """What the final flush did (logged once by ``on_shutdown_event``)."""
+
+    sent: Dict[str, int]  # records sent during the final flush, per signal
+    dropped: Dict[str, int]  # records lost over the process's life, per reason
+    shutdown_deadline: int  # records left unsent by this final flush
+    elapsed_s: float
+    completed: bool  # the final flush finished (False: the worker did not answer in time)
+
+
+@dataclass
+class HoldReport:
+    """What the last ``before_next`` did, for tests and debugging."""
+
+    held: bool = False  # waited for runtimeDone and flushed
+    runtime_done: bool = False  # this invocation's runtimeDone arrived within the wait
+    flushed: Optional[FlushResult] = None
+    gate_closed: bool = True  # False: a request was still open when we gave up waiting
+    elapsed_s: float = 0.0
+
+
+class FlushCoordinator:
+    """What the events thread calls around ``/next``; owns the freeze-safe hold.
+
+    Timekeeping: Lambda's ``deadlineMs`` (epoch ms) is converted once to the
+    monotonic clock when the event arrives.
+    """
+
+    _RECENT_DONE = 64  # runtimeDone request ids remembered (late ones are harmless)
+
+    def __init__(self, manager: FlushManager, gate: ExportGate, worker: ExportWorker,
+                 config: "FlushConfig", clock: Clock = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.manager = manager
+        self.gate = gate
+        self.worker = worker
+        self.config = config
+        self._clock = clock
+        self._wall = wall
+        self._cond = threading.Condition()
+        self._done: "OrderedDict[str, float]" = OrderedDict()
+        self._current: Optional[tuple] = None  # (request_id, monotonic deadline)
+        self._rd_wait = config.runtime_done_wait_s
+        self._rd_degraded = False
+        self.last_hold = HoldReport()
+
+    @property
+    def runtime_done_wait_s(self) -> float:
+        """The current (adaptive) bound on waiting for runtimeDone."""
+        with self._cond:
+            return self._rd_wait
+
+    def to_monotonic(self, epoch_ms: int) -> float:
+        return self._clock() + (epoch_ms / 1000.0 - self._wall())
+
+    # -- events thread ----------------------------------------------------------------
+    def on_invoke(self, request_id: str, deadline_ms: int) -> None:
+        """Right after ``/next`` returned INVOKE: open the gate, note the invocation."""
+        now = self._clock()
+        deadline = self.to_monotonic(deadline_ms)
+        with self._cond:
+            self._current = (request_id, deadline)
+        # Requests may run until the deadline minus the margin; for a very short
+        # remaining time, until half of it (there is no later chance to flush).
+        cap = deadline - min(self.config.deadline_margin_s, max(0.0, deadline - now) / 2)
+        self.worker.begin_invocation(cap)
+        self.gate.open()
+        self.worker.wake()
+        self.manager.record_invocation(now)
+        if self.manager.deadline_near(deadline, now) and not self.worker.breaker.is_open:
+            self.worker.request_flush(cap)
+
+    def on_runtime_done(self, request_id: str) -> None:
+        """From the telemetry thread, after that batch is in the aggregator."""
+        with self._cond:
+            self._done[request_id] = self._clock()
+            while len(self._done) > self._RECENT_DONE:
+                self._done.popitem(last=False)
+            self._cond.notify_all()
+
+    def before_next(self) -> None:
+        """Right before ``/next``: maybe hold for runtimeDone and flush; always close the gate.
+
+        The hold (``end`` strategy, breaker closed): wait for this invocation's
+        runtimeDone for at most the adaptive ``runtime_done_wait_s``, then flush
+        what is pending for at most ``flush_budget_s``; nothing goes past the
+        invocation deadline minus ``deadline_margin_s``. A late runtimeDone shrinks
+        the next wait (halved, floor 50 ms) until a timely one restores it; the data
+        still pending then goes in a later flush. The flush runs even when
+        runtimeDone was late: the function is then most likely still running, so
+        sending older data costs it no time, and long functions are not starved.
+        """
+        t0 = self._clock()
+        with self._cond:
+            current, self._current = self._current, None
+        report = HoldReport()
+        if current is not None and self.manager.flush_at_invocation_end() and not self.worker.breaker.is_open:
+            request_id, deadline = current
+            limit = deadline - self.config.deadline_margin_s
+            if limit > t0:
+                report.held = True
+                report.runtime_done = self._wait_runtime_done(request_id, min(t0 + self.runtime_done_wait_s, limit))
+                self._adapt(report.runtime_done)
+                now = self._clock()
+                flush_deadline = min(now + self.config.flush_budget_s, limit)
+                if flush_deadline > now:
+                    ticket = self.worker.request_flush(flush_deadline)
+                    ticket.wait(flush_deadline - now)
+                    report.flushed = ticket.result
+        report.gate_closed = self._close_gate()
+        report.elapsed_s = self._clock() - t0
+        self.last_hold = report
+
+    def on_shutdown_event(self, deadline_ms: int) -> ShutdownSummary:
+        """SHUTDOWN: final flush of everything, budgeted to ``deadline_ms - shutdown_margin_s``."""
+        t0 = self._clock()
+        deadline = self.to_monotonic(deadline_ms) - self.config.shutdown_margin_s
+        with self._cond:
+            self._current = None
+        self.worker.begin_invocation(None)
+        self.gate.open()
+        self.worker.wake()
+        ticket = self.worker.request_flush(deadline, final=True)
+        completed = ticket.wait(max(0.0, deadline - self._clock()) + GATE_CLOSE_GRACE_S)
+        result = ticket.result or FlushResult()
+        unsent = result.shutdown_dropped
+        if not completed:  # the worker is stuck in a request: count what is left ourselves
+            unsent += self.worker.aggregator.discard_all(loss_mod.SHUTDOWN_DEADLINE)
+        self._close_gate()
+        self.worker.stop(GATE_CLOSE_GRACE_S)
+        dropped: Dict[str, int] = {}
+        for (_, reason), n in self.worker.loss.snapshot().items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        summary = ShutdownSummary(dict(result.sent), dropped, unsent, self._clock() - t0, completed)
+        log.info("final flush: sent %s, unsent at deadline %d, dropped over lifetime %s, %.3fs",
+                 summary.sent or "{}", unsent, dropped or "{}", summary.elapsed_s)
+        return summary
+
+    shutdown = on_shutdown_event  # the name design.md uses
+
+    # -- helpers ------------------------------------------------------------------------
+    def _wait_runtime_done(self, request_id: str, until: float) -> bool:
+        with self._cond:
+            while request_id not in self._done:
+                remaining = until - self._clock()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _adapt(self, timely: bool) -> None:
+        with self._cond:
+            if timely:
+                changed = self._rd_degraded
+                self._rd_wait, self._rd_degraded = self.config.runtime_done_wait_s, False
+            else:
+                changed = not self._rd_degraded
+                floor = min(RUNTIME_DONE_WAIT_FLOOR_S, self.config.runtime_done_wait_s)
+                self._rd_wait = max(floor, self._rd_wait / 2)
+                self._rd_degraded = True
+            wait = self._rd_wait
+        if changed and timely:
+            log.info("platform.runtimeDone on time again: waiting up to %.3fs for it", wait)
+        elif changed:
+            log.info("platform.runtimeDone late: shortening the wait for it (now %.3fs) until one is on time", wait)
+
+    def _close_gate(self) -> bool:
+        # Bounded by the in-flight request's own (capped) deadline plus a grace.
+        return self.gate.close()
