@@ -22,6 +22,8 @@ import ipaddress
 import json
 import logging
 import socket
+import socketserver
+import sys
 import threading
 import time
 import zlib
@@ -241,6 +243,11 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(receiver.max_connections)
         super().__init__(address, _Handler)
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would call socket.getfqdn(), a DNS lookup at cold start we don't need.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
     def process_request(self, request, client_address):
         # Bounded concurrency: past the limit a connection gets a bodiless 503 and is closed
         # rather than a thread of its own.
@@ -267,9 +274,15 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    _bug_logged = False
+
     def handle_error(self, request, client_address):
-        # A broken connection is the client's business; anything else is our bug: log it once each.
-        log.debug("OTLP receiver: error while serving a connection", exc_info=True)
+        # A broken connection is the client's business; anything else is our bug: logged once.
+        if isinstance(sys.exc_info()[1], OSError) or self._bug_logged:
+            log.debug("OTLP receiver: error while serving a connection", exc_info=True)
+        else:
+            self._bug_logged = True
+            log.exception("OTLP receiver: unexpected error while serving a request (logged once)")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -301,7 +314,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == HEALTH_PATH:
-            body = json.dumps({"status": "ready", **self.server.receiver._stats.snapshot()}).encode()
+            receiver = self.server.receiver
+            health = {"status": "ready", **receiver._stats.snapshot(),
+                      "queued_records": receiver.aggregator.pending_records(),
+                      "queued_bytes": receiver.aggregator.pending_bytes()}
+            body = json.dumps(health).encode()
             self._send(200, body, JSON)
         elif path in PATHS:
             self._error(405, f"{path} accepts POST only", PROTOBUF, allow="POST")

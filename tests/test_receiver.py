@@ -369,6 +369,7 @@ class BadInputTest(ReceiverTestBase):
         self.assertEqual(health["status"], "ready")
         self.assertEqual(health["signals_received"], 1)
         self.assertEqual(health["records_received"][TRACES], 3)
+        self.assertEqual(health["queued_records"], 3)
         self.assertEqual(health["responses"]["405"], 3)
         self.assertEqual(health["responses"]["404"], 2)
 
