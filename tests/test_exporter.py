@@ -1,0 +1,384 @@
+"""OtlpExporter against a real OtlpSink on 127.0.0.1: success, retries, deadlines, stale connections, TLS."""
+
+import email.utils
+import gzip
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from unittest import mock
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from lambda_otel import __version__
+from lambda_otel import exporter as exporter_module
+from lambda_otel.config import ExporterConfig
+from lambda_otel.exporter import NO_ENDPOINT, REJECTED, RETRYABLE, SUCCESS, OtlpExporter, _parse_retry_after
+from lambda_otel.local.sink import OtlpSink, Reply
+from lambda_otel.loss import EXPORT_REJECTED, LOGS, TRACES, LossCounter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "Bearer s3cr3t-t0ken-value"
+
+
+def trace_body(n: int = 3) -> bytes:
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "exporter-test"
+    ss = rs.scope_spans.add()
+    for i in range(n):
+        span = ss.spans.add()
+        span.name = f"span-{i}"
+        span.trace_id = bytes([7]) * 16
+        span.span_id = bytes([i + 1]) * 8
+        span.attributes.add(key="payload").value.string_value = "x" * 200
+    return req.SerializeToString()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ExporterTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.sink = OtlpSink().start()
+        self.addCleanup(self.sink.stop)
+        self.loss = LossCounter()
+
+    def exporter(self, **overrides) -> OtlpExporter:
+        fields = dict(
+            traces_endpoint=self.sink.url("traces"),
+            metrics_endpoint=None,
+            logs_endpoint=self.sink.url("logs"),
+            headers={},
+            compression="gzip",
+            timeout_s=5.0,
+        )
+        fields.update(overrides)
+        exp = OtlpExporter(ExporterConfig(**fields), self.loss)
+        self.addCleanup(exp.close)
+        return exp
+
+    def export(self, exp, body=None, within=10.0, signal=TRACES):
+        return exp.export(signal, body if body is not None else trace_body(), time.monotonic() + within)
+
+
+class SuccessTest(ExporterTestCase):
+    def test_gzip_body_decodes_to_the_same_request(self):
+        body = trace_body()
+        outcome = self.export(self.exporter(), body)
+        self.assertEqual((outcome.kind, outcome.status, outcome.attempts), (SUCCESS, 200, 1))
+        self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
+        rec = self.sink.requests[0]
+        self.assertEqual(rec.headers["content-encoding"], "gzip")
+        self.assertEqual(rec.headers["content-type"], "application/x-protobuf")
+        self.assertEqual(rec.headers["user-agent"], f"lambda-otel/{__version__}")
+        self.assertEqual(rec.body_size, len(gzip.compress(body, 1)))
+        self.assertEqual(rec.decoded, ExportTraceServiceRequest.FromString(body))
+
+    def test_uncompressed_body(self):
+        req = ExportLogsServiceRequest()
+        req.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "hello"
+        outcome = self.export(self.exporter(compression="none"), req.SerializeToString(), signal=LOGS)
+        self.assertEqual(outcome.kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
+        rec = self.sink.requests[0]
+        self.assertNotIn("content-encoding", rec.headers)
+        self.assertEqual(rec.body_size, req.ByteSize())
+        self.assertEqual(rec.path, "/v1/logs")
+        self.assertEqual([r.body.string_value for r in self.sink.log_records()], ["hello"])
+
+    def test_user_headers_are_sent_but_cannot_break_the_encoding(self):
+        exp = self.exporter(headers={"Authorization": SECRET, "X-Tenant": "t1", "Content-Encoding": "br"})
+        self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
+        headers = self.sink.requests[0].headers
+        self.assertEqual(headers["authorization"], SECRET)
+        self.assertEqual(headers["x-tenant"], "t1")
+        self.assertEqual(headers["content-encoding"], "gzip")
+        self.assertEqual(len(self.sink.spans()), 3)
+
+    def test_no_endpoint(self):
+        outcome = self.export(self.exporter(), signal="metrics")
+        self.assertEqual((outcome.kind, outcome.attempts), (NO_ENDPOINT, 0))
+        self.assertEqual(self.sink.requests, [])
+
+    def test_keep_alive_reuses_one_connection(self):
+        exp = self.exporter()
+        for _ in range(3):
+            self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(3, timeout=5))
+        self.assertEqual(len({r.connection_id for r in self.sink.requests}), 1)
+
+    def test_idle_session_opens_a_new_connection(self):
+        exp = self.exporter()
+        self.assertEqual(self.export(exp).kind, SUCCESS)
+        with mock.patch.object(exporter_module, "IDLE_CLOSE_S", 0.0):  # "idle for longer than the threshold"
+            self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(2, timeout=5))
+        first, second = self.sink.requests
+        self.assertNotEqual(first.connection_id, second.connection_id)
+        self.assertEqual(second.nth_on_connection, 0)
+
+    def test_partial_success_is_reported_and_counted(self):
+        self.sink.set_reply(Reply(partial_rejected=2, partial_message="spans too old"))
+        outcome = self.export(self.exporter())
+        self.assertEqual((outcome.kind, outcome.rejected_records), (SUCCESS, 2))
+        self.assertEqual(self.loss.snapshot(), {(TRACES, EXPORT_REJECTED): 2})
+
+    def test_non_otlp_body_on_2xx_is_plain_success(self):
+        self.sink.set_reply(Reply(status=200, non_otlp=True))
+        outcome = self.export(self.exporter())
+        self.assertEqual((outcome.kind, outcome.rejected_records), (SUCCESS, 0))
+        self.assertEqual(self.loss.snapshot(), {})
+
+    def test_requests_is_imported_lazily(self):
+        code = ("import sys, lambda_otel.exporter as e, lambda_otel.config as c, lambda_otel.loss as l;"
+                "e.OtlpExporter(c.ExporterConfig(traces_endpoint='http://127.0.0.1:1/v1/traces'), l.LossCounter());"
+                "print('requests' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout.strip(), "False", out.stderr)
+
+
+class RetryTest(ExporterTestCase):
+    def test_503_twice_then_success(self):
+        self.sink.script([Reply(status=503), Reply(status=503)])
+        outcome = self.export(self.exporter())
+        self.assertEqual((outcome.kind, outcome.status, outcome.attempts), (SUCCESS, 200, 3))
+        self.assertTrue(self.sink.wait_for_requests(3, timeout=5))
+        self.assertEqual([r.status for r in self.sink.requests], [503, 503, 200])
+
+    def test_connection_reset_mid_body_is_retried(self):
+        self.sink.script([Reply(reset=True)])
+        outcome = self.export(self.exporter(), trace_body(200))
+        self.assertEqual((outcome.kind, outcome.attempts), (SUCCESS, 2))
+        self.assertEqual(len(self.sink.spans()), 200)
+
+    def test_retry_after_is_honoured(self):
+        self.sink.script([Reply(status=429, retry_after="1")])
+        outcome = self.export(self.exporter(), within=20)
+        self.assertEqual((outcome.kind, outcome.attempts), (SUCCESS, 2))
+        self.assertTrue(self.sink.wait_for_requests(2, timeout=5))
+        first, second = self.sink.requests
+        # A lower bound (the behaviour itself); slightly generous because the sink stamps "end"
+        # just after its write, a hair after the client may have read the answer.
+        self.assertGreaterEqual(second.start - first.end, 0.9)
+
+    def test_retry_after_beyond_deadline_returns_at_once(self):
+        self.sink.script([Reply(status=503, retry_after="30")])
+        deadline = time.monotonic() + 5
+        outcome = self.exporter().export(TRACES, trace_body(), deadline)
+        self.assertLess(time.monotonic(), deadline)  # it did not wait for the Retry-After
+        self.assertEqual((outcome.kind, outcome.status, outcome.retry_after, outcome.attempts),
+                         (RETRYABLE, 503, 30.0, 1))
+        self.assertEqual(len(self.sink.requests), 1)
+
+    def test_retry_after_http_date(self):
+        future = email.utils.formatdate(time.time() + 3, usegmt=True)
+        value = _parse_retry_after(future)
+        self.assertIsNotNone(value)
+        self.assertTrue(1.0 <= value <= 3.0, value)
+        self.assertEqual(_parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)), 0.0)
+        self.assertEqual(_parse_retry_after("2.5"), 2.5)
+        self.assertIsNone(_parse_retry_after("soon"))
+        self.assertIsNone(_parse_retry_after(None))
+
+    def test_400_is_rejected_without_retry(self):
+        self.sink.set_reply(Reply(status=400, body=b"bad payload"))
+        outcome = self.export(self.exporter())
+        self.assertEqual((outcome.kind, outcome.status, outcome.attempts), (REJECTED, 400, 1))
+        self.assertIn("HTTP 400", outcome.error)
+        self.assertIn("bad payload", outcome.error)
+        self.assertEqual(len(self.sink.requests), 1)
+
+    def test_500_and_501_are_rejected(self):
+        for status in (500, 501):
+            self.sink.clear()
+            self.sink.set_reply(Reply(status=status))
+            outcome = self.export(self.exporter())
+            self.assertEqual((outcome.kind, outcome.status, outcome.attempts), (REJECTED, status, 1))
+            self.assertEqual(len(self.sink.requests), 1)
+
+    def test_retryable_until_deadline(self):
+        self.sink.set_reply(Reply(status=502, non_otlp=True))
+        deadline = time.monotonic() + 1.0
+        outcome = self.exporter().export(TRACES, trace_body(), deadline)
+        self.assertLess(time.monotonic(), deadline + 0.5)
+        self.assertEqual((outcome.kind, outcome.status), (RETRYABLE, 502))
+        self.assertGreaterEqual(outcome.attempts, 2)
+        self.assertLessEqual(outcome.attempts, exporter_module.MAX_ATTEMPTS)
+        self.assertEqual(len(self.sink.requests), outcome.attempts)
+
+    def test_deadline_respected_with_a_hanging_backend(self):
+        self.sink.set_reply(Reply(hang=True))
+        exp = self.exporter(timeout_s=30.0)
+        deadline = time.monotonic() + 0.5
+        outcome = exp.export(TRACES, trace_body(), deadline)
+        self.assertLess(time.monotonic(), deadline + 1.0)  # generous slack; the bound is the behaviour
+        self.assertEqual(outcome.kind, RETRYABLE)
+        self.assertIn("timeout", outcome.error)
+
+    def test_expired_deadline_sends_nothing(self):
+        outcome = self.exporter().export(TRACES, trace_body(), time.monotonic() - 1)
+        self.assertEqual((outcome.kind, outcome.attempts), (RETRYABLE, 0))
+        self.assertEqual(self.sink.requests, [])
+
+    def test_connection_refused_is_retryable(self):
+        exp = self.exporter(traces_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces")
+        deadline = time.monotonic() + 0.5
+        outcome = exp.export(TRACES, trace_body(), deadline)
+        self.assertLess(time.monotonic(), deadline + 1.0)
+        self.assertEqual((outcome.kind, outcome.status, outcome.stale_retries), (RETRYABLE, None, 0))
+        self.assertGreaterEqual(outcome.attempts, 1)
+        self.assertIn("refused", outcome.error.lower())
+
+    def test_close_interrupts_a_retry_wait(self):
+        self.sink.script([Reply(status=503, retry_after="20")])
+        exp = self.exporter()
+        threading.Timer(0.2, exp.close).start()
+        deadline = time.monotonic() + 60
+        outcome = exp.export(TRACES, trace_body(), deadline)
+        self.assertLess(time.monotonic(), deadline - 30)  # nowhere near the 20 s Retry-After
+        self.assertEqual(outcome.kind, RETRYABLE)
+        self.assertEqual(exp.export(TRACES, trace_body(), time.monotonic() + 5).kind, RETRYABLE)
+        self.assertEqual(len(self.sink.requests), 1)
+
+
+class StaleConnectionTest(ExporterTestCase):
+    def test_dead_pooled_connection_is_resent_once_without_counting(self):
+        # The sink resets any request that arrives on an already-used keep-alive connection:
+        # what a connection killed during a freeze looks like to the client.
+        self.sink.set_reply(Reply(stale_keepalive=True))
+        exp = self.exporter()
+        first = self.export(exp)
+        self.assertEqual((first.kind, first.attempts, first.stale_retries), (SUCCESS, 1, 0))
+        second = self.export(exp)
+        self.assertEqual((second.kind, second.attempts, second.stale_retries), (SUCCESS, 1, 1))
+        self.assertTrue(self.sink.wait_for_requests(3, timeout=5))
+        self.assertEqual([r.outcome for r in self.sink.requests], ["answered", "reset", "answered"])
+        self.assertEqual(len(self.sink.spans()), 6)
+
+    def test_reset_on_a_fresh_connection_is_a_normal_attempt(self):
+        self.sink.script([Reply(close=True)])
+        outcome = self.export(self.exporter())
+        self.assertEqual((outcome.kind, outcome.attempts, outcome.stale_retries), (SUCCESS, 2, 0))
+
+
+class SecretsTest(ExporterTestCase):
+    def test_header_values_never_in_errors_or_logs(self):
+        exp = self.exporter(headers={"Authorization": SECRET})
+        refused = self.exporter(traces_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces",
+                                headers={"Authorization": SECRET})
+        self.sink.set_reply(Reply(status=401, body=f"invalid credentials: {SECRET}".encode()))
+        with self.assertLogs("lambda_otel", level=logging.DEBUG) as logs:
+            outcomes = [self.export(exp), refused.export(TRACES, trace_body(), time.monotonic() + 0.3)]
+        self.assertEqual([o.kind for o in outcomes], [REJECTED, RETRYABLE])
+        for outcome in outcomes:
+            self.assertNotIn(SECRET, outcome.error)
+            self.assertNotIn("s3cr3t", outcome.error)
+        self.assertIn("<redacted>", outcomes[0].error)
+        text = "\n".join(logs.output)
+        self.assertNotIn("s3cr3t", text)
+        self.assertTrue(all(not r.startswith("INFO") for r in logs.output))  # never INFO per request
+
+
+def make_self_signed(directory: str):
+    """A throwaway certificate for 127.0.0.1 (cryptography if installed, else the openssl CLI)."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    try:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            return None
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60,
+        )
+        return cert, key
+    pkey = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(pkey.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(pkey, hashes.SHA256())
+    )
+    with open(cert, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key, "wb") as f:
+        f.write(pkey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    return cert, key
+
+
+class CertificateTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.pair = make_self_signed(cls.tmp.name)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.tmp.cleanup()
+
+    def setUp(self) -> None:
+        if self.pair is None:
+            self.skipTest("needs the 'cryptography' package or the openssl CLI to make a test certificate")
+        self.sink = OtlpSink(tls=self.pair).start()
+        self.addCleanup(self.sink.stop)
+        self.loss = LossCounter()
+
+    def exporter(self, certificate=None) -> OtlpExporter:
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces"), headers={"Authorization": SECRET},
+                                          timeout_s=5.0, certificate=certificate), self.loss)
+        self.addCleanup(exp.close)
+        return exp
+
+    def test_untrusted_certificate_is_rejected_once_and_logged_once(self):
+        exp = self.exporter()
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcomes = [exp.export(TRACES, trace_body(), time.monotonic() + 10) for _ in range(2)]
+        for outcome in outcomes:
+            self.assertEqual((outcome.kind, outcome.attempts, outcome.status), (REJECTED, 1, None))
+            self.assertIn("certificate verification failed", outcome.error)
+            self.assertNotIn("s3cr3t", outcome.error)
+        self.assertEqual(len(logs.output), 1)
+        self.assertEqual(self.sink.spans(), [])
+
+    def test_configured_ca_bundle_is_trusted(self):
+        outcome = self.exporter(certificate=self.pair[0]).export(TRACES, trace_body(), time.monotonic() + 10)
+        self.assertEqual(outcome.kind, SUCCESS)
+        self.assertEqual(len(self.sink.spans()), 3)
+
+    def test_missing_ca_bundle_is_a_clear_rejection(self):
+        missing = os.path.join(self.tmp.name, "nope.pem")
+        outcome = self.exporter(certificate=missing).export(TRACES, trace_body(), time.monotonic() + 10)
+        self.assertEqual(outcome.kind, REJECTED)
+        self.assertIn("nope.pem", outcome.error)
+        self.assertEqual(self.sink.requests, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
