@@ -237,11 +237,16 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, address, receiver: "OtlpReceiver", family: int) -> None:
+    def __init__(self, address, receiver: "OtlpReceiver", family: int, sock: Optional[socket.socket]) -> None:
         self.address_family = family
         self.receiver = receiver
         self._slots = threading.BoundedSemaphore(receiver.max_connections)
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bind_and_activate=sock is None)
+        if sock is not None:  # already bound and listening (bound early by the app)
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            self.server_name, self.server_port = self.server_address[:2]
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind would call socket.getfqdn(), a DNS lookup at cold start we don't need.
@@ -405,7 +410,11 @@ class OtlpReceiver:
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         poll_interval_s: float = 0.5,
+        sock: Optional[socket.socket] = None,
     ) -> None:
+        """``sock``: an already bound, listening socket to serve on (host/port then come from it)."""
+        if sock is not None:
+            host, port = sock.getsockname()[:2]
         if host == "localhost":
             host = "127.0.0.1"
         try:
@@ -427,6 +436,7 @@ class OtlpReceiver:
         self.max_connections = max_connections
         self.poll_interval_s = poll_interval_s  # how long stop() may wait for the serve loop
         self._stats = _Stats()
+        self._sock = sock
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -452,7 +462,8 @@ class OtlpReceiver:
     def start(self) -> None:
         if self._server is not None:
             return
-        self._server = _Server((self.host, self._requested_port), self, self._family)
+        self._server = _Server((self.host, self._requested_port), self, self._family, self._sock)
+        self._sock = None  # the server owns it now (closed by stop())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": self.poll_interval_s},
                                         name="otlp-receiver", daemon=True)
         self._thread.start()

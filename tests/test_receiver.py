@@ -507,6 +507,26 @@ class ConstructionTest(unittest.TestCase):
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
 
+    def test_serves_a_socket_bound_beforehand(self):
+        loss = LossCounter()
+        agg = Aggregator(MiB, 100, loss)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        receiver = OtlpReceiver(agg, loss, sock=sock, poll_interval_s=0.02)
+        receiver.start()
+        self.addCleanup(receiver.stop)
+        self.assertEqual(receiver.port, sock.getsockname()[1])
+        exporter = OTLPSpanExporter(endpoint=f"{receiver.address}/v1/traces", timeout=WAIT)
+        self.addCleanup(exporter.shutdown)
+        self.assertEqual(exporter.export(make_spans("early", 2)), SpanExportResult.SUCCESS)
+        self.assertEqual(agg.pending_records(TRACES), 2)
+        public = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(public.close)
+        public.bind(("0.0.0.0", 0))
+        with self.assertRaises(ValueError):
+            OtlpReceiver(agg, loss, sock=public)
+
     def test_status_fallback_matches_google_rpc_status(self):
         Fallback = build_status_class()
         ours = Fallback(code=3, message="bad body").SerializeToString()
