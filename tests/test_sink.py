@@ -119,6 +119,17 @@ class DecodingTest(SinkTestCase):
         json.loads(resp)
         self.assertEqual([r.body.string_value for r in self.sink.log_records()], ["hello", "world"])
 
+    def test_otlp_json_hex_ids(self):
+        body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "name": "hexed", "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+            "parentSpanId": "eee19b7ec3c1b173", "kind": 2}]}]}]}).encode()
+        self.assertEqual(self.post("/v1/traces", body, {"Content-Type": "application/json"})[0], 200)
+        span = self.sink.spans()[0]
+        self.assertEqual(span.trace_id.hex(), "5b8efff798038103d269b633813fc60c")
+        self.assertEqual(span.span_id.hex(), "eee19b7ec3c1b174")
+        self.assertEqual(span.parent_span_id.hex(), "eee19b7ec3c1b173")
+        self.assertEqual(span.kind, 2)
+
     def test_bad_body_unknown_path_and_wrong_method(self):
         status, _, body = self.post("/v1/traces", b"\xff\xff\xff garbage")
         self.assertEqual(status, 400)

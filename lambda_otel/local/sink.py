@@ -31,7 +31,9 @@ per request.
 from __future__ import annotations
 
 import argparse
+import base64
 import gzip
+import json
 import socket
 import ssl
 import struct
@@ -380,12 +382,36 @@ def _decode(raw: bytes, encoding: Optional[str], is_json: bool, cls: type) -> Me
     msg = cls()
     try:
         if is_json:
-            json_format.Parse(data.decode("utf-8"), msg)
+            json_format.ParseDict(_otlp_json_ids(json.loads(data.decode("utf-8"))), msg)
         else:
             msg.ParseFromString(data)
-    except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+    except (DecodeError, json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"cannot decode {cls.__name__}: {exc}") from None
     return msg
+
+
+_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _otlp_json_ids(node: Any, depth: int = 0) -> Any:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
+    if depth > 64:
+        raise ValueError("JSON nested too deeply")
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in _ID_KEYS and isinstance(value, str) and value and len(value) % 2 == 0:
+                try:
+                    value = base64.b64encode(bytes.fromhex(value)).decode()
+                except ValueError:
+                    pass  # not hex: assume it is already base64
+            else:
+                value = _otlp_json_ids(value, depth + 1)
+            out[key] = value
+        return out
+    if isinstance(node, list):
+        return [_otlp_json_ids(v, depth + 1) for v in node]
+    return node
 
 
 class OtlpSink:
