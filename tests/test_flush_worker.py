@@ -1,0 +1,396 @@
+"""ExportWorker and FlushCoordinator against real parts: Aggregator, MetricsState, OtlpExporter
+and the OtlpSink backend on 127.0.0.1, with real threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+import unittest
+from dataclasses import replace
+
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from lambda_otel import loss as L
+from lambda_otel.aggregator import Aggregator
+from lambda_otel.config import ExporterConfig, FlushConfig
+from lambda_otel.exporter import OtlpExporter
+from lambda_otel.flush import (
+    MAX_BATCH_ATTEMPTS,
+    CircuitBreaker,
+    ExportGate,
+    ExportWorker,
+    FlushCoordinator,
+    FlushManager,
+)
+from lambda_otel.local.sink import OtlpSink, Reply
+from lambda_otel.metrics import MetricsState
+
+
+def resource() -> resource_pb2.Resource:
+    r = resource_pb2.Resource()
+    kv = r.attributes.add()
+    kv.key, kv.value.string_value = "service.name", "flush-test"
+    return r
+
+
+def spans(n: int, prefix: str = "s") -> trace_pb2.ResourceSpans:
+    rs = trace_pb2.ResourceSpans()
+    rs.resource.CopyFrom(resource())
+    ss = rs.scope_spans.add()
+    for i in range(n):
+        sp = ss.spans.add()
+        sp.name = f"{prefix}{i}"
+        sp.trace_id = bytes([1]) * 16
+        sp.span_id = (i + 1).to_bytes(8, "big")
+    return rs
+
+
+def logs(n: int) -> logs_pb2.ResourceLogs:
+    rl = logs_pb2.ResourceLogs()
+    rl.resource.CopyFrom(resource())
+    sl = rl.scope_logs.add()
+    for i in range(n):
+        sl.log_records.add().body.CopyFrom(common_pb2.AnyValue(string_value=f"line {i}"))
+    return rl
+
+
+def epoch_ms_in(seconds: float) -> int:
+    return int((time.time() + seconds) * 1000)
+
+
+class Harness:
+    """One extension's worth of flush machinery wired to a fresh sink."""
+
+    def __init__(self, test: unittest.TestCase, endpoints: bool = True, breaker_backoff_s: float = 1.0,
+                 exporter_timeout_s: float = 10.0, **flush) -> None:
+        self.sink = OtlpSink().start()
+        test.addCleanup(self.sink.stop)
+        ep = self.sink.endpoint if endpoints else None
+        self.loss = L.LossCounter()
+        self.exporter = OtlpExporter(ExporterConfig(
+            traces_endpoint=ep and ep + "/v1/traces", metrics_endpoint=ep and ep + "/v1/metrics",
+            logs_endpoint=ep and ep + "/v1/logs", compression="none", timeout_s=exporter_timeout_s), self.loss)
+        test.addCleanup(self.exporter.close)
+        self.config = replace(FlushConfig(), **flush)
+        self.aggregator = Aggregator(16 * 1024 * 1024, 100_000, self.loss)
+        self.metrics = MetricsState(resource(), "delta", self.loss)
+        self.manager = FlushManager(self.config)
+        self.gate = ExportGate()
+        breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_max_backoff_s,
+                                 initial_backoff_s=breaker_backoff_s)
+        self.worker = ExportWorker(self.aggregator, self.exporter, self.metrics, self.manager, self.gate,
+                                   self.loss, self.config, breaker=breaker)
+        self.coordinator = FlushCoordinator(self.manager, self.gate, self.worker, self.config)
+        self.worker.start()
+        test.addCleanup(self.worker.stop, 5.0)
+
+    def add_spans(self, n: int, prefix: str = "s") -> None:
+        self.aggregator.add(L.TRACES, spans(n, prefix), records=n)
+
+    def flush(self, budget: float = 2.0):
+        ticket = self.worker.request_flush(time.monotonic() + budget)
+        assert ticket.wait(budget + 5.0), "flush ticket never finished"
+        return ticket.result
+
+    def span_names(self) -> set:
+        return {s.name for s in self.sink.spans()}
+
+
+class ExportWorkerTest(unittest.TestCase):
+    def test_explicit_flush_sends_everything_and_collects_metrics(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        h.add_spans(3)
+        h.aggregator.add(L.LOGS, logs(2), records=2)
+        h.metrics.add("faas.invocations", 1)
+        result = h.flush()
+        self.assertTrue(result.success)
+        self.assertEqual(result.sent, {"traces": 3, "logs": 2, "metrics": 1})
+        self.assertEqual(h.span_names(), {"s0", "s1", "s2"})
+        self.assertEqual(len(h.sink.log_records()), 2)
+        self.assertEqual([p.name for p in h.sink.metrics()], ["faas.invocations"])
+        self.assertEqual(h.aggregator.pending_records(), 0)
+
+    def test_dropped_metric_goes_out_with_the_next_flush(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        h.loss.add(L.TRACES, L.QUEUE_FULL, 7)
+        self.assertTrue(h.flush().success)
+        dropped = [p for p in h.sink.metrics() if p.name == "lambda_otel.dropped"]
+        self.assertEqual(len(dropped), 1)
+        self.assertEqual(dropped[0].point.as_int, 7)
+        self.assertIsNone(h.flush().success, "nothing new: nothing sent")
+
+    def test_no_request_while_gate_closed(self):
+        h = Harness(self, strategy="periodic", interval_s=0.05)
+        h.add_spans(2)
+        result = h.flush()
+        self.assertTrue(result.deferred)
+        self.assertEqual(h.sink.requests, [])
+        self.assertEqual(h.aggregator.pending_records(), 2)
+        h.gate.open()
+        h.worker.wake()
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 2, 5.0))
+
+    def test_periodic_timer_flushes_without_being_asked(self):
+        h = Harness(self, strategy="periodic", interval_s=0.1)
+        h.gate.open()
+        h.worker.wake()
+        h.add_spans(1, "first")
+        self.assertTrue(h.sink.wait_for(lambda: "first0" in h.span_names(), 5.0))
+        h.add_spans(1, "second")
+        self.assertTrue(h.sink.wait_for(lambda: "second0" in h.span_names(), 5.0))
+
+    def test_end_strategy_has_no_timer(self):
+        h = Harness(self, strategy="end", interval_s=0.05)
+        h.gate.open()
+        h.worker.wake()
+        h.add_spans(1)
+        # Negative check with a bound: many timer intervals pass, nothing is sent.
+        self.assertFalse(h.sink.wait_for(lambda: len(h.sink.requests) > 0, 0.5))
+        self.assertEqual(h.aggregator.pending_records(), 1)
+
+    def test_continuous_sends_new_data_promptly(self):
+        h = Harness(self, strategy="continuous", interval_s=60.0)
+        h.gate.open()
+        h.worker.wake()
+        h.sink.wait_for(lambda: h.worker.flushes >= 1, 2.0)  # the first (immediate) timer flush
+        h.add_spans(2)
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 2, 5.0))
+
+    def test_buffer_full_flushes_even_with_end(self):
+        h = Harness(self, strategy="end", max_batch_records=5)
+        h.gate.open()
+        h.worker.wake()
+        h.add_spans(5)
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 5, 5.0))
+
+    def test_503_requeues_then_succeeds_later(self):
+        h = Harness(self, strategy="end", flush_budget_s=0.3)
+        h.gate.open()
+        h.sink.set_reply(Reply(status=503))
+        h.add_spans(4)
+        result = h.flush(budget=0.3)
+        self.assertFalse(result.success)
+        self.assertEqual(h.aggregator.pending_records(), 4, "requeued at the front")
+        self.assertGreaterEqual(len(h.sink.requests), 1)
+        h.sink.reset_behaviour()
+        h.worker.begin_invocation(None)  # a new invocation: a fresh export budget
+        self.assertTrue(h.flush().success)
+        self.assertEqual(len(h.sink.spans()), 4)
+        self.assertEqual(h.loss.snapshot(), {})
+
+    def test_rejected_is_counted(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        h.sink.set_reply(Reply(status=400))
+        h.add_spans(3)
+        with self.assertLogs("lambda_otel.exporter", "WARNING"):
+            result = h.flush()
+        self.assertTrue(result.success, "the backend answered: not an outage")
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_REJECTED): 3})
+        self.assertEqual(h.aggregator.pending_records(), 0)
+
+    def test_partial_success_counted_once(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        h.sink.set_reply(Reply(partial_rejected=2), path="/v1/traces")
+        h.add_spans(5)
+        with self.assertLogs("lambda_otel.exporter", "WARNING"):
+            result = h.flush()
+        self.assertEqual(result.sent, {"traces": 3})
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_REJECTED): 2})
+
+    def test_retries_exhausted_is_counted(self):
+        h = Harness(self, strategy="end", flush_budget_s=0.1, breaker_failures=100)
+        h.gate.open()
+        h.sink.set_reply(Reply(status=503))
+        h.add_spans(3)
+        for _ in range(MAX_BATCH_ATTEMPTS):
+            h.worker.begin_invocation(None)
+            self.assertFalse(h.flush(budget=0.1).success)
+        self.assertEqual(h.aggregator.pending_records(), 0)
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.RETRIES_EXHAUSTED): 3})
+
+    def test_no_endpoint_is_counted_and_warned_once(self):
+        h = Harness(self, strategy="end", endpoints=False)
+        h.gate.open()
+        with self.assertLogs("lambda_otel.flush", "WARNING") as logs_:
+            h.add_spans(2)
+            h.flush()
+            h.add_spans(3)
+            h.flush()
+        # One warning per signal (traces, then metrics: lambda_otel.dropped has nowhere to go either).
+        self.assertEqual(len(logs_.output), 2)
+        self.assertEqual(sum("for traces" in line for line in logs_.output), 1)
+        self.assertEqual(h.loss.snapshot()[(L.TRACES, L.NO_ENDPOINT)], 5)
+        self.assertEqual(h.manager.consecutive_failures, 0, "no endpoint is not an outage")
+
+    def test_retry_after_is_honoured(self):
+        h = Harness(self, strategy="end", flush_budget_s=0.3)
+        h.gate.open()
+        h.sink.script([Reply(status=429, retry_after="1")])
+        h.add_spans(2)
+        self.assertFalse(h.flush(budget=0.3).success)
+        first = h.sink.requests[0]
+        self.assertTrue(h.flush(budget=0.3).deferred, "asked to wait: no request before Retry-After")
+        self.assertEqual(len(h.sink.requests), 1)
+        h.sink.wait_for(lambda: False, 1.0)  # let the Retry-After pass (bounded wait)
+        self.assertTrue(h.flush().success)
+        second = h.sink.requests[1]
+        self.assertGreaterEqual(second.start - first.end, 0.9)
+        self.assertEqual(len(h.sink.spans()), 2)
+
+    def test_stop_is_clean(self):
+        h = Harness(self, strategy="periodic", interval_s=0.05)
+        h.gate.open()
+        self.assertTrue(h.worker.stop(5.0))
+        ticket = h.worker.request_flush(time.monotonic() + 1)
+        self.assertTrue(ticket.wait(0))
+        self.assertTrue(ticket.result.deferred)
+
+
+class CoordinatorTest(unittest.TestCase):
+    def test_end_holds_until_runtime_done_then_flushes_with_nothing_open(self):
+        h = Harness(self, strategy="end")
+        h.coordinator.before_next()  # init: nothing to do
+        h.coordinator.on_invoke("req-1", epoch_ms_in(10))
+        done_at = []
+
+        def function_finishes():
+            time.sleep(0.2)
+            h.add_spans(3)
+            done_at.append(time.monotonic())
+            h.coordinator.on_runtime_done("req-1")
+
+        t = threading.Thread(target=function_finishes)
+        t.start()
+        self.addCleanup(t.join, 5)
+        h.coordinator.before_next()
+        returned = time.monotonic()
+        answered = [r.status for r in h.sink.requests]
+        self.assertTrue(done_at and done_at[0] <= returned, "held until runtimeDone")
+        self.assertTrue(h.coordinator.last_hold.runtime_done)
+        self.assertEqual(len(h.sink.spans()), 3)
+        # The sink records a status before writing the answer (and `end` just after writing it):
+        # every request that had started was already answered when before_next returned.
+        self.assertTrue(answered and all(s == 200 for s in answered), answered)
+        self.assertTrue(all(r.start < returned for r in h.sink.requests))
+        self.assertEqual(h.gate.in_flight, 0)
+        self.assertFalse(h.gate.is_open)
+        self.assertIsNone(h.gate.try_begin())
+
+    def test_late_runtime_done_ends_hold_at_bound_and_shrinks_next_wait(self):
+        h = Harness(self, strategy="end", runtime_done_wait_s=0.2)
+        with self.assertLogs("lambda_otel.flush", "INFO") as logs_:
+            for expected in (0.1, 0.05, 0.05):
+                h.coordinator.on_invoke("slow", epoch_ms_in(10))
+                h.coordinator.before_next()
+                self.assertFalse(h.coordinator.last_hold.runtime_done)
+                self.assertAlmostEqual(h.coordinator.runtime_done_wait_s, expected)
+                self.assertFalse(h.gate.is_open)
+            h.coordinator.on_runtime_done("slow")  # arrives after /next: too late to count
+            h.coordinator.on_invoke("fast", epoch_ms_in(10))
+            h.coordinator.on_runtime_done("fast")
+            h.coordinator.before_next()
+        self.assertTrue(h.coordinator.last_hold.runtime_done)
+        self.assertAlmostEqual(h.coordinator.runtime_done_wait_s, 0.2, msg="restored")
+        self.assertEqual(len(logs_.output), 2, "one line per state change")
+
+    def test_periodic_does_not_hold_but_waits_for_the_request_in_flight(self):
+        h = Harness(self, strategy="periodic", interval_s=0.05)
+        h.sink.set_reply(Reply(delay=0.3))
+        h.add_spans(2)
+        h.coordinator.on_invoke("req", epoch_ms_in(10))
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.open_requests()) > 0, 5.0))
+        h.coordinator.before_next()
+        answered = [r.status for r in h.sink.requests]
+        self.assertFalse(h.coordinator.last_hold.held)
+        self.assertTrue(h.coordinator.last_hold.gate_closed)
+        self.assertTrue(answered and all(s == 200 for s in answered), answered)
+
+    def test_near_deadline_flushes_at_invoke_within_the_deadline(self):
+        h = Harness(self, strategy="end")
+        h.add_spans(2)
+        deadline_ms = epoch_ms_in(0.4)
+        h.coordinator.on_invoke("short", deadline_ms)
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 2, 5.0))
+        h.coordinator.before_next()
+        self.assertLess(time.time() * 1000, deadline_ms, "no hold past the invocation deadline")
+
+    def test_dead_backend_bounded_hold_then_breaker_then_probe_and_recovery(self):
+        h = Harness(self, strategy="end", flush_budget_s=0.3, breaker_failures=2, breaker_backoff_s=0.2)
+        h.sink.set_reply(Reply(hang=True))
+        for i in range(2):
+            h.coordinator.on_invoke(f"r{i}", epoch_ms_in(10))
+            h.add_spans(2, f"r{i}-")
+            h.coordinator.on_runtime_done(f"r{i}")
+            t0 = time.monotonic()
+            with self.assertLogs("lambda_otel.flush", "WARNING") if i == 1 else _nothing():
+                h.coordinator.before_next()
+            self.assertLess(time.monotonic() - t0, 0.3 + 1.0, "the hold is bounded by the flush budget")
+            self.assertTrue(h.coordinator.last_hold.held)
+            self.assertFalse(h.coordinator.last_hold.flushed.success)
+        self.assertTrue(h.worker.breaker.is_open)
+        # Breaker open: no hold, no request.
+        before = len(h.sink.requests)
+        h.coordinator.on_invoke("r2", epoch_ms_in(10))
+        h.add_spans(2, "r2-")
+        h.coordinator.on_runtime_done("r2")
+        h.coordinator.before_next()
+        self.assertFalse(h.coordinator.last_hold.held)
+        self.assertEqual(len(h.sink.requests), before)
+        self.assertEqual(h.aggregator.pending_records(), 6, "kept buffering")
+        # The backend comes back; a probe after the backoff (during an invocation) closes the breaker.
+        h.sink.reset_behaviour()
+        h.coordinator.on_invoke("r3", epoch_ms_in(10))
+        with self.assertLogs("lambda_otel.flush", "INFO"):
+            self.assertTrue(h.sink.wait_for(lambda: not h.worker.breaker.is_open, 5.0))
+        h.coordinator.on_runtime_done("r3")
+        h.coordinator.before_next()
+        self.assertTrue(h.coordinator.last_hold.held)
+        names = h.span_names()
+        self.assertEqual(names, {f"r{i}-{j}" for i in range(3) for j in range(2)})
+        self.assertEqual(h.loss.snapshot(), {})
+
+    def test_shutdown_with_slow_backend_ends_before_deadline_and_counts_the_rest(self):
+        h = Harness(self, strategy="end", shutdown_margin_s=0.2)
+        h.sink.set_reply(Reply(delay=2.0))
+        h.add_spans(4)
+        h.aggregator.add(L.LOGS, logs(3), records=3)
+        deadline_ms = epoch_ms_in(1.0)
+        summary = h.coordinator.on_shutdown_event(deadline_ms)
+        self.assertLess(time.time() * 1000, deadline_ms)
+        self.assertTrue(summary.completed)
+        self.assertEqual(summary.shutdown_deadline, 7)
+        self.assertEqual(summary.sent, {})
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.SHUTDOWN_DEADLINE): 4, (L.LOGS, L.SHUTDOWN_DEADLINE): 3})
+        self.assertEqual(summary.dropped, {L.SHUTDOWN_DEADLINE: 7})
+        self.assertFalse(h.worker.is_alive())
+
+    def test_shutdown_sends_everything_and_honours_short_retry_after(self):
+        h = Harness(self, strategy="periodic")
+        h.sink.script([Reply(status=503, retry_after="0.2")], path="/v1/traces")
+        h.add_spans(3)
+        h.metrics.add("aws.lambda.shutdowns", 1, {"aws.lambda.shutdown.reason": "spindown"})
+        summary = h.coordinator.on_shutdown_event(epoch_ms_in(2.0))
+        self.assertEqual(summary.sent, {"traces": 3, "metrics": 1})
+        self.assertEqual(summary.shutdown_deadline, 0)
+        traces = h.sink.requests_to("/v1/traces")
+        self.assertEqual([r.status for r in traces], [503, 200])
+        self.assertGreaterEqual(traces[1].start - traces[0].end, 0.15)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    unittest.main()
