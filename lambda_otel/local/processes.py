@@ -1,0 +1,184 @@
+"""Real processes of the simulated sandbox: the function runtime and the external extensions.
+
+Each process runs in its own process group (so SIGSTOP/SIGCONT/SIGKILL reach its children too), with
+stdout/stderr read line by line by reader threads (lines become `function`/`extension` telemetry
+records) and a watcher thread that records the exit instant the moment `waitpid` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+from .results import Instant
+
+log = logging.getLogger(__name__)
+
+MAX_EXTENSIONS = 10
+MAX_LINE_BYTES = 256 * 1024  # longer lines are split into several records
+
+
+def discover_extensions(folder: Optional[str]) -> list[str]:
+    """Executables in an /opt/extensions-like folder, sorted by name (Lambda launches them in that order)."""
+    if not folder:
+        return []
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            found.append(path)
+    if len(found) > MAX_EXTENSIONS:
+        log.warning("simulator: %d extensions in %s, launching the first %d", len(found), folder, MAX_EXTENSIONS)
+    return found[:MAX_EXTENSIONS]
+
+
+class ManagedProcess:
+    """One child process: spawn, line readers, exit watcher, group signals."""
+
+    def __init__(
+        self,
+        name: str,
+        role: str,  # "runtime" | "extension"
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Optional[str],
+        on_line: Callable[["ManagedProcess", str, str], None],
+        on_exit: Callable[["ManagedProcess"], None],
+    ):
+        self.name = name
+        self.role = role
+        self.argv = argv
+        self._environ = env
+        self.env: Any = None  # the simulator's environment generation this process belongs to
+        self._cwd = cwd
+        self._on_line = on_line
+        self._on_exit = on_exit
+        self.popen: Optional[subprocess.Popen] = None
+        self.pid: Optional[int] = None
+        self.started_at: Optional[Instant] = None
+        self.exit_code: Optional[int] = None
+        self.exited_at: Optional[Instant] = None
+        self.exited = threading.Event()
+        self.killed = False
+        self.expected_exit = False  # set by the simulator before it signals the process to end
+        self.output: list[tuple[str, str]] = []  # (stream, line), bounded, for error messages
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self._environ,
+            cwd=self._cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # own session => own process group, pgid == pid
+            close_fds=True,
+        )
+        self.pid = self.popen.pid
+        self.started_at = Instant.now()
+        for stream_name, stream in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr)):
+            t = threading.Thread(
+                target=self._read, args=(stream_name, stream), name=f"sim-{self.name}-{stream_name}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._watch, name=f"sim-{self.name}-wait", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and not self.exited.is_set()
+
+    def _read(self, stream_name: str, stream) -> None:
+        try:
+            while True:
+                raw = stream.readline(MAX_LINE_BYTES)
+                if not raw:
+                    return
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if len(self.output) < 2000:
+                    self.output.append((stream_name, line))
+                self._on_line(self, stream_name, line)
+        except (OSError, ValueError):
+            return
+        finally:
+            stream.close()
+
+    def _watch(self) -> None:
+        code = self.popen.wait()  # blocks in waitpid(); returns the moment the process exits
+        self.exit_code = code
+        self.exited_at = Instant.now()
+        self.exited.set()
+        try:
+            self._on_exit(self)
+        except Exception:  # noqa: BLE001 - a bug in the callback must not lose the exit record
+            log.exception("simulator: exit callback failed for %s", self.name)
+
+    def signal_group(self, sig: int) -> bool:
+        """Send `sig` to the whole process group; False if it is already gone."""
+        if self.pid is None:
+            return False
+        if sig == signal.SIGKILL:
+            self.killed = self.killed or self.alive
+        try:
+            os.killpg(self.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def kill(self, wait: float = 2.0) -> bool:
+        """SIGCONT+SIGKILL the group and wait (bounded) for the exit to be recorded."""
+        self.expected_exit = True
+        if self.alive:
+            self.signal_group(signal.SIGKILL)
+            self.signal_group(signal.SIGCONT)
+        else:
+            self.signal_group(signal.SIGKILL)  # leftover children in the group
+        return self.exited.wait(wait)
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        return "\n".join(f"[{self.name} {s}] {line}" for s, line in self.output[-lines:])
+
+    def max_memory_kb(self) -> int:
+        """Peak resident set (VmHWM) of the process, 0 if unknown."""
+        try:
+            with open(f"/proc/{self.pid}/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+
+def base_environment(inherit: bool) -> dict[str, str]:
+    """A Lambda-like clean environment (or the caller's, minus anything Lambda would set itself)."""
+    if inherit:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not (k.startswith("AWS_") or k.startswith("LAMBDA_") or k.startswith("_"))
+        }
+    else:
+        env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": "en_US.UTF-8"}
+        for key in ("PYTHONDONTWRITEBYTECODE", "HOME"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+    env["TZ"] = ":UTC"
+    return env
+
+
+def default_runtime_argv(handler: str) -> list[str]:
+    """The real AWS Runtime Interface Client, as a Python managed runtime runs it."""
+    return [sys.executable, "-m", "awslambdaric", handler]
+
+
+def python_execution_env() -> str:
+    return f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}"
