@@ -1,0 +1,714 @@
+import copy
+import json
+import threading
+import unittest
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from lambda_otel import loss as L
+from lambda_otel.convert import TelemetryConverter, parse_time_ns
+from lambda_otel.metrics import MetricsState
+
+NOW = 1_714_557_610_000_000_000  # 2024-05-01T10:00:10Z: the converter's "now" in these tests
+T0 = 1_714_557_600_000_000_000  # 2024-05-01T10:00:00Z
+MS = 1_000_000
+RID = "459921b5-681c-4a96-beb0-81e0aa586026"
+ARN = "arn:aws:lambda:us-east-1:123456789012:function:my-fn"
+HEADER = "Root=1-6352a70e-1e2c502e358361800241fd45;Parent=35465b3a9e2f7c6a;Sampled=1"
+TRACE = bytes.fromhex("6352a70e1e2c502e358361800241fd45")
+XRAY_PARENT = bytes.fromhex("35465b3a9e2f7c6a")
+LAMBDA_SPAN = bytes.fromhex("24cd7d670fa455f0")
+TRACING = {"spanId": "24cd7d670fa455f0", "type": "X-Amzn-Trace-Id", "value": HEADER}
+
+# The exact examples of lambda-apis.md §2.2.
+INIT_START = {"time": "2024-05-01T10:00:00.100Z", "type": "platform.initStart", "record": {
+    "initializationType": "on-demand", "phase": "init", "runtimeVersion": "python:3.12.v40",
+    "runtimeVersionArn": "arn:aws:lambda:us-east-1::runtime:0123abcd", "functionName": "my-fn",
+    "functionVersion": "$LATEST", "instanceId": "2024/05/01/[$LATEST]8f3c...", "instanceMaxMemory": 128}}
+INIT_RUNTIME_DONE = {"time": "2024-05-01T10:00:00.650Z", "type": "platform.initRuntimeDone", "record": {
+    "initializationType": "on-demand", "phase": "init", "status": "success"}}
+INIT_REPORT = {"time": "2024-05-01T10:00:00.651Z", "type": "platform.initReport", "record": {
+    "initializationType": "on-demand", "phase": "init", "status": "success", "metrics": {"durationMs": 549.04}}}
+EXTENSION = {"time": "2024-05-01T10:00:00.651Z", "type": "platform.extension", "record": {
+    "name": "lambda-otel", "state": "Ready", "events": ["INVOKE", "SHUTDOWN"]}}
+START = {"time": "2024-05-01T10:00:00.700Z", "type": "platform.start", "record": {
+    "requestId": RID, "version": "$LATEST", "tracing": TRACING}}
+RUNTIME_DONE = {"time": "2024-05-01T10:00:03.300Z", "type": "platform.runtimeDone", "record": {
+    "requestId": RID, "status": "success", "metrics": {"durationMs": 2599.0, "producedBytes": 8},
+    "spans": [{"name": "responseLatency", "start": "2024-05-01T10:00:00.700Z", "durationMs": 2598.0},
+              {"name": "responseDuration", "start": "2024-05-01T10:00:03.298Z", "durationMs": 0.1},
+              {"name": "runtimeOverhead", "start": "2024-05-01T10:00:03.298Z", "durationMs": 0.9}],
+    "tracing": TRACING}}
+REPORT = {"time": "2024-05-01T10:00:03.400Z", "type": "platform.report", "record": {
+    "requestId": RID, "status": "success", "metrics": {
+        "durationMs": 2699.4, "billedDurationMs": 2700, "memorySizeMB": 128, "maxMemoryUsedMB": 94,
+        "initDurationMs": 549.04}, "tracing": TRACING}}
+LOGS_DROPPED = {"time": "2024-05-01T10:00:03.500Z", "type": "platform.logsDropped", "record": {
+    "droppedBytes": 12345, "droppedRecords": 123,
+    "reason": "Some logs were dropped because the downstream consumer is slower than the logs production rate"}}
+
+
+def make_resource() -> Resource:
+    res = Resource()
+    for key, value in (("service.name", "my-fn"), ("faas.name", "my-fn"), ("cloud.provider", "aws")):
+        kv = res.attributes.add()
+        kv.key = key
+        kv.value.string_value = value
+    return res
+
+
+def iso(ns: int) -> str:
+    secs, frac = divmod(ns, 10**9)
+    import datetime
+    d = datetime.datetime.fromtimestamp(secs, datetime.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac // MS:03d}Z"
+
+
+def ev(type_, ns, record):
+    return {"time": iso(ns), "type": type_, "record": record}
+
+
+def invocation(rid, start_ns, run_ms=100.0, report_ms=None, status="success", error_type=None, tracing=None,
+               init_ms=None):
+    """start, runtimeDone and report events of one invocation."""
+    start = {"requestId": rid, "version": "$LATEST"}
+    if tracing is not None:
+        start["tracing"] = tracing
+    done = {"requestId": rid, "status": status, "metrics": {"durationMs": run_ms}}
+    report = {"requestId": rid, "status": status, "metrics": {
+        "durationMs": report_ms if report_ms is not None else run_ms + 5.0,
+        "billedDurationMs": int(run_ms) + 6, "memorySizeMB": 128, "maxMemoryUsedMB": 60}}
+    if init_ms is not None:
+        report["metrics"]["initDurationMs"] = init_ms
+    if error_type:
+        done["errorType"] = report["errorType"] = error_type
+    end = start_ns + int(run_ms * MS)
+    return [ev("platform.start", start_ns, start), ev("platform.runtimeDone", end, done),
+            ev("platform.report", end + 10 * MS, report)]
+
+
+def parse_spans(converted):
+    if converted.resource_spans is None:
+        return []
+    req = ExportTraceServiceRequest()
+    req.resource_spans.add().CopyFrom(converted.resource_spans)
+    req = ExportTraceServiceRequest.FromString(req.SerializeToString())
+    spans = [s for ss in req.resource_spans[0].scope_spans for s in ss.spans]
+    assert len(spans) == converted.span_count
+    return spans
+
+
+def parse_logs(converted):
+    if converted.resource_logs is None:
+        return []
+    req = ExportLogsServiceRequest()
+    req.resource_logs.add().CopyFrom(converted.resource_logs)
+    req = ExportLogsServiceRequest.FromString(req.SerializeToString())
+    out = [(sl.scope.name, r) for sl in req.resource_logs[0].scope_logs for r in sl.log_records]
+    assert len(out) == converted.log_count
+    return out
+
+
+def attrs(item):
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in item.attributes}
+
+
+def by_name(spans):
+    out = {}
+    for s in spans:
+        out.setdefault(s.name, []).append(s)
+    return out
+
+
+class Base(unittest.TestCase):
+    xray_mode = "link"
+    temporality = "cumulative"
+
+    def setUp(self):
+        self.loss = L.LossCounter()
+        self.metrics = MetricsState(make_resource(), self.temporality, self.loss, clock_ns=lambda: T0 - 1)
+        self.conv = TelemetryConverter(make_resource(), self.metrics, self.loss, xray_mode=self.xray_mode,
+                                       clock_ns=lambda: NOW)
+
+    def collect(self):
+        rm = self.metrics.collect(NOW)
+        if rm is None:
+            return {}
+        return {m.name: m for sm in rm.scope_metrics for m in sm.metrics}
+
+    def ignored(self, collected=None):
+        m = (collected if collected is not None else self.collect()).get("lambda_otel.telemetry.ignored")
+        if m is None:
+            return {}
+        return {attrs(dp)["reason"]: dp.as_int for dp in m.sum.data_points}
+
+
+class ColdStartInvocation(Base):
+    """The reference example batch, end to end."""
+
+    def run_example(self):
+        self.conv.on_invoke(RID, 1714557603000, ARN, HEADER)
+        return self.conv.process(copy.deepcopy(
+            [INIT_START, INIT_RUNTIME_DONE, EXTENSION, INIT_REPORT, START, RUNTIME_DONE, REPORT]))
+
+    def test_invocation_span(self):
+        out = self.run_example()
+        self.assertEqual(out.runtime_done, [RID])
+        self.assertEqual(out.ignored, 0)
+        spans = by_name(parse_spans(out))
+        inv = spans["my-fn"][0]
+        self.assertEqual(inv.kind, trace_pb2.Span.SPAN_KIND_SERVER)
+        self.assertEqual(inv.trace_id, TRACE)
+        self.assertEqual(inv.span_id, LAMBDA_SPAN)  # the platform's tracing.spanId
+        self.assertEqual(inv.parent_span_id, b"")  # link mode: X-Ray parent is a link
+        self.assertEqual(len(inv.links), 1)
+        self.assertEqual((inv.links[0].trace_id, inv.links[0].span_id), (TRACE, XRAY_PARENT))
+        self.assertEqual(inv.flags & 0xFF, 1)  # Sampled=1
+        self.assertEqual(inv.start_time_unix_nano, T0 + 700 * MS)
+        self.assertEqual(inv.end_time_unix_nano, T0 + 3300 * MS)
+        self.assertEqual(inv.status.code, trace_pb2.Status.STATUS_CODE_UNSET)
+        a = attrs(inv)
+        self.assertEqual(a["faas.invocation_id"], RID)
+        self.assertIs(a["faas.coldstart"], True)
+        self.assertEqual(a["cloud.resource_id"], ARN + ":$LATEST")
+        self.assertEqual(a["aws.lambda.invoked_arn"], ARN)
+        self.assertNotIn("faas.trigger", a)
+
+    def test_children_and_overhead(self):
+        spans = by_name(parse_spans(self.run_example()))
+        inv = spans["my-fn"][0]
+        for name, start_ms, dur_ms in (("responseLatency", 700, 2598.0), ("responseDuration", 3298, 0.1),
+                                       ("runtimeOverhead", 3298, 0.9),
+                                       ("extensionOverhead", 700 + 2599.0, 2699.4 - 2599.0)):
+            with self.subTest(name=name):
+                child = spans[name][0]
+                self.assertEqual(child.trace_id, TRACE)
+                self.assertEqual(child.parent_span_id, inv.span_id)
+                self.assertAlmostEqual(child.start_time_unix_nano, T0 + start_ms * MS, delta=MS)
+                self.assertAlmostEqual(child.end_time_unix_nano - child.start_time_unix_nano, dur_ms * MS, delta=MS)
+
+    def test_init_span_in_first_invocation_trace(self):
+        spans = by_name(parse_spans(self.run_example()))
+        init = spans["init"]
+        self.assertEqual(len(init), 1)
+        self.assertEqual(init[0].trace_id, TRACE)
+        self.assertEqual(init[0].parent_span_id, LAMBDA_SPAN)
+        self.assertEqual(init[0].start_time_unix_nano, T0 + 100 * MS)
+        self.assertAlmostEqual(init[0].end_time_unix_nano - init[0].start_time_unix_nano, 549.04 * MS, delta=MS)
+        self.assertEqual(attrs(init[0]), {"aws.lambda.init.type": "on-demand", "aws.lambda.init.phase": "init"})
+        # Later invocations never repeat it.
+        names = []
+        for i in range(5):
+            out = self.conv.process(invocation(f"req-{i}", T0 + (5 + i) * 10**9, tracing=None))
+            names += [s.name for s in parse_spans(out)]
+            self.assertEqual(out.ignored, 0)
+        self.assertNotIn("init", names)
+        self.assertEqual(names.count("my-fn"), 5)
+
+    def test_report_metrics_exactly_as_reported(self):
+        self.run_example()
+        m = self.collect()
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+        self.assertEqual(m["faas.coldstarts"].sum.data_points[0].as_int, 1)
+        self.assertNotIn("faas.errors", m)
+        self.assertNotIn("faas.timeouts", m)
+        for name, value in (("faas.invoke_duration", 2699.4 / 1000), ("aws.lambda.billed_duration", 2.7),
+                            ("faas.init_duration", 549.04 / 1000), ("faas.mem_usage", 94 * 1024 * 1024),
+                            ("aws.lambda.extension_overhead", (2699.4 - 2599.0) / 1000)):
+            with self.subTest(name=name):
+                dp = m[name].histogram.data_points[0]
+                self.assertEqual(dp.count, 1)
+                self.assertEqual(dp.sum, value)
+                self.assertEqual((dp.min, dp.max), (value, value))
+                self.assertEqual(dp.start_time_unix_nano, T0 - 1)
+                self.assertEqual(m[name].histogram.aggregation_temporality,
+                                 metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE)
+        self.assertEqual(m["faas.invocations"].sum.aggregation_temporality,
+                         metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE)
+        self.assertTrue(m["faas.invocations"].sum.is_monotonic)
+        self.assertNotIn("aws.lambda.restore_duration", m)
+        # No request ids in metric attributes.
+        for metric in m.values():
+            kind = metric.WhichOneof("data")
+            for dp in getattr(metric, kind).data_points:
+                self.assertNotIn("faas.invocation_id", attrs(dp))
+
+    def test_second_invocation_is_warm(self):
+        self.run_example()
+        out = self.conv.process(invocation("req-2", T0 + 20 * 10**9, tracing={"value": HEADER.replace("fd45", "fd46")}))
+        inv = by_name(parse_spans(out))["my-fn"][0]
+        self.assertIs(attrs(inv)["faas.coldstart"], False)
+        self.assertNotEqual(inv.span_id, LAMBDA_SPAN)
+
+
+class ParentMode(Base):
+    xray_mode = "parent"
+
+    def test_xray_parent_is_parent_span(self):
+        out = self.conv.process(copy.deepcopy([START, RUNTIME_DONE]))
+        inv = by_name(parse_spans(out))["my-fn"][0]
+        self.assertEqual(inv.trace_id, TRACE)
+        self.assertEqual(inv.parent_span_id, XRAY_PARENT)
+        self.assertEqual(len(inv.links), 0)
+        self.assertEqual(inv.flags & 0x300, 0x300)  # parent is remote
+
+    def test_bad_mode_rejected(self):
+        with self.assertRaises(ValueError):
+            TelemetryConverter(make_resource(), self.metrics, self.loss, xray_mode="sideways")
+
+
+class TraceContext(Base):
+    def test_no_tracing_gives_consistent_fresh_ids(self):
+        events = invocation(RID, T0, run_ms=50)
+        events.insert(1, ev("function", T0 + 10 * MS, "hello\n"))
+        events[2]["record"]["spans"] = [{"name": "responseLatency", "start": iso(T0), "durationMs": 40.0}]
+        out = self.conv.process(events)
+        spans = parse_spans(out)
+        self.assertEqual(len(spans), 3)  # invocation, responseLatency, extensionOverhead
+        trace_ids = {s.trace_id for s in spans}
+        self.assertEqual(len(trace_ids), 1)
+        self.assertEqual(len(trace_ids.pop()), 16)
+        inv = by_name(spans)["my-fn"][0]
+        self.assertEqual(len(inv.span_id), 8)
+        self.assertEqual(inv.parent_span_id, b"")
+        (_, log), = parse_logs(out)
+        self.assertEqual((log.trace_id, log.span_id), (inv.trace_id, inv.span_id))
+
+    def test_malformed_tracing_never_breaks_the_span(self):
+        for tracing in ({"value": "Root=garbage;Parent=zz", "spanId": "nothex"}, "not-an-object",
+                        {"value": 42}, {"value": "x" * 100_000, "spanId": "0000000000000000"}):
+            with self.subTest(tracing=str(tracing)[:40]):
+                self.setUp()
+                out = self.conv.process(invocation(RID, T0, tracing=tracing))
+                inv = by_name(parse_spans(out))["my-fn"][0]
+                self.assertEqual(len(inv.trace_id), 16)
+                self.assertEqual(attrs(inv)["faas.invocation_id"], RID)
+                self.assertGreaterEqual(self.ignored().get("malformed_tracing", 0), 1)
+
+    def test_tracing_from_invoke_when_start_has_none(self):
+        self.conv.on_invoke(RID, None, None, HEADER)
+        out = self.conv.process(invocation(RID, T0))
+        inv = by_name(parse_spans(out))["my-fn"][0]
+        self.assertEqual(inv.trace_id, TRACE)
+        self.assertNotIn("cloud.resource_id", attrs(inv))
+
+    def test_unsampled_is_kept_with_flag_cleared(self):
+        out = self.conv.process(invocation(RID, T0, tracing={"value": HEADER.replace("Sampled=1", "Sampled=0")}))
+        inv = by_name(parse_spans(out))["my-fn"][0]
+        self.assertEqual(inv.flags & 0xFF, 0)
+
+    def test_no_duplicate_span_ids_over_100_invocations(self):
+        seen = []
+        for i in range(100):
+            tracing = {"value": HEADER, "spanId": "24cd7d670fa455f0"}  # the platform repeating itself
+            events = invocation(f"req-{i}", T0 + i * 10**9, tracing=tracing)
+            events[1]["record"]["spans"] = [{"name": "responseLatency", "start": iso(T0 + i * 10**9), "durationMs": 1}]
+            seen += [s.span_id for s in parse_spans(self.conv.process(events))]
+        self.assertEqual(len(seen), 300)
+        self.assertEqual(len(set(seen)), 300)
+        self.assertNotIn(bytes(8), seen)
+
+
+class Statuses(Base):
+    def test_status_mapping_and_counters(self):
+        cases = [("success", None, trace_pb2.Status.STATUS_CODE_UNSET, ""),
+                 ("error", "Runtime.ExitError", trace_pb2.Status.STATUS_CODE_ERROR, "Runtime.ExitError"),
+                 ("failure", "Sandbox.Failure", trace_pb2.Status.STATUS_CODE_ERROR, "Sandbox.Failure"),
+                 ("timeout", None, trace_pb2.Status.STATUS_CODE_ERROR, "timeout"),
+                 ("error", None, trace_pb2.Status.STATUS_CODE_ERROR, "error")]
+        for i, (status, error_type, code, message) in enumerate(cases):
+            with self.subTest(status=status, error_type=error_type):
+                out = self.conv.process(invocation(f"r{i}", T0 + i * 10**9, status=status, error_type=error_type))
+                inv = by_name(parse_spans(out))["my-fn"][0]
+                self.assertEqual(inv.status.code, code)
+                self.assertEqual(inv.status.message, message)
+                if status != "success":
+                    self.assertEqual(attrs(inv)["error.type"], message)
+        m = self.collect()
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 5)
+        self.assertEqual(m["faas.timeouts"].sum.data_points[0].as_int, 1)
+        errors = {attrs(dp)["error.type"]: dp.as_int for dp in m["faas.errors"].sum.data_points}
+        self.assertEqual(errors, {"Runtime.ExitError": 1, "Sandbox.Failure": 1, "error": 1})
+
+
+class LateReport(Base):
+    def test_report_in_next_batch_emits_overhead_span_alone(self):
+        events = invocation(RID, T0, run_ms=200.0, report_ms=230.5, tracing=TRACING)
+        first = self.conv.process(events[:2])
+        inv = by_name(parse_spans(first))["my-fn"][0]
+        self.assertEqual(first.runtime_done, [RID])
+        second = self.conv.process(events[2:])
+        (overhead,) = parse_spans(second)
+        self.assertEqual(overhead.name, "extensionOverhead")
+        self.assertEqual(overhead.trace_id, inv.trace_id)
+        self.assertEqual(overhead.parent_span_id, inv.span_id)
+        self.assertAlmostEqual(overhead.start_time_unix_nano, T0 + 200 * MS, delta=MS)
+        self.assertAlmostEqual(overhead.end_time_unix_nano - overhead.start_time_unix_nano, 30.5 * MS, delta=MS)
+        self.assertEqual(second.runtime_done, [])
+
+    def test_report_spans_extension_overhead_preferred(self):
+        events = invocation(RID, T0, run_ms=200.0, report_ms=230.0)
+        events[2]["record"]["spans"] = [{"name": "extensionOverhead", "start": iso(T0 + 201 * MS), "durationMs": 7.0}]
+        spans = by_name(parse_spans(self.conv.process(events)))
+        o = spans["extensionOverhead"][0]
+        self.assertEqual(o.start_time_unix_nano, T0 + 201 * MS)
+        self.assertEqual(o.end_time_unix_nano, T0 + 208 * MS)
+        self.assertEqual(self.collect()["aws.lambda.extension_overhead"].histogram.data_points[0].sum, 0.007)
+
+    def test_no_overhead_span_when_report_not_longer(self):
+        events = invocation(RID, T0, run_ms=200.0, report_ms=200.0)
+        self.assertNotIn("extensionOverhead", by_name(parse_spans(self.conv.process(events))))
+
+    def test_report_without_runtime_done_closes_invocation(self):
+        events = invocation(RID, T0, run_ms=200.0, report_ms=250.0, status="timeout", error_type="Sandbox.Timedout")
+        out = self.conv.process([events[0], events[2]])
+        inv = by_name(parse_spans(out))["my-fn"][0]
+        self.assertEqual(inv.end_time_unix_nano - inv.start_time_unix_nano, 250 * MS)
+        self.assertEqual(inv.status.message, "Sandbox.Timedout")
+
+    def test_duplicates_are_not_double_counted(self):
+        events = invocation(RID, T0)
+        self.conv.process(events)
+        again = self.conv.process(copy.deepcopy(events))
+        self.assertEqual(again.span_count, 0)
+        self.assertEqual(again.runtime_done, [RID])  # still tells the coordinator
+        m = self.collect()
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+        self.assertEqual(self.ignored(m)["duplicate"], 3)
+
+
+class InitAndRestore(Base):
+    def test_init_held_until_first_invocation_context(self):
+        first = self.conv.process(copy.deepcopy([INIT_START, INIT_RUNTIME_DONE, EXTENSION, INIT_REPORT]))
+        self.assertEqual(first.span_count, 0)
+        self.conv.on_invoke(RID, None, ARN, HEADER)  # INVOKE before platform.start arrives
+        self.assertEqual(self.conv.process([]).span_count, 0)
+        out = self.conv.process(copy.deepcopy([START]))
+        (init,) = parse_spans(out)
+        self.assertEqual((init.name, init.trace_id, init.parent_span_id), ("init", TRACE, LAMBDA_SPAN))
+        done = self.conv.process(copy.deepcopy([RUNTIME_DONE, REPORT]))
+        self.assertNotIn("init", by_name(parse_spans(done)))
+
+    def test_init_without_any_invocation_emitted_at_shutdown(self):
+        self.conv.process(copy.deepcopy([INIT_START, INIT_RUNTIME_DONE, INIT_REPORT]))
+        out = self.conv.on_shutdown("spindown")
+        (init,) = parse_spans(out)
+        self.assertEqual(init.name, "init")
+        self.assertEqual(len(init.trace_id), 16)
+        self.assertEqual(init.parent_span_id, b"")
+        self.assertEqual(self.conv.on_shutdown("spindown").span_count, 0)  # exactly once
+
+    def test_failed_init_status(self):
+        events = copy.deepcopy([INIT_START, INIT_RUNTIME_DONE, INIT_REPORT])
+        for e in events[1:]:
+            e["record"].update(status="error", errorType="Runtime.Unknown")
+        self.conv.process(events)
+        out = self.conv.process(copy.deepcopy([START]))
+        (init,) = parse_spans(out)
+        self.assertEqual(init.status.code, trace_pb2.Status.STATUS_CODE_ERROR)
+        self.assertEqual(init.status.message, "Runtime.Unknown")
+
+    def test_provisioned_concurrency_is_not_a_cold_start(self):
+        self.conv.on_invoke(RID, None, None, None)  # INVOKE handled before the replayed initStart
+        init = copy.deepcopy([INIT_START, INIT_RUNTIME_DONE, INIT_REPORT])
+        for e in init:
+            e["record"]["initializationType"] = "provisioned-concurrency"
+        out = self.conv.process(init + invocation(RID, T0 + 10**9))
+        spans = by_name(parse_spans(out))
+        self.assertIs(attrs(spans["my-fn"][0])["faas.coldstart"], False)
+        self.assertEqual(attrs(spans["init"][0])["aws.lambda.init.type"], "provisioned-concurrency")
+
+    def test_snapstart_restore_span_and_metric(self):
+        events = [ev("platform.restoreStart", T0, {}),
+                  ev("platform.restoreRuntimeDone", T0 + 20 * MS, {"status": "success", "spans": []}),
+                  ev("platform.restoreReport", T0 + 21 * MS, {"status": "success", "metrics": {"durationMs": 15.19}})]
+        events += invocation(RID, T0 + 50 * MS, tracing=TRACING)
+        events[-1]["record"]["metrics"]["restoreDurationMs"] = 15.19
+        out = self.conv.process(events)
+        self.assertEqual(out.ignored, 0)
+        restore = by_name(parse_spans(out))["restore"][0]
+        self.assertEqual(restore.trace_id, TRACE)
+        self.assertEqual(restore.parent_span_id, LAMBDA_SPAN)
+        self.assertAlmostEqual(restore.end_time_unix_nano - restore.start_time_unix_nano, 15.19 * MS, delta=MS)
+        self.assertEqual(self.collect()["aws.lambda.restore_duration"].histogram.data_points[0].sum, 15.19 / 1000)
+
+
+class Logs(Base):
+    def test_text_lines_and_self_lines(self):
+        self.conv.process(invocation("warm-up", T0 - 10**9))  # a finished earlier invocation
+        events = [copy.deepcopy(START),
+                  ev("function", T0 + 800 * MS, "plain line\n"),
+                  ev("function", T0 + 810 * MS, "[ERROR]\t2024-05-01T10:00:00.810Z\t" + RID + "\tboom\r\n"),
+                  ev("extension", T0 + 820 * MS, "[lambda-otel] WARNING lambda_otel.exporter: export failed\n"),
+                  ev("extension", T0 + 830 * MS, "other-ext  launching\n")]
+        out = self.conv.process(events)
+        logs = parse_logs(out)
+        self.assertEqual(len(logs), 4)
+        (s0, plain), (_, err), (s2, own), (_, other) = logs
+        self.assertEqual(s0, "lambda-otel.function")
+        self.assertEqual(s2, "lambda-otel.extension")
+        self.assertEqual(plain.body.string_value, "plain line")
+        self.assertEqual(plain.time_unix_nano, T0 + 800 * MS)
+        self.assertEqual(plain.observed_time_unix_nano, NOW)
+        self.assertEqual(plain.trace_id, TRACE)  # by time: inside the running invocation
+        self.assertEqual(plain.span_id, LAMBDA_SPAN)
+        self.assertEqual(attrs(plain)["faas.invocation_id"], RID)
+        self.assertTrue(err.body.string_value.endswith("\tboom"))
+        self.assertEqual((err.severity_number, err.severity_text), (17, "ERROR"))
+        self.assertEqual(attrs(own)["lambda_otel.self"], True)
+        self.assertEqual(own.severity_number, 13)
+        self.assertNotIn("lambda_otel.self", attrs(other))
+
+    def test_json_records_structured(self):
+        self.conv.process([copy.deepcopy(START)])
+        obj = {"timestamp": "2024-05-01T10:00:01.250Z", "level": "ERROR", "message": "it broke",
+               "requestId": RID, "logger": "root", "errorType": "ValueError", "stackTrace": ["a", "b"],
+               "extra": {"n": 1, "ok": True, "x": None, "f": 1.5}}
+        events = [ev("function", T0 + 2 * 10**9, obj),
+                  ev("function", T0 + 2 * 10**9, json.dumps({"level": "debug", "message": {"k": "v"}}) + "\n"),
+                  ev("function", T0 + 2 * 10**9, {"level": "INFO", "requestId": RID, "detail": 3}),
+                  ev("function", T0 + 2 * 10**9, '{"not json at all}'),
+                  ev("function", T0 + 2 * 10**9, {"level": "TRACE", "message": "t", "requestId": "other-id"})]
+        logs = [r for _, r in parse_logs(self.conv.process(events))]
+        structured, dbg, nomsg, broken, other = logs
+        self.assertEqual(structured.body.string_value, "it broke")
+        self.assertEqual((structured.severity_number, structured.severity_text), (17, "ERROR"))
+        self.assertEqual(structured.time_unix_nano, T0 + 1250 * MS)
+        a = attrs(structured)
+        self.assertEqual(a["faas.invocation_id"], RID)
+        self.assertEqual(a["logger"], "root")
+        self.assertEqual([v.string_value for v in a["stackTrace"].values], ["a", "b"])
+        self.assertEqual({kv.key for kv in a["extra"].values}, {"n", "ok", "x", "f"})
+        self.assertNotIn("timestamp", a)
+        self.assertNotIn("requestId", a)
+        self.assertEqual((structured.trace_id, structured.span_id), (TRACE, LAMBDA_SPAN))
+        self.assertEqual(dbg.severity_number, 5)
+        self.assertEqual(dbg.body.kvlist_value.values[0].key, "k")
+        self.assertEqual({kv.key for kv in nomsg.body.kvlist_value.values}, {"level", "requestId", "detail"})
+        self.assertEqual(nomsg.severity_number, 9)
+        self.assertEqual(broken.body.string_value, '{"not json at all}')
+        self.assertEqual(other.severity_number, 1)
+        self.assertEqual(attrs(other)["faas.invocation_id"], "other-id")  # unknown id: attribute, no trace
+        self.assertEqual(other.trace_id, b"")
+
+    def test_correlation_by_time_across_invocations(self):
+        a = invocation("req-a", T0, run_ms=100.0)
+        b = invocation("req-b", T0 + 10**9, run_ms=100.0)
+        events = [ev("function", T0 - 500 * MS, "during init")] + a + [
+            ev("function", T0 + 500 * MS, "between a and b")] + b[:1] + [
+            ev("function", T0 + 10**9 + 50 * MS, "inside b")] + b[1:]
+        out = self.conv.process(events)
+        spans = by_name(parse_spans(out))["my-fn"]
+        ids = {attrs(s)["faas.invocation_id"]: s.span_id for s in spans}
+        logs = {r.body.string_value: r for _, r in parse_logs(out)}
+        self.assertEqual(logs["during init"].span_id, b"")  # before any invocation: uncorrelated
+        self.assertNotIn("faas.invocation_id", attrs(logs["during init"]))
+        self.assertEqual(logs["between a and b"].span_id, ids["req-a"])  # most recent started
+        self.assertEqual(logs["inside b"].span_id, ids["req-b"])
+        self.assertEqual(attrs(logs["inside b"])["faas.invocation_id"], "req-b")
+
+    def test_late_log_by_request_id_after_invocation_finished(self):
+        events = invocation(RID, T0, tracing=TRACING)
+        self.conv.process(events)
+        out = self.conv.process([ev("function", T0 + 50 * MS, {"message": "late", "requestId": RID})])
+        (_, log), = parse_logs(out)
+        self.assertEqual((log.trace_id, log.span_id), (TRACE, LAMBDA_SPAN))
+
+    def test_logs_dropped(self):
+        out = self.conv.process(copy.deepcopy([LOGS_DROPPED]))
+        (scope, warn), = parse_logs(out)
+        self.assertEqual(scope, "lambda-otel.platform")
+        self.assertEqual((warn.severity_number, warn.severity_text), (13, "WARN"))
+        self.assertIn("123", warn.body.string_value)
+        self.assertEqual(attrs(warn)["aws.lambda.logs_dropped.records"], 123)
+        self.assertEqual(self.loss.snapshot(), {("logs", "platform_logs_dropped"): 123})
+        m = self.collect()
+        self.assertEqual(m["aws.lambda.logs_dropped"].sum.data_points[0].as_int, 123)
+        dropped = m["lambda_otel.dropped"].sum.data_points[0]
+        self.assertEqual((attrs(dropped), dropped.as_int), ({"signal": "logs", "reason": "platform_logs_dropped"}, 123))
+
+    def test_converter_never_logs(self):
+        # Our own lines come back as extension records: converting them must not log again.
+        with self.assertNoLogs(level="DEBUG"):
+            self.conv.process([ev("extension", T0, "[lambda-otel] ERROR lambda_otel: x\n"), {"bad": 1},
+                               ev("platform.nope", T0, {}), ev("function", T0, 5)])
+
+
+class HostileInput(Base):
+    def test_bad_records_do_not_stop_the_batch(self):
+        deep = {}
+        cur = deep
+        for _ in range(200):
+            cur["d"] = {}
+            cur = cur["d"]
+        bad = [
+            None, 5, "string", [], {}, {"type": "platform.start"}, {"type": 7, "record": {}},
+            {"time": "2024-05-01T10:00:00Z", "type": "platform.fault", "record": {}},
+            ev("platform.start", T0, {"requestId": 12}),
+            ev("platform.start", T0, {"requestId": "x" * 10_000}),
+            ev("platform.start", T0, "not an object"),
+            ev("platform.runtimeDone", T0, {"status": "success"}),
+            ev("platform.report", T0, {"requestId": "r-nan", "status": "success",
+                                       "metrics": {"durationMs": float("nan"), "billedDurationMs": -5,
+                                                   "maxMemoryUsedMB": "94"}}),
+            ev("platform.report", T0, {"requestId": "r-none", "metrics": None}),
+            ev("platform.logsDropped", T0, {"droppedRecords": -1}),
+            ev("platform.logsDropped", T0, {"droppedRecords": True}),
+            ev("function", T0, {"message": "\ud800 lone surrogate", "\ud800key": "\udfff"}),
+            ev("function", T0, deep),
+            ev("function", T0, 12.5),
+            {"time": "not a time", "type": "function", "record": "bad time\n"},
+            {"time": "1970-01-01T00:00:00Z", "type": "function", "record": "absurd time\n"},
+            {"time": "2024-13-45T99:00:00Z", "type": "function", "record": "impossible date\n"},
+        ]
+        good = invocation(RID, T0 + 10**9, tracing=TRACING)
+        events = bad[:12] + good[:2] + bad[12:] + good[2:]
+        out = self.conv.process(events)
+        spans = by_name(parse_spans(out))
+        self.assertEqual(spans["my-fn"][0].trace_id, TRACE)
+        self.assertEqual(out.runtime_done, [RID])
+        bodies = [r.body for _, r in parse_logs(out)]
+        self.assertEqual(len(bodies), 5)  # two structured + the bad/absurd/impossible-time lines; 12.5 skipped
+        self.assertIn("lone surrogate", bodies[0].string_value)
+        times = {r.body.string_value: r.time_unix_nano for _, r in parse_logs(out) if r.body.string_value}
+        self.assertEqual(times["bad time"], NOW)  # replaced by now
+        self.assertEqual(times["absurd time"], NOW)
+        m = self.collect()
+        ignored = self.ignored(m)
+        self.assertGreaterEqual(ignored["malformed_event"], 6)
+        self.assertEqual(ignored["unknown_type"], 1)
+        self.assertGreaterEqual(ignored["malformed_record"], 6)
+        self.assertGreaterEqual(ignored["bad_duration"], 3)
+        self.assertEqual(ignored["bad_time"], 3)
+        self.assertEqual(out.ignored, sum(ignored.values()))
+        # r-nan and the good report were counted; their bad values were skipped.
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 2)
+        self.assertEqual(m["faas.invoke_duration"].histogram.data_points[0].count, 1)
+
+    def test_not_a_list(self):
+        for events in (None, {"type": "function"}, "[]", 42):
+            out = self.conv.process(events)
+            self.assertEqual((out.span_count, out.log_count, out.runtime_done), (0, 0, []))
+            self.assertEqual(out.ignored, 1)
+
+    def test_time_parsing(self):
+        self.assertEqual(parse_time_ns("2024-05-01T10:00:00.100Z"), T0 + 100 * MS)
+        self.assertEqual(parse_time_ns("2024-05-01T10:00:00Z"), T0)
+        self.assertEqual(parse_time_ns("2024-05-01T10:00:00.123456789Z"), T0 + 123456789)
+        self.assertEqual(parse_time_ns("2024-05-01T10:00:00.1+00:00"), T0 + 100 * MS)
+        self.assertEqual(parse_time_ns("2024-05-01T12:00:00+02:00"), T0)
+        self.assertEqual(parse_time_ns("2024-05-01T05:30:00-04:30"), T0)
+        for bad in ("", None, 5, "2024-05-01", "2024-05-01T10:00:00", "2024-05-01T10:00:00.1234567890Z",
+                    "2024-02-30T10:00:00Z", "2024-05-01T24:00:00Z", "1969-12-31T23:59:59Z", "9999-01-01T00:00:00Z",
+                    "２024-05-01T10:00:00Z", "2024-05-01T10:00:00Z" + " " * 50, "2024-05-01T10:00:00+25:00"):
+            with self.subTest(bad=bad):
+                self.assertIsNone(parse_time_ns(bad))
+
+
+class BoundsAndShutdown(Base):
+    def test_bounded_maps_when_runtime_done_never_comes(self):
+        conv = TelemetryConverter(make_resource(), self.metrics, self.loss, clock_ns=lambda: NOW,
+                                  max_open_invocations=8, max_finished_invocations=4)
+        for i in range(1000):
+            conv.process([ev("platform.start", T0 + i * MS, {"requestId": f"open-{i}"})])
+            conv.on_invoke(f"hint-{i}", None, None, None)
+        for i in range(50):
+            conv.process(invocation(f"done-{i}", T0 + 2 * 10**9 + i * MS))
+        self.assertLessEqual(len(conv._open), 8)
+        self.assertLessEqual(len(conv._finished), 4)
+        self.assertLessEqual(len(conv._platform_span_ids), 8)
+        self.assertGreaterEqual(self.ignored()["evicted_invocation"], 1990)
+
+    def test_shutdown_timeout_synthesises_error_span_in_real_trace(self):
+        self.conv.on_invoke(RID, 1714557603000, ARN, HEADER)
+        self.conv.process([copy.deepcopy(START), ev("function", T0 + 800 * MS, "working...\n")])
+        out = self.conv.on_shutdown(' "TIMEOUT" ', now_ns=T0 + 3000 * MS)
+        (span,) = parse_spans(out)
+        self.assertEqual(span.name, "my-fn")
+        self.assertEqual((span.trace_id, span.span_id), (TRACE, LAMBDA_SPAN))
+        self.assertEqual(span.start_time_unix_nano, T0 + 700 * MS)
+        self.assertEqual(span.end_time_unix_nano, T0 + 3000 * MS)
+        self.assertEqual(span.status.code, trace_pb2.Status.STATUS_CODE_ERROR)
+        self.assertEqual(span.status.message, "Sandbox.Timedout")
+        self.assertEqual(attrs(span)["aws.lambda.shutdown.reason"], "timeout")
+        # The platform's own report for it, arriving late, adds durations but does not count twice.
+        late = [ev("platform.runtimeDone", T0 + 3000 * MS, {"requestId": RID, "status": "timeout"}),
+                ev("platform.report", T0 + 3001 * MS, {"requestId": RID, "status": "timeout",
+                                                      "errorType": "Sandbox.Timedout",
+                                                      "metrics": {"durationMs": 2300.0, "billedDurationMs": 2300,
+                                                                  "memorySizeMB": 128, "maxMemoryUsedMB": 70}})]
+        again = self.conv.process(late)
+        self.assertEqual(again.span_count, 0)
+        m = self.collect()
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+        self.assertEqual(m["faas.timeouts"].sum.data_points[0].as_int, 1)
+        self.assertEqual(m["faas.invoke_duration"].histogram.data_points[0].sum, 2.3)
+        shut = m["aws.lambda.shutdowns"].sum.data_points[0]
+        self.assertEqual((attrs(shut), shut.as_int), ({"aws.lambda.shutdown.reason": "timeout"}, 1))
+
+    def test_shutdown_failure_for_invoke_only_invocation(self):
+        self.conv.on_invoke(RID, None, ARN, HEADER)
+        out = self.conv.on_shutdown("failure", now_ns=NOW)
+        (span,) = parse_spans(out)
+        self.assertEqual(span.trace_id, TRACE)
+        self.assertEqual(span.status.message, "Sandbox.Failure")
+        self.assertEqual(span.start_time_unix_nano, NOW)  # on_invoke time from the test clock
+        errors = self.collect()["faas.errors"].sum.data_points[0]
+        self.assertEqual(attrs(errors), {"error.type": "Sandbox.Failure"})
+
+    def test_spindown_does_not_synthesise(self):
+        self.conv.process([copy.deepcopy(START)])
+        out = self.conv.on_shutdown("spindown")
+        self.assertEqual(out.span_count, 0)
+        self.assertEqual(attrs(self.collect()["aws.lambda.shutdowns"].sum.data_points[0]),
+                         {"aws.lambda.shutdown.reason": "spindown"})
+
+    def test_shutdown_bad_reason(self):
+        self.conv.on_shutdown(None)
+        self.conv.on_shutdown("weird reason!!")
+        dp = self.collect()["aws.lambda.shutdowns"].sum.data_points[0]
+        self.assertEqual((attrs(dp)["aws.lambda.shutdown.reason"], dp.as_int), ("unknown", 2))
+
+
+class DeltaTemporality(Base):
+    temporality = "delta"
+
+    def test_two_collects(self):
+        self.conv.process(invocation("a", T0))
+        m1 = self.collect()
+        self.assertEqual(m1["faas.invocations"].sum.aggregation_temporality, metrics_pb2.AGGREGATION_TEMPORALITY_DELTA)
+        self.conv.process(invocation("b", T0 + 10**9))
+        self.conv.process(invocation("c", T0 + 2 * 10**9))
+        rm = self.metrics.collect(NOW + 1)
+        m2 = {m.name: m for sm in rm.scope_metrics for m in sm.metrics}
+        self.assertEqual(m2["faas.invocations"].sum.data_points[0].as_int, 2)
+        self.assertEqual(m2["faas.invocations"].sum.data_points[0].start_time_unix_nano, NOW)
+
+
+class Concurrency(Base):
+    def test_parallel_batches(self):
+        errors = []
+
+        def worker(w):
+            try:
+                for i in range(50):
+                    out = self.conv.process(invocation(f"w{w}-{i}", T0 + (w * 100 + i) * 10**9))
+                    assert out.span_count == 2, out.span_count  # invocation + extensionOverhead
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        self.assertEqual(errors, [])
+        self.assertEqual(self.collect()["faas.invocations"].sum.data_points[0].as_int, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
