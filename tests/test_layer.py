@@ -13,6 +13,7 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,13 @@ def unzip_layer(zip_path: str, dest: str) -> None:
 
 def walk_files(top: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), top) for d, _, fs in os.walk(top) for f in fs)
+
+
+def free_port() -> int:
+    """An unused 127.0.0.1 port (the extension's ports are configured, and must be >= 1024)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def elf_machine(path: str) -> int:
@@ -278,6 +286,59 @@ class LayerBuildTest(unittest.TestCase):
             os.makedirs(bindir)
             os.symlink(os.path.realpath(sys.executable), os.path.join(bindir, "python3"))
         return bindir
+
+    # --- the built layer under the simulator -----------------------------------------------------
+
+    def test_extension_from_layer_runs_under_simulator(self) -> None:
+        """Register, a few invocations, SHUTDOWN: the layer's extension exports metrics and exits in time."""
+        from lambda_otel.local.simulator import Simulator
+        from lambda_otel.local.sink import OtlpSink
+
+        sink = OtlpSink().start()
+        self.addCleanup(sink.stop)
+        task = tempfile.mkdtemp(dir=self.tmp)
+        with open(os.path.join(task, "handler.py"), "w") as fh:
+            fh.write("def handler(event, context):\n    return {'echo': event}\n")
+        env = {
+            # The function runtime's python3 (the launcher execs whatever python3 PATH gives).
+            "PATH": self._python3_bindir() + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+            "LAMBDA_OTEL_TELEMETRY_PORT": str(free_port()),
+            "LAMBDA_OTEL_RECEIVER_PORT": str(free_port()),
+        }
+        sim = Simulator(extensions_dir=os.path.join(self.root, "extensions"), handler="handler.handler",
+                        handler_dir=task, env=env, timeout_s=5.0, shutdown_budget_ms=2000)
+        with sim:
+            init = sim.start(timeout=30)
+            self.assertTrue(init.ok, init.message)
+            self.assertEqual([(e.name, e.external) for e in init.extensions], [(NAME, True)])
+            # The process Lambda started is the layer's launcher exec'ing python3 on the layer's code.
+            pid = init.extension_pids[NAME]
+            with open("/proc/%d/cmdline" % pid, "rb") as fh:
+                cmdline = fh.read().split(b"\0")
+            self.assertIn(b"-I", cmdline)
+            self.assertTrue(any(arg.startswith(self.root.encode()) and arg.endswith(b"layer_bootstrap.py")
+                                for arg in cmdline), cmdline)
+
+            for i in range(3):
+                res = sim.invoke({"i": i}, timeout=20)
+                self.assertEqual(res.status, "success", sim.process_output(NAME)[-20:])
+                self.assertEqual(res.json(), {"echo": {"i": i}})
+
+            down = sim.shutdown("spindown", timeout=20)
+            ext = down.extensions[NAME]
+            self.assertTrue(ext.received_shutdown)
+            self.assertEqual(ext.exit_code, 0, sim.process_output(NAME)[-20:])
+            self.assertTrue(ext.exited_in_time)
+            self.assertFalse(ext.killed)
+            self.assertLessEqual(ext.exited_at.epoch_ms, down.deadline_ms)
+
+        self.assertTrue(sink.wait_for(lambda: any(m.name == "faas.invocations" for m in sink.metrics()), timeout=5),
+                        "sink got %s; extension output: %s"
+                        % ([(r.path, r.status) for r in sink.requests], sim.process_output(NAME)[-30:]))
+        # Cumulative counts: the newest faas.invocations point covers all three invocations.
+        invocations = [m.point.as_int or int(m.point.as_double) for m in sink.metrics() if m.name == "faas.invocations"]
+        self.assertEqual(max(invocations), 3, invocations)
 
     # --- reproducibility -------------------------------------------------------------------------
 
