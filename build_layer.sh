@@ -136,7 +136,7 @@ for rel in sorted(set(files)):
     os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
     shutil.copyfile(src, os.path.join(dest, rel))
 EOF
-"$PIP_PY" -m pip "$@" wheel -q --no-deps -w "$WORK/wheel" "$WORK/src" \
+"$PIP_PY" -m pip "$@" wheel -q --no-deps --use-pep517 -w "$WORK/wheel" "$WORK/src" \
     || die "building the lambda-otel wheel failed"
 WHEEL=$(ls "$WORK/wheel"/lambda_otel-*.whl)
 
