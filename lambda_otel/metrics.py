@@ -19,7 +19,7 @@ import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -89,7 +89,7 @@ INSTRUMENTS: Tuple[Instrument, ...] = (
     Instrument("lambda_otel.dropped", COUNTER, "{record}",
                "Telemetry records the extension gave up on; attributes signal, reason"),
     Instrument("lambda_otel.telemetry.ignored", COUNTER, "{event}",
-               "Telemetry API events or fields ignored as unknown or malformed; attribute reason"),
+               "Telemetry API events (or parts of them) skipped as unknown or malformed; attribute reason"),
 )
 
 INSTRUMENTS_BY_NAME: Dict[str, Instrument] = {i.name: i for i in INSTRUMENTS}
