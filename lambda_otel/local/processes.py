@@ -7,12 +7,16 @@ records) and a watcher thread that records the exit instant the moment `waitpid`
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import subprocess
+import struct
 import sys
+import termios
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from .results import Instant
@@ -68,6 +72,10 @@ class ManagedProcess:
         self.expected_exit = False  # set by the simulator before it signals the process to end
         self.output: list[tuple[str, str]] = []  # (stream, line), bounded, for error messages
         self._threads: list[threading.Thread] = []
+        self._io_cv = threading.Condition()
+        self._busy: dict[str, bool] = {}
+        self._closed: set[str] = set()
+        self._streams: dict = {}
 
     def start(self) -> None:
         self.popen = subprocess.Popen(
@@ -82,7 +90,9 @@ class ManagedProcess:
         )
         self.pid = self.popen.pid
         self.started_at = Instant.now()
-        for stream_name, stream in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr)):
+        self._streams = {"stdout": self.popen.stdout, "stderr": self.popen.stderr}
+        for stream_name, stream in self._streams.items():
+            self._busy[stream_name] = True
             t = threading.Thread(
                 target=self._read, args=(stream_name, stream), name=f"sim-{self.name}-{stream_name}", daemon=True
             )
@@ -97,19 +107,63 @@ class ManagedProcess:
         return self.popen is not None and not self.exited.is_set()
 
     def _read(self, stream_name: str, stream) -> None:
+        """Split the pipe into lines ourselves so `drain` can tell when everything written was emitted."""
+        fd = stream.fileno()
+        pending = b""
         try:
             while True:
-                raw = stream.readline(MAX_LINE_BYTES)
-                if not raw:
+                with self._io_cv:
+                    self._busy[stream_name] = False
+                    self._io_cv.notify_all()
+                chunk = os.read(fd, 65536)
+                with self._io_cv:
+                    self._busy[stream_name] = True
+                if not chunk:
+                    if pending:
+                        self._emit_line(stream_name, pending)
                     return
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if len(self.output) < 2000:
-                    self.output.append((stream_name, line))
-                self._on_line(self, stream_name, line)
+                pending += chunk
+                while True:
+                    cut = pending.find(b"\n")
+                    if cut < 0 or cut > MAX_LINE_BYTES:
+                        break
+                    self._emit_line(stream_name, pending[:cut])
+                    pending = pending[cut + 1:]
+                while len(pending) >= MAX_LINE_BYTES:  # an over-long line becomes several records
+                    self._emit_line(stream_name, pending[:MAX_LINE_BYTES])
+                    pending = pending[MAX_LINE_BYTES:]
         except (OSError, ValueError):
             return
         finally:
+            with self._io_cv:
+                self._busy[stream_name] = False
+                self._closed.add(stream_name)
+                self._io_cv.notify_all()
             stream.close()
+
+    def _emit_line(self, stream_name: str, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if len(self.output) < 2000:
+            self.output.append((stream_name, line))
+        self._on_line(self, stream_name, line)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (bounded) until every complete line already written to stdout/stderr has been emitted."""
+        deadline = time.monotonic() + timeout
+        with self._io_cv:
+            while True:
+                idle = True
+                for name, stream in self._streams.items():
+                    if name in self._closed:
+                        continue
+                    if self._busy.get(name) or _unread_bytes(stream) > 0:
+                        idle = False
+                if idle:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._io_cv.wait(min(left, 0.002))
 
     def _watch(self) -> None:
         code = self.popen.wait()  # blocks in waitpid(); returns the moment the process exits
@@ -143,6 +197,18 @@ class ManagedProcess:
             self.signal_group(signal.SIGKILL)  # leftover children in the group
         return self.exited.wait(wait)
 
+    def wait_stopped(self, timeout: float) -> bool:
+        """After SIGSTOP: wait (bounded) until the kernel reports the leader as stopped (state T)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = proc_state(self.pid)
+            if state in (None, "T", "t", "Z", "X") or not self.alive:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.exited.wait(min(left, 0.001))
+
     def stderr_tail(self, lines: int = 20) -> str:
         return "\n".join(f"[{self.name} {s}] {line}" for s, line in self.output[-lines:])
 
@@ -155,6 +221,22 @@ class ManagedProcess:
                         return int(line.split()[1])
         except (OSError, ValueError, IndexError):
             pass
+        return 0
+
+
+def proc_state(pid: Optional[int]) -> Optional[str]:
+    """Single-letter state from /proc/<pid>/stat, None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _unread_bytes(stream) -> int:
+    try:
+        return struct.unpack("i", fcntl.ioctl(stream.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
         return 0
 
 

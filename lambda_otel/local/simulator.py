@@ -124,6 +124,8 @@ SHUTDOWN_REASONS = ("spindown", "timeout", "failure")
 MAX_REGISTERED_EXTENSIONS = 10
 RUNTIME_SHUTDOWN_SHARE_S = 0.3
 FREEZE_INFLIGHT_WAIT_S = 1.0
+LOG_DRAIN_S = 0.2
+FREEZE_STATE_WAIT_S = 0.5
 _ERROR_TYPE_RE = re.compile(r"(Runtime|Function)\.[A-Z][a-zA-Z]+")
 
 
@@ -591,6 +593,9 @@ class Simulator:
         return ext, None
 
     def runtime_next(self, headers) -> Optional[Reply]:
+        env = self._env
+        if env is not None and env.runtime is not None and env.current is not None:
+            env.runtime.drain(LOG_DRAIN_S)  # lines printed before /next precede platform.runtimeDone
         with self._cv:
             env = self._env
             if env is None or env.phase == "down":
@@ -981,7 +986,7 @@ class Simulator:
         env.report_init_duration = failure is None and env.init_phase == "init"
         if failure is None:
             env.phase = "ready"
-        else:
+        elif not self._stopping:
             log.warning("simulator: init failed: %s %s: %s", status, error_type, message)
         return InitResult(
             status=status,
@@ -1157,6 +1162,9 @@ class Simulator:
                 return False
             epoch = self._epoch
             subs = env.subscribers()
+            procs = [p for p in env.processes() if p.alive]
+        for proc in procs:  # what was printed before the freeze is emitted before it
+            proc.drain(LOG_DRAIN_S)
         for sub in subs:
             sub.set_paused(True)
         for sub in subs:
@@ -1170,6 +1178,9 @@ class Simulator:
             procs = [p for p in env.processes() if p.alive]
             for proc in procs:
                 proc.signal_group(signal.SIGSTOP)
+            for proc in procs:
+                if not proc.wait_stopped(FREEZE_STATE_WAIT_S):
+                    log.warning("simulator: %s (pid %s) not stopped after SIGSTOP", proc.name, proc.pid)
             record = FreezeRecord(frozen_at=Instant.now(), pids=[p.pid for p in procs], reason=why)
             env.frozen = record
             self.freezes.append(record)

@@ -320,12 +320,15 @@ class Subscriber:
                 return True
             if attempt == self._max_attempts:
                 break
-            with self._cv:  # back off, and never retry into a frozen sandbox
+            with self._cv:  # back off (not "in flight" meanwhile), and never retry into a frozen sandbox
+                self._in_flight = False
+                self._cv.notify_all()
                 deadline = time.monotonic() + backoff
                 while not self._stopped and (self._paused or time.monotonic() < deadline):
                     self._cv.wait(max(0.01, min(0.5, deadline - time.monotonic())))
                 if self._stopped:
                     return False
+                self._in_flight = True
             backoff = min(backoff * 2, 1.0)
         log.warning("telemetry: dropping a batch of %d events for %s after %d attempts", len(events), self.name,
                     self._max_attempts)
