@@ -20,7 +20,6 @@ import shlex
 import socket
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
