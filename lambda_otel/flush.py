@@ -39,6 +39,26 @@ pending) is flushed while the gate is open, an invocation whose deadline is with
 consecutive failed flushes the effective strategy is ``continuous`` (as in the
 Rust original; a success resets it). With the breaker (default 3 failures) this
 only matters while the breaker is open, i.e. it removes the hold of ``/next``.
+
+Outages (what a dead or slow backend may cost an invocation):
+
+* every request inside an invocation has a deadline of at most
+  ``min(flush deadline, now + flush_budget_s, invocation deadline - deadline_margin_s)``;
+* once failed requests have used ``flush_budget_s`` in an invocation, nothing more is
+  sent in it (and the hold's flush returns at once);
+* after ``breaker_failures`` failed flushes the breaker opens: no hold, no export
+  inside invocations except one probe (one batch of <= ``PROBE_MAX_RECORDS``, deadline
+  <= ``PROBE_TIMEOUT_S``) after a jittered backoff of 1 s, 2 s, 4 s ... capped at
+  ``breaker_max_backoff_s``; data keeps buffering within the aggregator's budget
+  (drop-oldest, counted); a successful probe closes the breaker;
+* a batch that failed ``MAX_BATCH_ATTEMPTS`` times is dropped (``retries_exhausted``);
+  ``Retry-After`` longer than a request's deadline holds every request until it passed.
+
+So the flush part of a hold is at most ``flush_budget_s`` (+ ``GATE_CLOSE_GRACE_S``).
+
+Shutdown: everything pending is sent in batches, every request's deadline being
+``deadlineMs - shutdown_margin_s`` (even with the breaker open: it is the last
+chance); what is left at that instant is counted as ``shutdown_deadline``.
 """
 
 from __future__ import annotations
@@ -387,7 +407,8 @@ class ExportWorker(threading.Thread):
     ``request_flush`` (end of invocation, deadline near) and the final flush.
     Every request starts only through the ``ExportGate`` and its deadline is
     capped by the flush deadline, the invocation deadline (``begin_invocation``)
-    and ``flush_budget_s``.
+    and ``flush_budget_s``. ``clock`` must be ``time.monotonic`` or share its epoch:
+    request deadlines go to the exporter and the gate, which use ``time.monotonic``.
     """
 
     def __init__(self, aggregator: Any, exporter: Any, metrics_state: Any, manager: FlushManager,
@@ -420,6 +441,7 @@ class ExportWorker(threading.Thread):
         self.sent_records: Dict[str, int] = {s: 0 for s in loss_mod.SIGNALS}
         self.requests_made = 0
         self.flushes = 0
+        self._last_flush_end = float("-inf")
 
     # -- called from other threads ------------------------------------------------
     def request_flush(self, deadline: float, final: bool = False) -> FlushTicket:
@@ -514,9 +536,10 @@ class ExportWorker(threading.Thread):
         pending = self.aggregator.pending_records()
         if self.manager.buffer_full(pending, self.aggregator.pending_bytes()):
             return "flush", None, 0.0
-        if pending and self.manager.flushes_on_new_data():
-            return "flush", None, 0.0
-        tick = CONTINUOUS_TICK_S if self.manager.flushes_on_new_data() else DATA_CHECK_S
+        continuous = self.manager.flushes_on_new_data()
+        if pending and continuous and now - self._last_flush_end >= CONTINUOUS_TICK_S:
+            return "flush", None, 0.0  # coalesced: at most one data-driven flush per tick
+        tick = CONTINUOUS_TICK_S if continuous else DATA_CHECK_S
         wait_s = tick if due is None else min(tick, due - now)
         return None, None, max(0.005, wait_s)
 
@@ -526,7 +549,7 @@ class ExportWorker(threading.Thread):
         now = self._clock()
         if self.breaker.is_open:
             if self.breaker.probe_due(now):
-                return self._probe()
+                return self._probe(ticket.deadline)
             return FlushResult(deferred=True)
         with self._cond:
             spent = self._failing_spent >= self.config.flush_budget_s
@@ -549,11 +572,11 @@ class ExportWorker(threading.Thread):
         self._record(result)
         return result
 
-    def _probe(self) -> FlushResult:
+    def _probe(self, deadline: float = float("inf")) -> FlushResult:
         """One small batch with a short deadline, to see whether the backend is back."""
         self._collect_metrics()
         now = self._clock()
-        deadline = now + min(PROBE_TIMEOUT_S, self.config.flush_budget_s)
+        deadline = min(deadline, now + min(PROBE_TIMEOUT_S, self.config.flush_budget_s))
         result = FlushResult()
         for signal in loss_mod.SIGNALS:
             if self.aggregator.pending_records(signal):
@@ -574,12 +597,11 @@ class ExportWorker(threading.Thread):
         for _ in range(MAX_BATCH_ATTEMPTS):  # passes: a signal that failed is retried next pass
             if self.aggregator.pending_records() == 0 or self._clock() >= deadline:
                 break
-            now = self._clock()
-            if now < self._not_before:
-                if self._not_before >= deadline:
-                    break
-                with self._cond:
-                    self._cond.wait(self._not_before - now)
+            if self._not_before >= deadline:
+                break  # the backend asked us to wait past the deadline
+            with self._cond:  # honour Retry-After (bounded: it ends before the deadline)
+                self._cond.wait_for(lambda: self._clock() >= self._not_before,
+                                    max(0.0, self._not_before - self._clock()))
             for signal in loss_mod.SIGNALS:
                 status = self._drain_signal(signal, deadline, result, final=True)
                 if status == "failed":
@@ -708,6 +730,7 @@ class ExportWorker(threading.Thread):
     def _record(self, result: FlushResult) -> None:
         self.flushes += 1
         now = self._clock()
+        self._last_flush_end = now
         self.manager.record_flush(result.success, now)
         if result.success is not None:
             self.breaker.record(result.success, now)

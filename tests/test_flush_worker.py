@@ -383,6 +383,27 @@ class CoordinatorTest(unittest.TestCase):
         self.assertEqual([r.status for r in traces], [503, 200])
         self.assertGreaterEqual(traces[1].start - traces[0].end, 0.15)
 
+    def test_shutdown_retry_after_past_the_deadline_counts_the_rest_without_waiting(self):
+        h = Harness(self, strategy="end")
+        h.sink.set_reply(Reply(status=503, retry_after="30"))
+        h.add_spans(2)
+        deadline_ms = epoch_ms_in(1.5)
+        summary = h.coordinator.on_shutdown_event(deadline_ms)
+        self.assertLess(time.time() * 1000, deadline_ms)
+        self.assertEqual(len(h.sink.requests_to("/v1/traces")), 1, "no retry inside the Retry-After")
+        self.assertEqual(summary.shutdown_deadline, 2)
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.SHUTDOWN_DEADLINE): 2})
+
+    def test_metrics_ride_along_with_every_flush(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        for i in range(3):
+            h.metrics.add("faas.invocations", 1)
+            h.add_spans(1, f"f{i}-")
+            self.assertEqual(h.flush().sent, {"traces": 1, "metrics": 1})
+        values = [p.point.as_int for p in h.sink.metrics() if p.name == "faas.invocations"]
+        self.assertEqual(values, [1, 1, 1], "delta temporality: one point per flush")
+
 
 class _nothing:
     def __enter__(self):
