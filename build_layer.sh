@@ -70,7 +70,7 @@ else
         [ -n "$PYVER" ] || die "no working python3 on PATH to take the default version from; pass --python X.Y"
     fi
     case "$PYVER" in 3.[0-9]|3.[0-9][0-9]) ;; *) die "--python must look like 3.12, got '$PYVER'" ;; esac
-    pyenv_root=${PYENV_ROOT:-$HOME/.pyenv}
+    pyenv_root=${PYENV_ROOT:-${HOME:-/root}/.pyenv}
     if command -v pyenv >/dev/null 2>&1; then pyenv_root=$(pyenv root 2>/dev/null || echo "$pyenv_root"); fi
     # Candidates, best first: python3.X on PATH, python3 on PATH, pyenv builds (newest patch first), system paths.
     cands="python$PYVER python3"
@@ -104,7 +104,8 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 ZIP="$OUT/$NAME-layer-python$PYVER-$ARCH.zip"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lambda-otel-layer.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT INT TERM
+trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
 STAGE="$WORK/stage"
 CODE="$STAGE/$NAME"
 mkdir -p "$STAGE/extensions" "$CODE" "$WORK/src" "$WORK/wheel"
@@ -167,6 +168,23 @@ for d in "$CODE"/*.dist-info; do
     done
 done
 [ -f "$CODE/lambda_otel/layer_bootstrap.py" ] || die "lambda_otel/layer_bootstrap.py is missing from the wheel"
+# Every compiled module must be for the target machine (a wrong wheel would only fail on Lambda).
+case "$ARCH" in x86_64) EM=62 ;; arm64) EM=183 ;; esac
+"$PYBIN" - "$CODE" "$EM" <<'EOF' || die "compiled modules for the wrong architecture (expected $ARCH)"
+import os, sys
+root, want = sys.argv[1], int(sys.argv[2])
+bad = []
+for d, _, files in os.walk(root):
+    for f in files:
+        if f.endswith(".so") or ".so." in f:
+            with open(os.path.join(d, f), "rb") as fh:
+                head = fh.read(20)
+            if head[:4] != b"\x7fELF" or int.from_bytes(head[18:20], "little") != want:
+                bad.append(os.path.relpath(os.path.join(d, f), root))
+for b in bad:
+    print("build_layer.sh: not an ELF object for this arch: %s" % b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
 if find "$STAGE" -type l | grep -q .; then die "unexpected symlinks in the staging tree"; fi
 
 # 4. Bytecode for the target version, compiled by that version (-d: a fixed path in the pycs instead of
