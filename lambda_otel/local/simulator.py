@@ -712,6 +712,7 @@ class Simulator:
                 external=process is not None,
                 registered_at=Instant.now(),
                 pid=process.pid if process else None,
+                spawned_at=process.started_at if process else None,
             )
             env.exts[ext_id] = _Ext(info=info, env=env, process=process)
             self._cv.notify_all()
@@ -1241,6 +1242,9 @@ class Simulator:
             self._cv.notify_all()
         for proc in kill_now:
             proc.kill(wait=2.0)
+            ext = env.ext_by_name(proc.name)
+            if ext is not None and ext.subscriber is not None:
+                ext.subscriber.stop(timeout=1.0)  # its listener died with it: no point retrying into it
         subs = env.subscribers()
         for sub in subs:
             sub.start_flush()
