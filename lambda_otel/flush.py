@@ -781,6 +781,7 @@ class FlushCoordinator:
         self._current: Optional[tuple] = None  # (request_id, monotonic deadline)
         self._rd_wait = config.runtime_done_wait_s
         self._rd_degraded = False
+        self._gave_up: "OrderedDict[str, float]" = OrderedDict()  # holds that missed runtimeDone
         self.last_hold = HoldReport()
 
     @property
@@ -815,19 +816,28 @@ class FlushCoordinator:
             self._done[request_id] = self._clock()
             while len(self._done) > self._RECENT_DONE:
                 self._done.popitem(last=False)
+            late_but_alive = self._gave_up.pop(request_id, None) is not None
             self._cond.notify_all()
+        if late_but_alive:
+            # The telemetry path works; that function simply ran longer than our wait.
+            self._adapt(True)
 
     def before_next(self) -> None:
         """Right before ``/next``: maybe hold for runtimeDone and flush; always close the gate.
 
-        The hold (``end`` strategy, breaker closed): wait for this invocation's
-        runtimeDone for at most the adaptive ``runtime_done_wait_s``, then flush
-        what is pending for at most ``flush_budget_s``; nothing goes past the
-        invocation deadline minus ``deadline_margin_s``. A late runtimeDone shrinks
-        the next wait (halved, floor 50 ms) until a timely one restores it; the data
-        still pending then goes in a later flush. The flush runs even when
-        runtimeDone was late: the function is then most likely still running, so
-        sending older data costs it no time, and long functions are not starved.
+        The hold (``end`` strategy, breaker closed) starts right after INVOKE, while the
+        function runs, so waiting costs the function nothing until it is done. It waits
+        for this invocation's runtimeDone up to the invocation deadline minus
+        ``deadline_margin_s`` (a function cannot run longer), then flushes what is
+        pending for at most ``flush_budget_s``.
+
+        If runtimeDone never came (a broken or lagging telemetry path, which would
+        otherwise make every invocation run to its deadline), the next holds wait at most
+        ``runtime_done_wait_s``, halved after each further miss (floor 50 ms). Trust comes
+        back as soon as a runtimeDone is seen on time, or arrives late for an invocation
+        whose hold gave up (the function was just long). The flush runs even when
+        runtimeDone was missed: the function is then most likely still running, so
+        sending older data costs it no time.
         """
         t0 = self._clock()
         with self._cond:
@@ -838,7 +848,14 @@ class FlushCoordinator:
             limit = deadline - self.config.deadline_margin_s
             if limit > t0:
                 report.held = True
-                report.runtime_done = self._wait_runtime_done(request_id, min(t0 + self.runtime_done_wait_s, limit))
+                with self._cond:
+                    until = min(t0 + self._rd_wait, limit) if self._rd_degraded else limit
+                report.runtime_done = self._wait_runtime_done(request_id, until)
+                if not report.runtime_done:
+                    with self._cond:
+                        self._gave_up[request_id] = t0
+                        while len(self._gave_up) > self._RECENT_DONE:
+                            self._gave_up.popitem(last=False)
                 self._adapt(report.runtime_done)
                 now = self._clock()
                 flush_deadline = min(now + self.config.flush_budget_s, limit)
@@ -895,13 +912,14 @@ class FlushCoordinator:
             else:
                 changed = not self._rd_degraded
                 floor = min(RUNTIME_DONE_WAIT_FLOOR_S, self.config.runtime_done_wait_s)
-                self._rd_wait = max(floor, self._rd_wait / 2)
+                # First miss: fall back to the configured wait; each further miss halves it.
+                self._rd_wait = self.config.runtime_done_wait_s if changed else max(floor, self._rd_wait / 2)
                 self._rd_degraded = True
             wait = self._rd_wait
         if changed and timely:
-            log.info("platform.runtimeDone on time again: waiting up to %.3fs for it", wait)
+            log.info("platform.runtimeDone seen again: waiting for it up to the invocation deadline")
         elif changed:
-            log.info("platform.runtimeDone late: shortening the wait for it (now %.3fs) until one is on time", wait)
+            log.info("platform.runtimeDone missed: waiting at most %.3fs for it until one is seen again", wait)
 
     def _close_gate(self) -> bool:
         # Bounded by the in-flight request's own (capped) deadline plus a grace.

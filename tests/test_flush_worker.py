@@ -283,22 +283,52 @@ class CoordinatorTest(unittest.TestCase):
         self.assertFalse(h.gate.is_open)
         self.assertIsNone(h.gate.try_begin())
 
-    def test_late_runtime_done_ends_hold_at_bound_and_shrinks_next_wait(self):
+    def test_long_function_is_waited_for_beyond_the_fallback_wait(self):
+        # While runtimeDone arrives, the hold waits for it up to the invocation deadline:
+        # the function runs meanwhile, and its data must go out before the freeze.
+        h = Harness(self, strategy="end", runtime_done_wait_s=0.1)
+        h.coordinator.on_invoke("long", epoch_ms_in(10))
+        t = threading.Timer(0.4, lambda: (h.add_spans(2), h.coordinator.on_runtime_done("long")))
+        t.start()
+        self.addCleanup(t.cancel)
+        h.coordinator.before_next()
+        self.assertTrue(h.coordinator.last_hold.runtime_done)
+        self.assertEqual(len(h.sink.spans()), 2)
+
+    def test_missed_runtime_done_shortens_next_waits_until_one_is_seen(self):
         h = Harness(self, strategy="end", runtime_done_wait_s=0.2)
         with self.assertLogs("lambda_otel.flush", "INFO") as logs_:
-            for expected in (0.1, 0.05, 0.05):
-                h.coordinator.on_invoke("slow", epoch_ms_in(10))
+            # First miss: waited to the deadline minus the margin (1.0 - 0.5 s), then falls back.
+            for expected in (0.2, 0.1, 0.05, 0.05):
+                h.coordinator.on_invoke("silent", epoch_ms_in(1.0))
                 h.coordinator.before_next()
                 self.assertFalse(h.coordinator.last_hold.runtime_done)
                 self.assertAlmostEqual(h.coordinator.runtime_done_wait_s, expected)
                 self.assertFalse(h.gate.is_open)
-            h.coordinator.on_runtime_done("slow")  # arrives after /next: too late to count
+            # The missed runtimeDone shows up later: telemetry works, the function was long.
+            h.coordinator.on_runtime_done("silent")
             h.coordinator.on_invoke("fast", epoch_ms_in(10))
             h.coordinator.on_runtime_done("fast")
             h.coordinator.before_next()
         self.assertTrue(h.coordinator.last_hold.runtime_done)
         self.assertAlmostEqual(h.coordinator.runtime_done_wait_s, 0.2, msg="restored")
         self.assertEqual(len(logs_.output), 2, "one line per state change")
+
+    def test_timely_runtime_done_restores_trust(self):
+        h = Harness(self, strategy="end", runtime_done_wait_s=0.1)
+        h.coordinator.on_invoke("silent", epoch_ms_in(0.8))
+        h.coordinator.before_next()
+        self.assertFalse(h.coordinator.last_hold.runtime_done)
+        h.coordinator.on_invoke("ok", epoch_ms_in(10))
+        h.coordinator.on_runtime_done("ok")
+        h.coordinator.before_next()
+        # Trusted again: a long function is waited for once more.
+        h.coordinator.on_invoke("long", epoch_ms_in(10))
+        t = threading.Timer(0.3, lambda: h.coordinator.on_runtime_done("long"))
+        t.start()
+        self.addCleanup(t.cancel)
+        h.coordinator.before_next()
+        self.assertTrue(h.coordinator.last_hold.runtime_done)
 
     def test_periodic_does_not_hold_but_waits_for_the_request_in_flight(self):
         h = Harness(self, strategy="periodic", interval_s=0.05)
