@@ -104,13 +104,15 @@ class _Entry:
     item: Any
     records: int
     nbytes: int
+    attempts: int = 0  # export attempts so far, kept across requeue()
 
 
 @dataclass
 class Batch:
     """Items taken from one signal's queue for one export request.
 
-    ``attempts`` is for the exporter's bookkeeping (how many times this batch was tried).
+    ``attempts`` is for the exporter's bookkeeping (how many times this batch was tried); it
+    survives ``requeue()``: a batch re-taken later starts from the highest count of its items.
     """
 
     signal: str
@@ -230,7 +232,8 @@ class Aggregator:
                 records += nxt.records
             self._bytes -= nbytes
             self._records -= records
-        return Batch(signal, [e.item for e in taken], records, nbytes, 0, taken)
+        attempts = max(e.attempts for e in taken)
+        return Batch(signal, [e.item for e in taken], records, nbytes, attempts, taken)
 
     def requeue(self, batch: Batch) -> None:
         """Put a batch back at the front of its queue, in order (after a retryable failure).
@@ -246,6 +249,7 @@ class Aggregator:
         with self._cond:
             queue = self._queues[batch.signal]
             for entry in reversed(entries):
+                entry.attempts = batch.attempts
                 if hand_made:
                     self._oldest_seq -= 1
                     entry.seq = self._oldest_seq

@@ -434,9 +434,6 @@ class ExportWorker(threading.Thread):
         self._not_before = 0.0  # Retry-After: no request before this instant
         self._in_flight_deadline: Optional[float] = None
         self._warned_no_endpoint: set = set()
-        # Attempts of requeued batches, keyed by their first item (the Aggregator hands out a
-        # fresh Batch with attempts=0 after requeue). Holds the item so its id is not reused.
-        self._attempts: "OrderedDict[int, tuple]" = OrderedDict()
         self._warned_error = False
         self.sent_records: Dict[str, int] = {s: 0 for s in loss_mod.SIGNALS}
         self.requests_made = 0
@@ -638,7 +635,6 @@ class ExportWorker(threading.Thread):
                                                    max_records or cfg.max_batch_records)
                 if batch is None:
                     return "empty"
-                batch.attempts = max(batch.attempts, self._take_attempts(batch))
                 with self._cond:
                     self._in_flight_deadline = req_deadline
                 started = self._clock()
@@ -684,20 +680,9 @@ class ExportWorker(threading.Thread):
                 if batch.attempts >= MAX_BATCH_ATTEMPTS:
                     self.loss.add(signal, loss_mod.RETRIES_EXHAUSTED, batch.records)
                 else:
-                    self._remember_attempts(batch)
-                    self.aggregator.requeue(batch)
+                    self.aggregator.requeue(batch)  # keeps batch.attempts
                 return "failed"
         return "stopped" if self.aggregator.pending_records(signal) else "empty"
-
-    def _take_attempts(self, batch: Any) -> int:
-        entry = self._attempts.pop(id(batch.items[0]), None) if batch.items else None
-        return entry[1] if entry is not None and entry[0] is batch.items[0] else 0
-
-    def _remember_attempts(self, batch: Any) -> None:
-        if batch.items:
-            self._attempts[id(batch.items[0])] = (batch.items[0], batch.attempts)
-            while len(self._attempts) > 256:  # evicted batches are never taken again: bound the map
-                self._attempts.popitem(last=False)
 
     def _request_deadline(self, deadline: float, final: bool, now: float) -> float:
         if final:

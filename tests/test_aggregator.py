@@ -167,6 +167,19 @@ class AggregatorTest(unittest.TestCase):
         self.assertEqual(agg.pending_records(), 6)
         self.assertEqual(agg.pending_records(TRACES), 0)
 
+    def test_attempts_survive_requeue(self):
+        agg = Aggregator(max_bytes=10 * MiB, max_records=100, loss=self.loss)
+        for i in range(3):
+            agg.add(TRACES, spans(f"s{i}", 1), 1)
+        batch = agg.take_batch(TRACES, 10 * MiB, 2)
+        self.assertEqual(batch.attempts, 0)
+        batch.attempts = 3
+        agg.requeue(batch)
+        # Re-taken (even together with an untried item) it still carries its attempts.
+        again = agg.take_batch(TRACES, 10 * MiB, 100)
+        self.assertEqual(names(again), ["s0-0", "s1-0", "s2-0"])
+        self.assertEqual(again.attempts, 3)
+
     def test_requeue_partial_overflow_drops_front_first(self):
         agg = Aggregator(max_bytes=10 * MiB, max_records=4, loss=self.loss)
         agg.add(TRACES, spans("a", 2), 2)
