@@ -120,6 +120,11 @@ class OtlpExporter:
             return ExportOutcome(NO_ENDPOINT, error=f"no endpoint configured for {signal}")
         if self._closed.is_set():
             return ExportOutcome(RETRYABLE, error="exporter closed")
+        if _never_resolves(url):
+            # RFC 6761: names under .invalid never resolve; do not ask DNS (it may hang, unbounded).
+            message = "its host is under the reserved .invalid domain (RFC 6761) and never resolves"
+            self._warn_once(("fatal", _origin(url)), "export to %s is not possible: %s", _safe_url(url), message)
+            return ExportOutcome(REJECTED, error=message)
         payload = gzip.compress(body, GZIP_LEVEL) if self._config.compression == "gzip" else body
         session = self._get_session()
 
@@ -266,7 +271,8 @@ class OtlpExporter:
         else:
             return None
         message = self._redact(message)
-        self._warn_once(("fatal", url), "export to %s is not possible: %s", _safe_url(url), message)
+        # Once per endpoint (not per signal URL): the same certificate problem for all three.
+        self._warn_once(("fatal", _origin(url)), "export to %s is not possible: %s", _safe_url(url), message)
         return message
 
     def _warn_once(self, key: Tuple, fmt: str, *args: Any) -> None:
@@ -376,6 +382,17 @@ def _describe_exception(exc: BaseException) -> str:
 def _short_body(content: bytes) -> str:
     text = content[:200].decode("utf-8", "replace").strip()
     return text or "(empty body)"
+
+
+def _never_resolves(url: str) -> bool:
+    """True for hosts under the reserved ``.invalid`` TLD (RFC 6761 §6.4)."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return host == "invalid" or host.endswith(".invalid")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
 
 
 def _safe_url(url: str) -> str:

@@ -254,6 +254,37 @@ class RetryTest(ExporterTestCase):
         self.assertEqual(len(self.sink.requests), 1)
 
 
+class InvalidHostTest(ExporterTestCase):
+    def test_host_under_invalid_is_rejected_without_a_lookup(self):
+        looked_up = []
+        real = socket.getaddrinfo
+
+        def spy(host, *args, **kwargs):
+            looked_up.append(host)
+            return real(host, *args, **kwargs)
+
+        exp = self.exporter(traces_endpoint="http://collector.example.INVALID.:4318/v1/traces")
+        socket.getaddrinfo = spy
+        try:
+            with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+                outcomes = [self.export(exp) for _ in range(2)]
+        finally:
+            socket.getaddrinfo = real
+        for outcome in outcomes:
+            self.assertEqual((outcome.kind, outcome.attempts), (REJECTED, 0))
+            self.assertIn(".invalid", outcome.error)
+        self.assertEqual(len(logs.output), 1)
+        self.assertEqual(looked_up, [])
+
+    def test_only_the_invalid_tld_is_special(self):
+        from lambda_otel.exporter import _never_resolves
+
+        for host in ("invalid", "a.invalid", "A.B.INVALID", "x.invalid."):
+            self.assertTrue(_never_resolves(f"http://{host}:4318/v1/traces"), host)
+        for host in ("invalid-collector.example.com", "invalid.example.com", "localhost", "127.0.0.1", "[::1]"):
+            self.assertFalse(_never_resolves(f"http://{host}:4318/v1/traces"), host)
+
+
 class StaleConnectionTest(ExporterTestCase):
     def test_dead_pooled_connection_is_resent_once_without_counting(self):
         # The sink resets any request that arrives on an already-used keep-alive connection:
@@ -366,6 +397,16 @@ class CertificateTest(unittest.TestCase):
             self.assertNotIn("s3cr3t", outcome.error)
         self.assertEqual(len(logs.output), 1)
         self.assertEqual(self.sink.spans(), [])
+
+    def test_untrusted_certificate_is_logged_once_per_endpoint_not_per_signal(self):
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces"), metrics_endpoint=self.sink.url("metrics"),
+                                          logs_endpoint=self.sink.url("logs"), headers={}, compression="gzip",
+                                          timeout_s=5.0), self.loss)
+        self.addCleanup(exp.close)
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            for signal in (TRACES, "metrics", "logs"):
+                self.assertEqual(exp.export(signal, trace_body(), time.monotonic() + 10).kind, REJECTED)
+        self.assertEqual(len(logs.output), 1, logs.output)
 
     def test_configured_ca_bundle_is_trusted(self):
         outcome = self.exporter(certificate=self.pair[0]).export(TRACES, trace_body(), time.monotonic() + 10)
