@@ -3,7 +3,6 @@
 The test itself plays the runtime (no runtime process) and registers internal extensions by hand.
 """
 
-import threading
 import unittest
 import uuid
 from concurrent.futures import ThreadPoolExecutor
