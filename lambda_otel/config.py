@@ -14,7 +14,9 @@ enough to fix the problem.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -229,6 +231,28 @@ def _signal_endpoints(env: Mapping[str, str]) -> Tuple[Dict[str, Optional[str]],
     return urls, sources
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is this machine, in any spelling a client would connect with, without DNS.
+
+    Catches loopback and unspecified addresses however written (``127.1``, ``2130706433``, ``0``,
+    ``::ffff:127.0.0.1``), ``localhost`` / ``*.localhost`` (RFC 6761) and a trailing dot.
+    """
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host in LOOPBACK_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.inet_aton(host))  # the C library's shorthand forms
+        except (OSError, ValueError):
+            return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return ip.is_loopback or ip.is_unspecified
+
+
 def _refuse_self_export(urls: Dict[str, Optional[str]], sources: Dict[str, Optional[str]], receiver: ReceiverConfig) -> None:
     """An endpoint that is our own receiver would loop every record back to us forever."""
     if not receiver.enabled:
@@ -238,7 +262,7 @@ def _refuse_self_export(urls: Dict[str, Optional[str]], sources: Dict[str, Optio
             continue
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        if (parts.hostname or "").lower() in LOOPBACK_HOSTS and port == receiver.port:
+        if is_loopback_host(parts.hostname or "") and port == receiver.port:
             raise ConfigError(
                 sources[signal] or "OTEL_EXPORTER_OTLP_ENDPOINT",
                 f"{url} is lambda-otel's own OTLP receiver (port {receiver.port}); exporting there would loop. "

@@ -63,6 +63,22 @@ class EndpointTest(unittest.TestCase):
             self.assertEqual(ctx.exception.variable, "OTEL_EXPORTER_OTLP_ENDPOINT")
             self.assertIn("LAMBDA_OTEL_EXPORTER_ENDPOINT", str(ctx.exception))
 
+    def test_our_own_receiver_is_refused_in_any_spelling(self):
+        spellings = ("localhost.", "LOCALHOST", "127.1", "127.0.0.2", "0", "0.0.0.0", "2130706433", "[::1]",
+                     "[0:0:0:0:0:0:0:1]", "[::ffff:127.0.0.1]", "[::]", "api.localhost", "sandbox.localdomain")
+        for host in spellings:
+            with self.subTest(host=host), self.assertRaises(ConfigError) as ctx:
+                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"})
+            self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_ENDPOINT")
+        with self.assertRaises(ConfigError) as ctx:
+            load_config({"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://127.1:4400/v1/logs", "LAMBDA_OTEL_RECEIVER_PORT": "4400"})
+        self.assertEqual(ctx.exception.variable, "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+
+    def test_remote_hosts_are_not_mistaken_for_loopback(self):
+        for host in ("backend.example", "10.0.0.1", "128.0.0.1", "localhost.example.com", "[2001:db8::1]", "1"):
+            with self.subTest(host=host):
+                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"})
+
     def test_receiver_on_another_port_makes_loopback_endpoint_fine(self):
         c = load_config({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "LAMBDA_OTEL_RECEIVER_PORT": "4400"})
         self.assertEqual(c.exporter.traces_endpoint, "http://127.0.0.1:4318/v1/traces")
