@@ -138,6 +138,8 @@ class Extension:
             log.warning("telemetry still being processed at shutdown; flushing what is in the queue")
 
         self.pipeline.add_converted(self.converter.on_shutdown(event.reason))
+        if self.receiver is not None:
+            self.receiver.close_intake()  # no 200 for data that would arrive after the final flush
         summary = self.coordinator.on_shutdown_event(event.deadline_ms)
         log.info("shutdown flush done in %.0f ms: %s", (time.monotonic() - started) * 1000, summary)
         return 0

@@ -439,6 +439,10 @@ class OtlpReceiver:
         self._sock = sock
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
+        # Guards "accepted into the aggregator" against close_intake(), so that every 200 we
+        # answer is for data that is in the queue before the final flush starts.
+        self._intake_lock = threading.Lock()
+        self._intake_closed = False
 
     @classmethod
     def from_config(cls, config, aggregator: Aggregator, loss: LossCounter) -> "OtlpReceiver":
@@ -468,6 +472,16 @@ class OtlpReceiver:
                                         name="otlp-receiver", daemon=True)
         self._thread.start()
         log.info("OTLP receiver listening on %s", self.address)
+
+    def close_intake(self) -> None:
+        """SHUTDOWN, before the final flush: from now on answer 503 and keep nothing.
+
+        When this returns, every request we answered (or will answer) 200 is already in the
+        aggregator, so the final flush sends it or counts it; a 200 after the final flush
+        would be a silent loss (the process exits right after it).
+        """
+        with self._intake_lock:
+            self._intake_closed = True
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting; connections being served finish on their own (daemon threads)."""
@@ -547,9 +561,12 @@ class OtlpReceiver:
                 fits.append((item, records, nbytes))
             else:
                 rejected += records
-        if not self.aggregator.add_many(signal, fits, evict=False):
-            h._error(503, "the extension's queue is full; retry later", content_type,
-                     headers={"Retry-After": str(self.retry_after_s)})
+        with self._intake_lock:
+            closed = self._intake_closed
+            added = not closed and self.aggregator.add_many(signal, fits, evict=False)
+        if not added:
+            why = "the extension is shutting down" if closed else "the extension's queue is full; retry later"
+            h._error(503, why, content_type, headers={"Retry-After": str(self.retry_after_s)})
             return
         response = response_cls()
         if rejected:

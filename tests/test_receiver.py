@@ -20,7 +20,7 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest, ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -461,6 +461,70 @@ class BackpressureTest(ReceiverTestBase):
         self.assertTrue(response.partial_success.error_message)
         self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 6})
         self.assertEqual(self.agg.pending_records(), 2)
+
+
+class CloseIntakeTest(ReceiverTestBase):
+    def test_after_close_intake_503_and_nothing_kept_before_it_everything_kept(self):
+        before = self.trace_request_bytes("before", 2)
+        resp, _ = self.post("/v1/traces", before)
+        self.assertEqual(resp.status, 200)
+        self.receiver.close_intake()
+        conn = self.conn()
+        for path, body in (("/v1/traces", self.trace_request_bytes("after", 3)), ("/v1/traces", before)):
+            resp, data = self.post(path, body, conn=conn)
+            self.assertEqual(resp.status, 503)
+            self.assertEqual(resp.getheader("Retry-After"), "1")
+            self.assertIn("shutting down", status_pb2.Status.FromString(data).message)
+        # Only what got its 200 before close_intake() is queued; nothing was counted as lost.
+        self.assertEqual(self.take_all(TRACES), list(ExportTraceServiceRequest.FromString(before).resource_spans))
+        self.assertEqual(self.agg.pending_records(), 0)
+        self.assertEqual(self.loss.snapshot(), {})
+
+    def test_every_200_is_in_the_queue_when_close_intake_returns(self):
+        """Clients racing close_intake(): what was answered 200 was queued before it returned."""
+        stop, enough = threading.Event(), threading.Event()
+        acked = []
+        lock = threading.Lock()
+
+        def client(n):
+            c = http.client.HTTPConnection("127.0.0.1", self.receiver.port, timeout=WAIT)
+            try:
+                for i in range(200):
+                    if stop.is_set():
+                        return
+                    c.request("POST", "/v1/logs", body=self.log_request(f"{n}-{i}"),
+                              headers={"Content-Type": "application/x-protobuf"})
+                    resp = c.getresponse()
+                    resp.read()
+                    if resp.status == 200:
+                        with lock:
+                            acked.append(f"{n}-{i}")
+                            if len(acked) >= 20:
+                                enough.set()
+                    elif resp.status == 503:
+                        return
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        self.assertTrue(enough.wait(WAIT))
+        self.receiver.close_intake()
+        queued_at_close = self.take_all(LOGS)  # what a final flush would see
+        stop.set()
+        for t in threads:
+            t.join(WAIT)
+        bodies = {rl.scope_logs[0].log_records[0].body.string_value for rl in queued_at_close}
+        self.assertEqual(set(acked) - bodies, set())
+        self.assertEqual(self.agg.pending_records(), 0)  # nothing slipped in after close_intake()
+
+    @staticmethod
+    def log_request(text: str) -> bytes:
+        request = ExportLogsServiceRequest()
+        record = request.resource_logs.add().scope_logs.add().log_records.add()
+        record.body.string_value = text
+        return request.SerializeToString()
 
 
 class ConnectionLimitTest(ReceiverTestBase):
