@@ -1,0 +1,332 @@
+"""Issue 5 end to end: the function's own telemetry through the extension's OTLP receiver.
+
+The function runs the real OpenTelemetry Python SDK (OTLP/HTTP exporters) in awslambdaric under the
+simulator and finds the receiver through OTEL_EXPORTER_OTLP_ENDPOINT alone; the extension exports
+to the sink through LAMBDA_OTEL_EXPORTER_ENDPOINT (which wins for the extension). What the SDK sent
+(the bodies the receiver answered 200 to, captured by the function) must reach the backend as is:
+same resource, scope, names, attributes and ids.
+"""
+
+import base64
+import gzip
+import http.client
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import unittest
+from collections import Counter
+from typing import Dict, List, Tuple
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from lambda_otel.local.sink import attrs_to_dict
+from tests.support import ExtensionTestCase, counter_total
+
+SDK_SERVICE = "sdk-e2e-function"  # tests/fixtures/functions/sdk_handlers.py
+SDK_SCOPE = "sdk-e2e"
+CLIENT_SERVICE = "e2e-load-client"
+
+REQUESTS = {
+    "traces": trace_service_pb2.ExportTraceServiceRequest,
+    "metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+    "logs": logs_service_pb2.ExportLogsServiceRequest,
+}
+
+
+def _key(*messages) -> Tuple[bytes, ...]:
+    return tuple(m.SerializeToString(deterministic=True) for m in messages)
+
+
+def flatten(signal: str, request) -> List[Tuple[bytes, ...]]:
+    """(resource, scope, record) per span / metric / log record, as exact bytes."""
+    out = []
+    if signal == "traces":
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                out.extend(_key(rs.resource, ss.scope, s) for s in ss.spans)
+    elif signal == "metrics":
+        for rm in request.resource_metrics:
+            for sm in rm.scope_metrics:
+                out.extend(_key(rm.resource, sm.scope, m) for m in sm.metrics)
+    else:
+        for rl in request.resource_logs:
+            for sl in rl.scope_logs:
+                out.extend(_key(rl.resource, sl.scope, r) for r in sl.log_records)
+    return out
+
+
+def resource_service(resource_bytes: bytes) -> str:
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    return attrs_to_dict(Resource.FromString(resource_bytes).attributes).get("service.name")
+
+
+def sink_records(sink, signal: str, service: str) -> Counter:
+    found = Counter()
+    for req in sink.requests_to(f"/v1/{signal}"):
+        if req.decoded is None or req.status != 200:
+            continue
+        for key in flatten(signal, req.decoded):
+            if resource_service(key[0]) == service:
+                found[key] += 1
+    return found
+
+
+class FunctionSdkTest(ExtensionTestCase):
+    def capture_dir(self) -> str:
+        path = tempfile.mkdtemp(prefix="sdk-e2e-capture-")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+    def sdk_env(self, sink, capture: str, **extra) -> Dict[str, str]:
+        env = self.make_env(sink, SDK_E2E_CAPTURE_DIR=capture, **extra)
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{env['LAMBDA_OTEL_RECEIVER_PORT']}"
+        return env
+
+    def captured(self, capture: str, signal: str) -> Counter:
+        sent = Counter()
+        for name in sorted(os.listdir(capture)):
+            if name.endswith("." + signal):
+                with open(os.path.join(capture, name), "rb") as fh:
+                    sent.update(flatten(signal, REQUESTS[signal].FromString(fh.read())))
+        return sent
+
+    def run_sdk_function(self, invocations: int, **env_extra):
+        sink = self.make_sink()
+        capture = self.capture_dir()
+        sim = self.make_sim(self.sdk_env(sink, capture, **env_extra), handler="sdk_handlers.handler")
+        sim.start(timeout=30)
+        answers = []
+        for i in range(invocations):
+            result = sim.invoke({"spans": 1 + i % 3, "logs": 2, "tag": f"tag-{i}"}, timeout=30)
+            self.assertEqual(result.status, "success", result.error_body)
+            answers.append(result.json())
+        # SHUTDOWN right after the last invocation: what it sent must still reach the backend.
+        down = sim.shutdown("spindown", timeout=30)
+        self.assertEqual(down.extensions["lambda-otel"].exit_code, 0, self.extension_output(sim))
+        for answer in answers:
+            self.assertEqual(answer["flushed"], {"traces": True, "logs": True, "metrics": True})
+        return sim, sink, capture, answers
+
+    def test_sdk_spans_metrics_logs_arrive_as_sent_gzip(self):
+        sim, sink, capture, answers = self.run_sdk_function(5, OTEL_EXPORTER_OTLP_COMPRESSION="gzip")
+        for signal in ("traces", "metrics", "logs"):
+            with self.subTest(signal=signal):
+                sent = self.captured(capture, signal)
+                self.assertTrue(sent, f"the SDK sent no {signal}")
+                self.assertEqual(sink_records(sink, signal, SDK_SERVICE), sent)
+
+        # The same, spelled out for a reader: ids, names, attributes, resource and scope.
+        items = [i for i in sink.span_items() if i.resource.get("service.name") == SDK_SERVICE]
+        exported = {(i.span.trace_id.hex(), i.span.span_id.hex()): i for i in items}
+        created = [tuple(ids) for answer in answers for ids in answer["spans"]]
+        self.assertEqual(sorted(exported), sorted(created))
+        self.assertEqual(len(items), len(created))
+        for item in items:
+            self.assertEqual(item.scope, SDK_SCOPE)
+            self.assertEqual(item.resource["deployment.environment.name"], "e2e")
+            self.assertEqual(item.resource["telemetry.sdk.language"], "python")
+            self.assertNotIn("cloud.platform", item.resource)  # not replaced by the extension's resource
+        last = answers[-1]["spans"]
+        last_root = exported[tuple(last[0])].span
+        self.assertEqual(last_root.name, "handle-order")
+        self.assertEqual(last_root.kind, trace_pb2.Span.SPAN_KIND_SERVER)
+        self.assertEqual(attrs_to_dict(last_root.attributes)["e2e.tag"], "tag-4")
+        for trace_id, span_id in last[1:]:
+            child = exported[(trace_id, span_id)].span
+            self.assertEqual(child.parent_span_id.hex(), last[0][1])
+            self.assertIn("e2e.step", attrs_to_dict(child.attributes))
+
+        logs = [i for i in sink.log_items() if i.resource.get("service.name") == SDK_SERVICE]
+        self.assertEqual(len(logs), 2 * len(answers))
+        for item in logs:
+            self.assertEqual(item.scope, SDK_SCOPE)
+            rid = item.record.body.string_value.rsplit(" ", 1)[1]
+            self.assertEqual(item.record.severity_number, logs_pb2.SEVERITY_NUMBER_WARN)
+            # The SDK put its current span's context on the record, and that survived.
+            self.assertIn((item.record.trace_id.hex(), item.record.span_id.hex()), exported)
+            self.assertEqual(attrs_to_dict(exported[(item.record.trace_id.hex(), item.record.span_id.hex())]
+                                           .span.attributes)["e2e.request_id"], rid)
+
+        points = [p for p in sink.metrics() if p.resource.get("service.name") == SDK_SERVICE]
+        final = max((p for p in points if p.name == "sdk_e2e.orders"), key=lambda p: p.point.time_unix_nano)
+        self.assertEqual(final.metric.unit, "{order}")
+        totals = {}
+        for p in points:
+            if p.name == "sdk_e2e.orders":
+                tag = attrs_to_dict(p.point.attributes)["e2e.tag"]
+                totals[tag] = max(totals.get(tag, 0), p.point.as_int)
+        self.assertEqual(totals, {f"tag-{i}": 1 + i % 3 for i in range(5)})
+        self.assertEqual(counter_total(sink.metrics(), "lambda_otel.dropped"), 0)
+
+    def test_sdk_plain_protobuf_single_invocation_then_shutdown(self):
+        sim, sink, capture, answers = self.run_sdk_function(1, OTEL_EXPORTER_OTLP_COMPRESSION="none")
+        for signal in ("traces", "metrics", "logs"):
+            with self.subTest(signal=signal):
+                sent = self.captured(capture, signal)
+                self.assertTrue(sent)
+                self.assertEqual(sink_records(sink, signal, SDK_SERVICE), sent)
+
+
+# --- many clients at once ------------------------------------------------------------------------
+
+
+def _hex_ids(node):
+    if isinstance(node, dict):
+        return {k: (base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId") else _hex_ids(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_hex_ids(v) for v in node]
+    return node
+
+
+class _Client(threading.Thread):
+    """Posts traces and logs with unique ids to the receiver until told to stop (bounded)."""
+
+    MAX_REQUESTS = 400
+
+    def __init__(self, index: int, port: int, stop: threading.Event) -> None:
+        super().__init__(name=f"client-{index}", daemon=True)
+        self.index = index
+        self.port = port
+        self.stop_event = stop
+        self.json = index % 2 == 1
+        self.gzip = (index // 2) % 2 == 1
+        self.sent_spans: set = set()
+        self.acked_spans: set = set()
+        self.sent_logs: set = set()
+        self.acked_logs: set = set()
+        self.statuses: Counter = Counter()
+        self.errors = 0
+
+    def build(self, seq: int):
+        uid = f"{self.index:02x}{seq:06x}"
+        if seq % 2 == 0:
+            req = trace_service_pb2.ExportTraceServiceRequest()
+            rs = req.resource_spans.add()
+            kv = rs.resource.attributes.add(key="service.name")
+            kv.value.string_value = CLIENT_SERVICE
+            ss = rs.scope_spans.add()
+            ss.scope.name = f"client-{self.index}"
+            ids = set()
+            for k in range(3):
+                span = ss.spans.add()
+                span.trace_id = bytes.fromhex(f"{uid}{'0' * 24}")
+                span.span_id = bytes.fromhex(f"{uid}{k:02x}")[:8].rjust(8, b"\x01")
+                span.name = f"load-{uid}-{k}"
+                span.start_time_unix_nano = time.time_ns()
+                span.end_time_unix_nano = span.start_time_unix_nano + 1000
+                ids.add(span.name)
+            return "traces", req, ids
+        req = logs_service_pb2.ExportLogsServiceRequest()
+        rl = req.resource_logs.add()
+        kv = rl.resource.attributes.add(key="service.name")
+        kv.value.string_value = CLIENT_SERVICE
+        sl = rl.scope_logs.add()
+        sl.scope.name = f"client-{self.index}"
+        rec = sl.log_records.add()
+        rec.time_unix_nano = time.time_ns()
+        rec.body.string_value = f"load-log-{uid}"
+        return "logs", req, {rec.body.string_value}
+
+    def encode(self, req) -> Tuple[bytes, Dict[str, str]]:
+        if self.json:
+            body = json.dumps(_hex_ids(json_format.MessageToDict(req))).encode()
+            headers = {"Content-Type": "application/json"}
+        else:
+            body = req.SerializeToString()
+            headers = {"Content-Type": "application/x-protobuf"}
+        if self.gzip:
+            body = gzip.compress(body, 1)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    def run(self) -> None:
+        conn = None
+        refused = 0
+        for seq in range(self.MAX_REQUESTS):
+            if self.stop_event.is_set() or refused >= 3:
+                break
+            signal, req, ids = self.build(seq)
+            body, headers = self.encode(req)
+            (self.sent_spans if signal == "traces" else self.sent_logs).update(ids)
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("POST", f"/v1/{signal}", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                refused = 0
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                refused += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stop_event.wait(0.01)
+                continue
+            self.statuses[response.status] += 1
+            if response.status == 200:
+                (self.acked_spans if signal == "traces" else self.acked_logs).update(ids)
+            self.stop_event.wait(0.003)
+        if conn is not None:
+            conn.close()
+
+
+class ReceiverUnderLoadTest(ExtensionTestCase):
+    def test_eight_clients_during_invocations_and_shutdown(self):
+        sink = self.make_sink()
+        env = self.make_env(sink)
+        sim = self.make_sim(env, handler="platform_handlers.handler")
+        sim.start(timeout=30)
+        stop = threading.Event()
+        clients = [_Client(i, int(env["LAMBDA_OTEL_RECEIVER_PORT"]), stop) for i in range(8)]
+        for c in clients:
+            c.start()
+        self.addCleanup(stop.set)
+        for _ in range(15):
+            self.assertEqual(sim.invoke({"text": 1}, timeout=30).status, "success")
+        sim.shutdown("spindown", timeout=30)
+        stop.set()
+        for c in clients:
+            c.join(timeout=10)
+            self.assertFalse(c.is_alive())
+
+        statuses = sum((c.statuses for c in clients), Counter())
+        self.assertGreater(statuses[200], 50, statuses)
+        self.assertEqual(set(statuses) - {200, 503}, set(), statuses)
+        for combo in range(4):  # every encoding was accepted at least once
+            self.assertTrue(any(c.statuses[200] for c in clients if c.index % 4 == combo))
+
+        spans = [i.span.name for i in sink.span_items() if i.resource.get("service.name") == CLIENT_SERVICE]
+        logs = [i.record.body.string_value for i in sink.log_items() if i.resource.get("service.name") == CLIENT_SERVICE]
+        self.assertEqual([n for n, k in Counter(spans).items() if k > 1], [], "a span exported twice")
+        self.assertEqual([n for n, k in Counter(logs).items() if k > 1], [], "a log record exported twice")
+        acked_spans = set().union(*(c.acked_spans for c in clients))
+        acked_logs = set().union(*(c.acked_logs for c in clients))
+        sent_spans = set().union(*(c.sent_spans for c in clients))
+        sent_logs = set().union(*(c.sent_logs for c in clients))
+        self.assertLessEqual(set(spans), sent_spans)
+        self.assertLessEqual(set(logs), sent_logs)
+
+        # Every 200 was exported, or counted as dropped (with a reason) by the extension.
+        dropped_spans = counter_total(sink.metrics(), "lambda_otel.dropped", signal="traces")
+        dropped_logs = counter_total(sink.metrics(), "lambda_otel.dropped", signal="logs")
+        unsent = [int(n) for n in re.findall(r"unsent at deadline (\d+)", self.extension_output(sim))]
+        missing_spans = acked_spans - set(spans)
+        missing_logs = acked_logs - set(logs)
+        self.assertLessEqual(len(missing_spans), dropped_spans + sum(unsent), sorted(missing_spans)[:5])
+        self.assertLessEqual(len(missing_logs), dropped_logs + sum(unsent), sorted(missing_logs)[:5])
+
+
+if __name__ == "__main__":
+    unittest.main()
