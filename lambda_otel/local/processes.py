@@ -64,7 +64,7 @@ class ManagedProcess:
         self._on_exit = on_exit
         self.popen: Optional[subprocess.Popen] = None
         self.pid: Optional[int] = None
-        self.started_at: Optional[Instant] = None
+        self.started_at: Optional[Instant] = None  # just before the fork
         self.exit_code: Optional[int] = None
         self.exited_at: Optional[Instant] = None
         self.exited = threading.Event()
@@ -78,6 +78,8 @@ class ManagedProcess:
         self._streams: dict = {}
 
     def start(self) -> None:
+        # Taken before the fork, so "spawn -> first /next" includes fork+exec (benchmarks use it).
+        spawned_at = Instant.now()
         self.popen = subprocess.Popen(
             self.argv,
             env=self._environ,
@@ -89,7 +91,7 @@ class ManagedProcess:
             close_fds=True,
         )
         self.pid = self.popen.pid
-        self.started_at = Instant.now()
+        self.started_at = spawned_at
         self._streams = {"stdout": self.popen.stdout, "stderr": self.popen.stderr}
         for stream_name, stream in self._streams.items():
             self._busy[stream_name] = True

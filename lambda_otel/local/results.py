@@ -47,6 +47,7 @@ class ExtensionInfo:
     external: bool
     registered_at: Instant
     pid: Optional[int] = None
+    spawned_at: Optional[Instant] = None  # external: the simulator started its process (just before the fork)
     first_next_at: Optional[Instant] = None
     state: str = "Registered"  # Registered | Ready | InitError | ExitError | Crashed | Exited | ShutdownFailed
     error_type: Optional[str] = None
