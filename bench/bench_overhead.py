@@ -1,0 +1,147 @@
+"""Per-invocation overhead: runtime done → the extension's next ``/event/next``.
+
+That is the simulator's ``InvocationResult.extension_overhead_ms``: the time Lambda waits for the
+extension after the function has finished (billed, and the next invocation cannot start).
+Three environments run side by side, each with the standard load's function (10 log lines of
+~200 bytes and one span through the receiver per invocation) and a sink that answers at once:
+lambda-otel with the ``default`` strategy, lambda-otel with the ``end`` strategy (flush at the end
+of every invocation, holding ``/next``), and the no-op baseline extension (register, loop on
+``/next``), which shows what the simulator itself adds. Invocations run back to back in blocks,
+the environments in a shuffled order each round. The sink's round trip (a keep-alive
+``http.client`` POST of a gzip'd 10-record OTLP logs request) is timed in the same rounds.
+
+Goals: default median ≤ 2 ms and p99 ≤ 10 ms; end median ≤ sink round trip + 2 ms.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import sys
+import time
+from pathlib import Path
+from typing import List
+from urllib.parse import urlsplit
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import NAME, Environment, Row, Stats, Workspace, interleaved, main_for
+
+GOAL_DEFAULT_MEDIAN_MS = 2.0
+GOAL_DEFAULT_P99_MS = 10.0
+GOAL_END_EXTRA_MS = 2.0
+
+
+def sample_logs_request() -> bytes:
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    scope_logs = req.resource_logs.add().scope_logs.add()
+    for i in range(10):
+        scope_logs.log_records.add().body.string_value = "bench line %06d level=INFO msg=%s" % (i, "x" * 170)
+    return gzip.compress(req.SerializeToString(), 1)
+
+
+class SinkProbe:
+    """Keep-alive POSTs to the sink, like an exporter's pooled connection."""
+
+    def __init__(self, sink) -> None:
+        url = urlsplit(sink.url("logs"))
+        self.path = url.path
+        self.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        self.body = sample_logs_request()
+
+    def round_trip_ms(self) -> float:
+        started = time.perf_counter()
+        self.conn.request("POST", self.path, body=self.body, headers={
+            "Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+        resp = self.conn.getresponse()
+        resp.read()
+        elapsed = (time.perf_counter() - started) * 1000.0
+        if resp.status != 200:
+            raise RuntimeError(f"sink answered {resp.status}")
+        return elapsed
+
+
+def after_runtime_done_ms(sim, res):
+    """ms from the POST that carried this invocation's platform.runtimeDone to the extension's /next."""
+    next_at = res.extension_next_at.get(NAME)
+    if next_at is None:
+        return None
+    for batch in reversed(sim.batches[-20:]):
+        if batch.ok and any(e["type"] == "platform.runtimeDone" and e["record"].get("requestId") == res.request_id
+                            for e in batch.events):
+            return max(0.0, (next_at.mono - batch.sent_at.mono) * 1000.0)
+    return None
+
+
+def run(ws: Workspace, quick: bool = False) -> List[Row]:
+    from lambda_otel.local.sink import OtlpSink
+
+    total, block = (20, 10) if quick else (1000, 50)
+    rounds = total // block
+    samples = {"default": [], "end": [], "noop": [], "sink": []}
+    after_done: List[float] = []  # end: runtimeDone batch handed to the extension -> its /next
+    with OtlpSink() as sink:
+        envs = {}
+        try:
+            envs["default"] = Environment(ws, NAME, sink, LAMBDA_OTEL_FLUSH_STRATEGY="default", LAMBDA_OTEL_LOG_LEVEL="warning")
+            envs["end"] = Environment(ws, NAME, sink, LAMBDA_OTEL_FLUSH_STRATEGY="end", LAMBDA_OTEL_LOG_LEVEL="warning")
+            envs["noop"] = Environment(ws, "noop", sink)
+            probe = SinkProbe(sink)
+            for env in envs.values():  # warm-up: first-invocation costs (lazy imports, connections)
+                for _ in range(3):
+                    env.invoke()
+            probe.round_trip_ms()
+
+            def block_of(name: str):
+                def go() -> float:
+                    for _ in range(block):
+                        if name == "sink":
+                            samples[name].append(probe.round_trip_ms())
+                        else:
+                            res = envs[name].invoke()
+                            samples[name].append(res.extension_overhead_ms)
+                            if name == "end":
+                                part = after_runtime_done_ms(envs[name].sim, res)
+                                if part is not None:
+                                    after_done.append(part)
+                    return 0.0
+                return go
+
+            interleaved({name: block_of(name) for name in samples}, rounds)
+            probe.conn.close()
+        finally:
+            for env in envs.values():
+                env.close()
+    default, end, noop, rtt = (Stats(samples[k]) for k in ("default", "end", "noop", "sink"))
+    note = f"{total} invocations per environment in blocks of {block}, {rounds} interleaved rounds"
+    rows = [
+        Row("overhead", "default: median", default, noop, "ms", f"≤ {GOAL_DEFAULT_MEDIAN_MS:g} ms",
+            met=default.median <= GOAL_DEFAULT_MEDIAN_MS, base_label="no-op extension", note=note),
+        Row("overhead", "default: p99", Stats([default.percentile(99)]), Stats([noop.percentile(99)]), "ms",
+            f"≤ {GOAL_DEFAULT_P99_MS:g} ms", met=default.percentile(99) <= GOAL_DEFAULT_P99_MS,
+            base_label="no-op extension"),
+        Row("overhead", "end: median", end, rtt, "ms", f"≤ sink RTT + {GOAL_END_EXTRA_MS:g} ms",
+            met=end.median <= rtt.median + GOAL_END_EXTRA_MS, base_label="sink round trip",
+            note=f"end minus sink round trip: {end.median - rtt.median:.2f} ms at the median"),
+        Row("overhead", "end: runtimeDone POST → /next", Stats(after_done or [float("nan")]), rtt, "ms",
+            f"≤ sink RTT + {GOAL_END_EXTRA_MS:g} ms",
+            met=bool(after_done) and Stats(after_done).median <= rtt.median + GOAL_END_EXTRA_MS,
+            base_label="sink round trip",
+            note=("the part of the end overhead after Lambda delivers platform.runtimeDone; before it, the "
+                  "extension waits for the Telemetry API's buffering (timeoutMs, at least 25 ms from the "
+                  "batch's first event)")),
+        Row("overhead", "end: p99", Stats([end.percentile(99)]), Stats([noop.percentile(99)]), "ms", "–",
+            met=None, base_label="no-op extension"),
+    ]
+    return rows
+
+
+def main(argv=None) -> int:
+    return main_for(run, __doc__.splitlines()[0], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
