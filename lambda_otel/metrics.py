@@ -18,6 +18,7 @@ import math
 import threading
 import time
 from bisect import bisect_left
+from collections import abc
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
@@ -116,7 +117,8 @@ class _Hist:
 
 def set_attributes(repeated, attributes: Mapping[str, AttrValue] | _Key) -> None:
     """Append (key, value) pairs to a repeated KeyValue field (bool before int: bool is an int)."""
-    items = attributes.items() if isinstance(attributes, Mapping) else attributes
+    # dict first: typing.Mapping's isinstance check is slow, and this runs once per log record.
+    items = attributes.items() if isinstance(attributes, (dict, abc.Mapping)) else attributes
     for key, value in items:
         kv = repeated.add()
         kv.key = key
