@@ -25,8 +25,11 @@ end         Flush at the end of every invocation: ``before_next`` holds ``/next`
             until this invocation's ``platform.runtimeDone`` is in the aggregator,
             then flushes (bounded). Nothing waits in memory across a freeze.
 periodic    A real timer: every ``interval_s`` (while thawed, gate open) flush
-            everything pending. ``/next`` is never held for a flush; data may sit
-            across a freeze until the next invocation or SHUTDOWN.
+            everything pending. The gate is open only from INVOKE until our next
+            ``/next``, so a flush due at INVOKE starts then, while the function runs,
+            and ``/next`` waits for it (at most ``flush_budget_s``); there is no wait
+            for runtimeDone. Data may sit across a freeze until the next invocation
+            or SHUTDOWN.
 continuous  As ``periodic`` (the timer still drives metrics-only flushes), and in
             addition pending data is exported as soon as it is seen while the gate
             is open (checked every ``CONTINUOUS_TICK_S``). Lowest latency, most
@@ -473,6 +476,28 @@ class ExportWorker(threading.Thread):
         with self._cond:
             return self._failing_spent >= self.config.flush_budget_s
 
+    def flush_due(self, now: Optional[float] = None) -> bool:
+        """Whether the strategy wants an export now: timer due, full buffer, continuous with
+        data pending, or (breaker open) a probe due.
+
+        The events thread asks this at INVOKE: the gate is open only until it calls ``/next``
+        again (at once, unless it holds), so a due flush that is not waited for there never
+        gets a window and everything would wait for SHUTDOWN.
+        """
+        now = self._clock() if now is None else now
+        with self._cond:
+            if self._stopping or self._failing_spent >= self.config.flush_budget_s or now < self._not_before:
+                return False
+        if self.breaker.is_open:
+            return self.breaker.probe_due(now)
+        pending = self.aggregator.pending_records()
+        if self.manager.buffer_full(pending, self.aggregator.pending_bytes()):
+            return True
+        if pending and self.manager.flushes_on_new_data():
+            return True
+        due = self.manager.next_timer_due(now)
+        return due is not None and now >= due
+
     def stop(self, timeout: float) -> bool:
         """Stop after the current request; True if the thread ended within ``timeout``."""
         with self._cond:
@@ -577,8 +602,10 @@ class ExportWorker(threading.Thread):
         result = FlushResult()
         for signal in loss_mod.SIGNALS:
             if self.aggregator.pending_records(signal):
-                self._drain_signal(signal, deadline, result, final=False, max_records=PROBE_MAX_RECORDS,
-                                   max_batches=1)
+                status = self._drain_signal(signal, deadline, result, final=False, max_records=PROBE_MAX_RECORDS,
+                                            max_batches=1)
+                if status == "failed":  # feeds the breaker: the next probe waits a longer backoff
+                    result.success = False
                 break
         result.deferred = self.aggregator.pending_records() > 0
         if result.success is None and result.requests == 0:
@@ -767,6 +794,7 @@ class FlushCoordinator:
         self._rd_wait = config.runtime_done_wait_s
         self._rd_degraded = False
         self._gave_up: "OrderedDict[str, float]" = OrderedDict()  # holds that missed runtimeDone
+        self._invoke_flush: Optional[FlushTicket] = None  # a flush due at INVOKE, waited for before /next
         self.last_hold = HoldReport()
 
     @property
@@ -792,8 +820,15 @@ class FlushCoordinator:
         self.gate.open()
         self.worker.wake()
         self.manager.record_invocation(now)
+        # A flush due now (deadline near, timer, full buffer, continuous data, breaker probe)
+        # starts here, while the function runs; before_next waits for it (bounded by the budget).
+        ticket = None
         if self.manager.deadline_near(deadline, now) and not self.worker.breaker.is_open:
-            self.worker.request_flush(cap)
+            ticket = self.worker.request_flush(cap)
+        elif self.worker.flush_due(now):
+            ticket = self.worker.request_flush(min(now + self.config.flush_budget_s, cap))
+        with self._cond:
+            self._invoke_flush = ticket
 
     def on_runtime_done(self, request_id: str) -> None:
         """From the telemetry thread, after that batch is in the aggregator."""
@@ -848,6 +883,10 @@ class FlushCoordinator:
                     ticket = self.worker.request_flush(flush_deadline)
                     ticket.wait(flush_deadline - now + GATE_CLOSE_GRACE_S)
                     report.flushed = ticket.result
+        with self._cond:
+            invoke_flush, self._invoke_flush = self._invoke_flush, None
+        if invoke_flush is not None:  # started at INVOKE: usually done while the function ran
+            invoke_flush.wait(invoke_flush.deadline - self._clock() + GATE_CLOSE_GRACE_S)
         report.gate_closed = self._close_gate()
         report.elapsed_s = self._clock() - t0
         self.last_hold = report

@@ -351,6 +351,66 @@ class CoordinatorTest(unittest.TestCase):
         h.coordinator.before_next()
         self.assertLess(time.time() * 1000, deadline_ms, "no hold past the invocation deadline")
 
+    def test_flush_due_at_invoke_runs_before_next_returns(self):
+        # The events thread calls before_next right after on_invoke: the gate is open only in
+        # between, so a due periodic flush must be waited for there or it never runs.
+        h = Harness(self, strategy="periodic", interval_s=0.05)
+        h.add_spans(3)
+        h.coordinator.on_invoke("req", epoch_ms_in(10))
+        h.coordinator.before_next()
+        self.assertEqual(len(h.sink.spans()), 3)
+        self.assertTrue(all(r.status == 200 for r in h.sink.requests))
+        self.assertFalse(h.gate.is_open)
+        # Not due (just flushed, interval 50 ms not over): no wait, no request.
+        h.add_spans(1, "later")
+        before = len(h.sink.requests)
+        h.coordinator.on_invoke("req2", epoch_ms_in(10))
+        h.coordinator.before_next()
+        self.assertEqual(h.aggregator.pending_records(), 1)
+        self.assertEqual(len(h.sink.requests), before)
+
+    def test_continuous_flushes_pending_data_at_invoke(self):
+        h = Harness(self, strategy="continuous", interval_s=60.0)
+        h.coordinator.on_invoke("first", epoch_ms_in(10))  # the timer's first flush (nothing pending)
+        h.coordinator.before_next()
+        h.add_spans(2)
+        h.coordinator.on_invoke("req", epoch_ms_in(10))
+        h.coordinator.before_next()
+        self.assertEqual(len(h.sink.spans()), 2)
+
+    def test_failed_probe_backs_off(self):
+        h = Harness(self, strategy="end", flush_budget_s=0.2, breaker_failures=1, breaker_backoff_s=0.2)
+        h.sink.set_reply(Reply(status=503))
+        h.gate.open()
+        h.add_spans(2)
+        with self.assertLogs("lambda_otel.flush", "WARNING"):
+            self.assertFalse(h.flush(0.2).success)
+        first = h.worker.breaker.next_probe_at
+        self.assertIsNotNone(first)
+        # The worker probes by itself (gate open) once due; a failed probe must push the next one out.
+        self.assertTrue(h.sink.wait_for(lambda: any(r.start >= first for r in h.sink.requests), 5.0))
+        self.assertTrue(h.sink.wait_for(lambda: (h.worker.breaker.next_probe_at or first) > first, 5.0),
+                        "a failed probe was not recorded: probing again at every chance")
+        self.assertTrue(h.worker.breaker.is_open)
+        self.assertEqual(h.aggregator.pending_records(), 2)
+
+    def test_probe_at_invoke_closes_the_breaker_when_the_backend_is_back(self):
+        h = Harness(self, strategy="end", flush_budget_s=0.3, breaker_failures=1, breaker_backoff_s=0.1)
+        h.sink.set_reply(Reply(status=503))
+        h.gate.open()
+        h.add_spans(2)
+        with self.assertLogs("lambda_otel.flush", "WARNING"):
+            h.flush(0.3)
+        h.gate.close()
+        self.assertTrue(h.worker.breaker.is_open)
+        h.sink.reset_behaviour()
+        threading.Event().wait(max(0.0, h.worker.breaker.next_probe_at - time.monotonic()))
+        h.coordinator.on_invoke("r", epoch_ms_in(10))
+        with self.assertLogs("lambda_otel.flush", "INFO"):
+            h.coordinator.before_next()  # at once, as the events thread does
+        self.assertFalse(h.worker.breaker.is_open)
+        self.assertEqual(len(h.sink.spans()), 2)
+
     def test_dead_backend_bounded_hold_then_breaker_then_probe_and_recovery(self):
         h = Harness(self, strategy="end", flush_budget_s=0.3, breaker_failures=2, breaker_backoff_s=0.2)
         h.sink.set_reply(Reply(hang=True))
