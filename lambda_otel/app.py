@@ -1,7 +1,12 @@
 """The one place where lambda-otel's threads are wired together.
 
-Start-up (all before the first ``/event/next``, because Lambda counts it as init):
-register → read config → bind the listeners → build the pipeline → subscribe.
+Start-up: Lambda's init (its cold start) lasts until every extension's first ``/event/next``,
+so only what must happen during init happens before it: register → read config → bind the
+listening sockets → subscribe to the Telemetry API (with the bound port). The rest (importing
+protobuf, readerwriterlock and our pipeline, building it and starting the servers on the
+already bound sockets) runs on a "startup" thread while the first ``/next`` is pending; Lambda's
+POSTs and the function's OTLP requests wait in the sockets' backlog meanwhile, and the events
+thread waits for that thread (bounded) before handling the first event.
 Then the main thread is the events thread: it long-polls ``/event/next`` and, around
 each call, lets the FlushCoordinator decide whether to hold ``/next`` for an
 end-of-invocation flush. On SHUTDOWN it waits for in-flight telemetry (RWLock write
@@ -22,7 +27,7 @@ import time
 from typing import Mapping, Optional
 
 from .config import Config, ConfigError, load_config
-from .extensions_api import ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
+from .extensions_api import Event, ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
 from .telemetry_api import bind_socket, listener_host, subscribe
 
 log = logging.getLogger("lambda_otel")
@@ -103,20 +108,24 @@ class Extension:
 
     # -- the events loop ---------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Long-poll /next until SHUTDOWN. Returns the process exit code."""
+    def run(self, first_event: Optional[Event] = None) -> int:
+        """Long-poll /next until SHUTDOWN (starting with first_event if the caller already got it).
+        Returns the process exit code."""
+        event = first_event
         while True:
-            self.coordinator.before_next()
-            try:
-                event = self.client.next_event()
-            except ExtensionsApiError as exc:
-                log.error("event/next failed, exiting: %s", exc)
-                report_exit_error(self.client, "Extension.NextEventFailed", str(exc))
-                return 1
+            if event is None:
+                self.coordinator.before_next()
+                try:
+                    event = self.client.next_event()
+                except ExtensionsApiError as exc:
+                    log.error("event/next failed, exiting: %s", exc)
+                    report_exit_error(self.client, "Extension.NextEventFailed", str(exc))
+                    return 1
             if isinstance(event, InvokeEvent):
                 self.last_request_id = event.request_id
                 self.converter.on_invoke(event.request_id, event.deadline_ms, event.invoked_function_arn, event.tracing_value)
                 self.coordinator.on_invoke(event.request_id, event.deadline_ms)
+                event = None
             else:
                 return self.shutdown(event)
 
@@ -193,8 +202,46 @@ def setup_logging(level: str = "info") -> None:
     root.propagate = False
 
 
-def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str]) -> Extension:
-    """Build everything up to (not including) the first /next; raise StartupError on a fatal problem."""
+class Startup:
+    """Builds the Extension on its own thread, so the first /next need not wait for it."""
+
+    def __init__(self, config: Config, registration: Registration, client: ExtensionsApiClient,
+                 env: Mapping[str, str], telemetry_sock, receiver_sock) -> None:
+        self._args = (config, registration, client, env)
+        self._socks = (telemetry_sock, receiver_sock)
+        self._done = threading.Event()
+        self.extension: Optional[Extension] = None
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._build, name="startup", daemon=True)
+
+    def begin(self) -> "Startup":
+        self._thread.start()
+        return self
+
+    def _build(self) -> None:
+        try:
+            extension = Extension(*self._args)
+            extension.start_servers(*self._socks)
+            self.extension = extension
+        except BaseException as exc:  # handed to the events thread, which reports it
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> Extension:
+        """The built Extension; raise StartupError if building failed or took longer than timeout."""
+        if not self._done.wait(max(0.0, timeout)):
+            raise StartupError("Extension.StartupFailed", f"lambda-otel start-up did not finish within {timeout:.1f} s")
+        if self.error is not None:
+            exc = self.error
+            raise StartupError("Extension.StartupFailed", f"lambda-otel start-up failed: {type(exc).__name__}: {exc}") from exc
+        assert self.extension is not None
+        return self.extension
+
+
+def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str]) -> Startup:
+    """Do what must happen before the first /next and start building the rest in the background;
+    raise StartupError on a fatal problem."""
     try:
         config = load_config(env)
     except ConfigError as exc:
@@ -227,13 +274,14 @@ def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[
             "telemetry will be counted as dropped, not exported"
         )
 
-    extension = Extension(config, registration, client, env)
-    extension.start_servers(telemetry_sock, receiver_sock)
     try:
-        subscribe(client.runtime_api, registration.extension_id, config.telemetry, extension.listener.port)
+        subscribe(client.runtime_api, registration.extension_id, config.telemetry, telemetry_sock.getsockname()[1])
     except ExtensionsApiError as exc:
+        telemetry_sock.close()
+        if receiver_sock is not None:
+            receiver_sock.close()
         raise StartupError("Extension.TelemetrySubscribeFailed", f"Telemetry API subscription failed: {exc}") from None
-    return extension
+    return Startup(config, registration, client, env, telemetry_sock, receiver_sock).begin()
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -248,7 +296,7 @@ def main(argv: Optional[list] = None) -> int:
         log.error("cannot register with the Extensions API: %s", exc)
         return 1
     try:
-        extension = start(client, registration, env)
+        startup = start(client, registration, env)
     except StartupError as exc:
         log.error("%s", exc)
         report_init_error(client, exc.error_type, str(exc))
@@ -257,5 +305,19 @@ def main(argv: Optional[list] = None) -> int:
         log.exception("start-up failed")
         report_init_error(client, "Extension.StartupFailed", f"lambda-otel start-up failed: {type(exc).__name__}: {exc}")
         return 1
+    # The first /next ends our part of init; the pipeline is finished meanwhile on the startup thread.
+    try:
+        first = client.next_event()
+    except ExtensionsApiError as exc:
+        log.error("event/next failed, exiting: %s", exc)
+        report_exit_error(client, "Extension.NextEventFailed", str(exc))
+        return 1
+    try:
+        # Bounded by the event's deadline: past it Lambda gives up on this environment anyway.
+        extension = startup.wait(max(1.0, first.deadline_ms / 1000.0 - time.time()))
+    except StartupError as exc:
+        log.error("%s", exc, exc_info=exc.__cause__)
+        report_exit_error(client, exc.error_type, str(exc))
+        return 1
     _install_thread_watchdog(client)
-    return extension.run()
+    return extension.run(first)
