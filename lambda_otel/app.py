@@ -268,6 +268,9 @@ def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[
                 "set LAMBDA_OTEL_RECEIVER_PORT to a free port or LAMBDA_OTEL_RECEIVER_ENABLED=false",
             ) from None
 
+    if receiver_sock is not None:
+        log.info("OTLP receiver listening on http://127.0.0.1:%d", receiver_sock.getsockname()[1])
+
     if not config.exporter.any_endpoint:
         log.warning(
             "no OTLP endpoint configured (set LAMBDA_OTEL_EXPORTER_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT): "

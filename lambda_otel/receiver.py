@@ -471,7 +471,9 @@ class OtlpReceiver:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": self.poll_interval_s},
                                         name="otlp-receiver", daemon=True)
         self._thread.start()
-        log.info("OTLP receiver listening on %s", self.address)
+        # debug: the extension starts us after its first /next (app.py), i.e. possibly inside an
+        # invocation, where it prints nothing at info; app.py logs the address during init.
+        log.debug("OTLP receiver serving on %s", self.address)
 
     def close_intake(self) -> None:
         """SHUTDOWN, before the final flush: from now on answer 503 and keep nothing.
