@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the lambda-otel Lambda layer zip (see docs/layer.md).
+# Build the lambda-otel Lambda layer zip (see "Lambda layer" in README.rst).
 #
 #   ./build_layer.sh [--arch x86_64|arm64] [--python X.Y] [--python-bin PATH]
 #                    [--out DIR] [--pip-cache DIR] [--constraints FILE] [--source DIR]
