@@ -227,6 +227,14 @@ class Startup:
             self.error = exc
         finally:
             self._done.set()
+        if self.error is None:
+            # Warm the exporter's HTTP stack now, off every critical path, so the first
+            # flush (often held at the end of the first invocation) does not pay ~60-150 ms
+            # of imports. The events thread does not wait for this.
+            try:
+                import requests  # noqa: F401
+            except ImportError:  # pragma: no cover - a broken install fails at the first export instead
+                pass
 
     def wait(self, timeout: float) -> Extension:
         """The built Extension; raise StartupError if building failed or took longer than timeout."""
