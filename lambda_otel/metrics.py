@@ -300,18 +300,7 @@ class MetricsState:
         return points
 
 
-def record_count(resource_metrics: metrics_pb2.ResourceMetrics) -> int:
-    """Number of data points in a ResourceMetrics (the aggregator's unit of budget)."""
-    total = 0
-    for sm in resource_metrics.scope_metrics:
-        for metric in sm.metrics:
-            kind = metric.WhichOneof("data")
-            if kind is not None:
-                total += len(getattr(metric, kind).data_points)
-    return total
-
-
 __all__ = [
     "COUNTER", "HISTOGRAM", "CUMULATIVE", "DELTA", "INSTRUMENTS", "INSTRUMENTS_BY_NAME", "Instrument",
-    "MetricsState", "record_count", "set_attributes", "MAX_SERIES",
+    "MetricsState", "set_attributes", "MAX_SERIES",
 ]

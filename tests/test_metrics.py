@@ -13,8 +13,9 @@ from lambda_otel.metrics import (
     MEM_BOUNDS,
     SEMCONV_DURATION_BOUNDS,
     MetricsState,
-    record_count,
 )
+from lambda_otel.aggregator import count_records
+from lambda_otel.loss import METRICS
 
 T0 = 1_714_557_600_000_000_000  # 2024-05-01T10:00:00Z
 
@@ -113,7 +114,7 @@ class Cumulative(unittest.TestCase):
         expected = [0] * 15
         expected[0], expected[1], expected[11], expected[14] = 2, 1, 1, 1
         self.assertEqual(list(dp.bucket_counts), expected)
-        self.assertEqual(record_count(rm), 3)
+        self.assertEqual(count_records(METRICS, rm), 3)
 
     def test_cumulative_keeps_values_and_none_when_unchanged(self):
         self.state.add("faas.invocations", 1)

@@ -54,6 +54,9 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from lambda_otel.aggregator import count_records
+from lambda_otel.loss import LOGS, METRICS, TRACES
+
 # path -> (request class, response class, name of the partial_success "rejected" field)
 _SIGNALS: Dict[str, Tuple[type, type, str]] = {
     "/v1/traces": (
@@ -665,18 +668,14 @@ def describe(rec: SinkRequest) -> str:
     """One line about a request, for the sink's foreground mode and verbose CLI output."""
     what = ""
     msg = rec.decoded
-    if isinstance(msg, trace_service_pb2.ExportTraceServiceRequest):
-        what = f"{sum(len(ss.spans) for rs in msg.resource_spans for ss in rs.scope_spans)} spans"
-    elif isinstance(msg, metrics_service_pb2.ExportMetricsServiceRequest):
-        n = 0
-        for rm in msg.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    kind = m.WhichOneof("data")
-                    n += len(getattr(m, kind).data_points) if kind else 0
-        what = f"{n} points"
-    elif isinstance(msg, logs_service_pb2.ExportLogsServiceRequest):
-        what = f"{sum(len(sl.log_records) for rl in msg.resource_logs for sl in rl.scope_logs)} logs"
+    counted = {
+        trace_service_pb2.ExportTraceServiceRequest: (TRACES, "resource_spans", "spans"),
+        metrics_service_pb2.ExportMetricsServiceRequest: (METRICS, "resource_metrics", "points"),
+        logs_service_pb2.ExportLogsServiceRequest: (LOGS, "resource_logs", "logs"),
+    }.get(type(msg))
+    if counted is not None:
+        signal, field_name, unit = counted
+        what = f"{sum(count_records(signal, item) for item in getattr(msg, field_name))} {unit}"
     elif rec.decode_error:
         what = f"decode error: {rec.decode_error}"
     enc = rec.headers.get("content-encoding", "identity")
