@@ -618,9 +618,7 @@ class TelemetryConverter:
         status, error_type = self._status(record, batch)
         metrics = record.get("metrics")
         if isinstance(metrics, dict) and "durationMs" in metrics:
-            inv.runtime_ms = _duration_ms(metrics["durationMs"])
-            if inv.runtime_ms is None:
-                self._ignore(BAD_DURATION, batch)
+            inv.runtime_ms = self._metric_value(metrics, "durationMs", batch)
         if inv.start_ns is None:
             inv.start_ns = (t - round(inv.runtime_ms * 1e6)) if inv.runtime_ms is not None else (inv.invoke_ns or t)
         inv.end_ns = max(t, inv.start_ns)
@@ -733,20 +731,20 @@ class TelemetryConverter:
                 add("faas.errors", 1, {"error.type": error_type or status})
             elif status == "timeout":
                 add("faas.timeouts", 1)
-        duration = self._report_value(m, "durationMs", batch)
+        duration = self._metric_value(m, "durationMs", batch)
         if duration is not None:
             rec("faas.invoke_duration", duration / 1000.0)
-        billed = self._report_value(m, "billedDurationMs", batch)
+        billed = self._metric_value(m, "billedDurationMs", batch)
         if billed is not None:
             rec("aws.lambda.billed_duration", billed / 1000.0)
-        mem = self._report_value(m, "maxMemoryUsedMB", batch)
+        mem = self._metric_value(m, "maxMemoryUsedMB", batch)
         if mem is not None:
             rec("faas.mem_usage", mem * 1024 * 1024)
-        init = self._report_value(m, "initDurationMs", batch)
+        init = self._metric_value(m, "initDurationMs", batch)
         if init is not None:
             rec("faas.init_duration", init / 1000.0)
             add("faas.coldstarts", 1)
-        restore = self._report_value(m, "restoreDurationMs", batch)
+        restore = self._metric_value(m, "restoreDurationMs", batch)
         if restore is not None:
             rec("aws.lambda.restore_duration", restore / 1000.0)
         if inv is None:
@@ -778,7 +776,8 @@ class TelemetryConverter:
             rec("aws.lambda.extension_overhead", dur / 1000.0)
             self._child(inv, "extensionOverhead", start, start + round(dur * 1e6), batch)
 
-    def _report_value(self, metrics: dict, key: str, batch: _Batch) -> Optional[float]:
+    def _metric_value(self, metrics: dict, key: str, batch: _Batch) -> Optional[float]:
+        """metrics[key] as a sane duration (or MB); None if absent, None and counted if bad."""
         if key not in metrics:
             return None
         value = _duration_ms(metrics[key])  # same rule for MB: finite, >= 0, bounded
@@ -855,9 +854,7 @@ class TelemetryConverter:
         phase.reported = True
         metrics = record.get("metrics")
         if isinstance(metrics, dict) and "durationMs" in metrics:
-            phase.report_ms = _duration_ms(metrics["durationMs"])
-            if phase.report_ms is None:
-                self._ignore(BAD_DURATION, batch)
+            phase.report_ms = self._metric_value(metrics, "durationMs", batch)
         if phase.end_ns is None:
             phase.end_ns = t
         phase.status = phase.status or _text(record.get("status"), 32)
