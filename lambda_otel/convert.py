@@ -259,6 +259,7 @@ class Converted:
     resource_logs: Optional[logs_pb2.ResourceLogs] = None
     log_count: int = 0
     runtime_done: List[str] = field(default_factory=list)  # request ids seen in platform.runtimeDone
+    reports: List[str] = field(default_factory=list)  # request ids seen in platform.report
     ignored: int = 0  # problems counted in lambda_otel.telemetry.ignored during this call
 
 
@@ -323,6 +324,7 @@ class _Batch:
         self.rl: Optional[logs_pb2.ResourceLogs] = None
         self.scopes: Dict[str, logs_pb2.ScopeLogs] = {}
         self.runtime_done: List[str] = []
+        self.reports: List[str] = []
         self.ignored = 0
 
     def span(self) -> trace_pb2.Span:
@@ -356,7 +358,7 @@ class _Batch:
             del sl.log_records[mark[1].get(name, 0):]
 
     def result(self) -> Converted:
-        out = Converted(runtime_done=self.runtime_done, ignored=self.ignored)
+        out = Converted(runtime_done=self.runtime_done, reports=self.reports, ignored=self.ignored)
         if self.ss is not None and len(self.ss.spans):
             out.resource_spans, out.span_count = self.rs, len(self.ss.spans)
         if self.rl is not None:
@@ -713,10 +715,12 @@ class TelemetryConverter:
         self._child(inv, name, start, start + round(duration * 1e6), batch)
 
     def _on_report(self, t: int, record: object, batch: _Batch) -> None:
+        rid = _request_id(record) if isinstance(record, dict) else None
+        if rid is not None:
+            batch.reports.append(rid)  # the shutdown grace waits for this, whatever else is wrong
         if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
             self._ignore(MALFORMED_RECORD, batch)
             return
-        rid = _request_id(record)
         inv = self._lookup(rid) if rid else None
         if inv is not None and inv.report_seen:
             self._ignore(DUPLICATE, batch)

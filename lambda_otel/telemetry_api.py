@@ -121,32 +121,24 @@ class TelemetryPipeline:
     def process(self, events: List[Any]) -> None:
         with self._rwlock.gen_rlock():
             converted = self._converter.process(events)
-            if converted.resource_spans is not None and converted.span_count:
-                self._aggregator.add("traces", converted.resource_spans, converted.span_count)
-            if converted.resource_logs is not None and converted.log_count:
-                self._aggregator.add("logs", converted.resource_logs, converted.log_count)
+            self.add_converted(converted)
             for request_id in converted.runtime_done:
                 self._on_runtime_done(request_id)
-            self._note_reports(events)
+            self._note_reports(converted.reports)
 
     def add_converted(self, converted) -> None:
-        """For what the events thread synthesises itself (e.g. at shutdown)."""
+        """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown)."""
         if converted.resource_spans is not None and converted.span_count:
             self._aggregator.add("traces", converted.resource_spans, converted.span_count)
         if converted.resource_logs is not None and converted.log_count:
             self._aggregator.add("logs", converted.resource_logs, converted.log_count)
 
-    def _note_reports(self, events: List[Any]) -> None:
-        ids = [
-            e["record"].get("requestId")
-            for e in events
-            if isinstance(e, dict) and e.get("type") == "platform.report" and isinstance(e.get("record"), dict)
-        ]
+    def _note_reports(self, ids: List[str]) -> None:
         if ids:
             with self._reports_cond:
                 if len(self._reports_seen) > 10_000:
                     self._reports_seen.clear()
-                self._reports_seen.update(i for i in ids if isinstance(i, str))
+                self._reports_seen.update(ids)
                 self._reports_cond.notify_all()
 
     def wait_for_report(self, request_id: str, timeout: float) -> bool:

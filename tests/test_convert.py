@@ -349,6 +349,14 @@ class LateReport(Base):
         self.assertAlmostEqual(overhead.start_time_unix_nano, T0 + 200 * MS, delta=MS)
         self.assertAlmostEqual(overhead.end_time_unix_nano - overhead.start_time_unix_nano, 30.5 * MS, delta=MS)
         self.assertEqual(second.runtime_done, [])
+        self.assertEqual((first.reports, second.reports), ([], [RID]))
+
+    def test_malformed_report_still_tells_the_shutdown_grace(self):
+        events = invocation(RID, T0)
+        events[2]["record"]["metrics"] = "not an object"
+        out = self.conv.process(events)
+        self.assertEqual(out.reports, [RID])
+        self.assertEqual(self.ignored()["malformed_record"], 1)
 
     def test_report_spans_extension_overhead_preferred(self):
         events = invocation(RID, T0, run_ms=200.0, report_ms=230.0)
