@@ -14,6 +14,7 @@ enough to fix the problem.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import socket
@@ -29,6 +30,28 @@ TEMPORALITIES = ("cumulative", "delta", "lowmemory")
 XRAY_MODES = ("link", "parent")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "sandbox.localdomain", "sandbox")
+
+
+class InitType(enum.Enum):
+    """The kind of execution environment, from ``AWS_LAMBDA_INITIALIZATION_TYPE``.
+
+    It decides what we register for and how we flush: Managed Instances have no INVOKE event and
+    never freeze; SnapStart environments are restored from a snapshot and must renew what is unique.
+    """
+
+    ON_DEMAND = "on-demand"
+    PROVISIONED = "provisioned-concurrency"
+    SNAP_START = "snap-start"
+    MANAGED_INSTANCES = "lambda-managed-instances"
+
+    @classmethod
+    def from_env(cls, raw: Optional[str]) -> "InitType":
+        """Missing or unknown means on-demand: Lambda sets this variable, so a value we do not
+        know is a newer platform than ours, never a user error to fail init for."""
+        try:
+            return cls((raw or "").strip().lower())
+        except ValueError:
+            return cls.ON_DEMAND
 
 
 class ConfigError(ValueError):
@@ -120,6 +143,7 @@ class Config:
     metrics_temporality: str = "cumulative"
     xray_mode: str = "link"
     log_level: str = "info"
+    init_type: InitType = InitType.ON_DEMAND
 
 
 # --- small typed readers -------------------------------------------------------------------
@@ -412,6 +436,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         metrics_temporality=temporality,
         xray_mode=_choice(env, "LAMBDA_OTEL_XRAY_PARENT", "link", XRAY_MODES),
         log_level=_choice(env, "LAMBDA_OTEL_LOG_LEVEL", "info", LOG_LEVELS),
+        init_type=InitType.from_env(env.get("AWS_LAMBDA_INITIALIZATION_TYPE")),
     )
 
 
@@ -454,4 +479,5 @@ VARIABLES: Tuple[str, ...] = (
     "LAMBDA_OTEL_TELEMETRY_TIMEOUT_MS",
     "LAMBDA_OTEL_RECEIVER_MAX_BODY_BYTES",
     "LAMBDA_OTEL_RECEIVER_MAX_DECOMPRESSED_BYTES",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
 )

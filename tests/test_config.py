@@ -4,7 +4,7 @@ import os
 import tempfile
 import unittest
 
-from lambda_otel.config import VARIABLES, ConfigError, load_config, parse_key_values
+from lambda_otel.config import VARIABLES, ConfigError, InitType, load_config, parse_key_values
 
 
 class DefaultsTest(unittest.TestCase):
@@ -25,6 +25,20 @@ class DefaultsTest(unittest.TestCase):
 
     def test_memory_size_is_read(self):
         self.assertEqual(load_config({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1024"}).queue.memory_mb, 1024)
+
+
+class InitTypeTest(unittest.TestCase):
+    def test_each_kind_of_environment(self):
+        for raw, kind in (("on-demand", InitType.ON_DEMAND), ("provisioned-concurrency", InitType.PROVISIONED),
+                          ("snap-start", InitType.SNAP_START), (" Lambda-Managed-Instances ", InitType.MANAGED_INSTANCES)):
+            with self.subTest(raw=raw):
+                self.assertIs(load_config({"AWS_LAMBDA_INITIALIZATION_TYPE": raw}).init_type, kind)
+
+    def test_missing_or_unknown_is_on_demand_never_an_error(self):
+        self.assertIs(load_config({}).init_type, InitType.ON_DEMAND)
+        for raw in ("", "   ", "some-future-kind"):
+            with self.subTest(raw=raw):
+                self.assertIs(load_config({"AWS_LAMBDA_INITIALIZATION_TYPE": raw}).init_type, InitType.ON_DEMAND)
 
 
 class EndpointTest(unittest.TestCase):
