@@ -2,12 +2,12 @@
 
 lambda-otel: each batch of 1000 mixed events (platform.start / runtimeDone / report of ~77
 invocations and ~770 function log lines of ~200 bytes) is POSTed over a keep-alive connection to
-the real ``TelemetryListener`` (which parses it and runs ``TelemetryPipeline.process``: convert →
+the real ``TelemetryListener`` (which parses it and runs ``Pipeline.process_batch``: convert →
 aggregator, read-locked, answering 200 once queued); then, as the export worker would, every
 queued item is taken with ``Aggregator.take_batch``, serialised with ``Batch.to_bytes`` and
 compressed with gzip level 1 (what ``OtlpExporter.export`` sends). The time is from the POST to
 the last compressed byte. Everything runs in this process on 127.0.0.1, with the production
-classes built the way ``app.Extension`` builds them.
+classes built by ``lambda_otel.pipeline.Pipeline``, as in the extension.
 Baseline: ``json.loads`` of the same body.
 
 Goal: ≤ 4× the baseline (median time per batch).
@@ -75,36 +75,24 @@ def make_batch(rng: random.Random, start_ns: int, n_events: int = EVENTS_PER_BAT
 
 
 class Pipeline:
-    """The production listener → converter → aggregator, wired like ``app.Extension`` wires them."""
+    """The production listener → converter → aggregator (``lambda_otel.pipeline.Pipeline``), with
+    the export worker left out: ``carry`` drains the aggregator into the wire bytes itself."""
 
     def __init__(self) -> None:
-        from readerwriterlock import rwlock
-
-        from lambda_otel.aggregator import Aggregator
         from lambda_otel.config import load_config
-        from lambda_otel.convert import TelemetryConverter
-        from lambda_otel.loss import LossCounter
-        from lambda_otel.metrics import MetricsState
-        from lambda_otel.resource import to_proto
-        from lambda_otel.telemetry_api import TelemetryListener, TelemetryPipeline, bind_socket
+        from lambda_otel.pipeline import Pipeline as ProductionPipeline
+        from lambda_otel.telemetry_api import bind_socket
 
-        config = load_config({})
-        self.loss = LossCounter()
-        resource = to_proto({"service.name": "bench-function", "faas.name": "bench-function"})
-        self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
-        self.converter = TelemetryConverter(resource, self.metrics, self.loss)
-        self.aggregator = Aggregator(256 * 1024 * 1024, 10_000_000, self.loss)
+        config = load_config({"LAMBDA_OTEL_QUEUE_MAX_BYTES": str(256 * 1024 * 1024),
+                              "LAMBDA_OTEL_QUEUE_MAX_RECORDS": "10000000"})
+        self.pipeline = ProductionPipeline(config, {"service.name": "bench-function", "faas.name": "bench-function"})
+        self.aggregator = self.pipeline.aggregator
         self.flush = config.flush
-        self.runtime_done = 0
-        self.pipeline = TelemetryPipeline(self.converter, self.aggregator, rwlock.RWLockWrite(), self._on_runtime_done)
-        self.listener = TelemetryListener(bind_socket("127.0.0.1", 0), self.pipeline.process, config.telemetry)
-        self.listener.start()
+        self.pipeline.start(bind_socket("127.0.0.1", 0), None, worker=False)
+        self.listener = self.pipeline.listener
         self.conn = http.client.HTTPConnection("127.0.0.1", self.listener.port, timeout=30)
         self.encoded_bytes = 0
         self.records = 0
-
-    def _on_runtime_done(self, request_id: str) -> None:
-        self.runtime_done += 1
 
     def carry(self, body: bytes) -> float:
         """POST one batch, drain the aggregator into gzip'd OTLP requests; ms taken."""
@@ -126,7 +114,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.conn.close()
-        self.listener.stop()
+        self.pipeline.stop()
 
 
 def run(ws: Optional[Workspace] = None, quick: bool = False) -> List[Row]:

@@ -46,65 +46,22 @@ class StartupError(Exception):
 
 
 class Extension:
-    """Everything the threads share (the Python form of the seed's ExtensionState)."""
+    """The events thread's side of the extension: its pipeline (built in ``pipeline.py``) and the
+    lifecycle that drives it (``run``: INVOKE and ``/next``; ``shutdown``)."""
 
     def __init__(self, config: Config, registration: Registration, client: ExtensionsApiClient, env: Mapping[str, str]) -> None:
-        # Heavy imports (protobuf, readerwriterlock) happen here, not at module import,
-        # so `python -m lambda_otel --help`-style uses and config errors stay cheap.
-        from readerwriterlock import rwlock
-
-        from .aggregator import Aggregator, budget_from_memory
-        from .convert import TelemetryConverter
-        from .exporter import OtlpExporter
-        from .flush import ExportGate, ExportWorker, FlushCoordinator, FlushManager
-        from .loss import LossCounter
-        from .metrics import MetricsState
-        from .resource import build_resource, to_proto
-        from .telemetry_api import TelemetryPipeline
+        from .pipeline import Pipeline
+        from .resource import build_resource
 
         self.config = config
         self.client = client
-        self.loss = LossCounter()
-        self.resource_attributes = build_resource(env, config, registration.account_id)
-        resource = to_proto(self.resource_attributes)
-
-        max_bytes, max_records = budget_from_memory(config.queue.memory_mb)
-        self.aggregator = Aggregator(config.queue.max_bytes or max_bytes, config.queue.max_records or max_records, self.loss)
-        self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
-        self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode)
-        self.exporter = OtlpExporter(config.exporter, self.loss)
-
-        self.gate = ExportGate()
-        self.flush_manager = FlushManager(config.flush)
-        self.worker = ExportWorker(self.aggregator, self.exporter, self.metrics, self.flush_manager, self.gate, self.loss, config.flush)
-        self.coordinator = FlushCoordinator(self.flush_manager, self.gate, self.worker, config.flush)
-
-        self.rwlock = rwlock.RWLockWrite()
-        self.pipeline = TelemetryPipeline(self.converter, self.aggregator, self.rwlock, self.coordinator.on_runtime_done)
-        self.listener = None
-        self.receiver = None
+        self.pipeline = Pipeline(config, build_resource(env, config, registration.account_id))
         self.last_request_id: Optional[str] = None
 
     # -- start-up ----------------------------------------------------------------------------
 
     def start_servers(self, telemetry_sock, receiver_sock) -> None:
-        from .telemetry_api import TelemetryListener
-
-        self.listener = TelemetryListener(telemetry_sock, self.pipeline.process, self.config.telemetry)
-        self.listener.start()
-        if receiver_sock is not None:
-            from .receiver import OtlpReceiver
-
-            rc = self.config.receiver
-            self.receiver = OtlpReceiver(
-                self.aggregator,
-                self.loss,
-                sock=receiver_sock,
-                max_body_bytes=rc.max_body_bytes,
-                max_decompressed_bytes=rc.max_decompressed_bytes,
-            )
-            self.receiver.start()
-        self.worker.start()
+        self.pipeline.start(telemetry_sock, receiver_sock)
 
     # -- the events loop ---------------------------------------------------------------------
 
@@ -114,7 +71,7 @@ class Extension:
         event = first_event
         while True:
             if event is None:
-                self.coordinator.before_next()
+                self.pipeline.coordinator.before_next()
                 try:
                     event = self.client.next_event()
                 except ExtensionsApiError as exc:
@@ -123,8 +80,9 @@ class Extension:
                     return 1
             if isinstance(event, InvokeEvent):
                 self.last_request_id = event.request_id
-                self.converter.on_invoke(event.request_id, event.deadline_ms, event.invoked_function_arn, event.tracing_value)
-                self.coordinator.on_invoke(event.request_id, event.deadline_ms)
+                self.pipeline.converter.on_invoke(event.request_id, event.deadline_ms, event.invoked_function_arn,
+                                                  event.tracing_value)
+                self.pipeline.coordinator.on_invoke(event.request_id, event.deadline_ms)
                 event = None
             else:
                 return self.shutdown(event)
@@ -142,14 +100,15 @@ class Extension:
 
         # Wait for batches being processed right now (read locks) before the final flush.
         # We keep the write lock to the end: a batch that arrives later gets no 200 from us.
-        write_lock = self.rwlock.gen_wlock()
+        pipeline = self.pipeline
+        write_lock = pipeline.rwlock.gen_wlock()
         if not write_lock.acquire(timeout=max(0.01, min(0.5, remaining_s / 4))):
             log.warning("telemetry still being processed at shutdown; flushing what is in the queue")
 
-        self.pipeline.add_converted(self.converter.on_shutdown(event.reason))
-        if self.receiver is not None:
-            self.receiver.close_intake()  # no 200 for data that would arrive after the final flush
-        self.coordinator.on_shutdown_event(event.deadline_ms)  # logs the one summary line ("final flush: ...")
+        pipeline.add_converted(pipeline.converter.on_shutdown(event.reason))
+        if pipeline.receiver is not None:
+            pipeline.receiver.close_intake()  # no 200 for data that would arrive after the final flush
+        pipeline.coordinator.on_shutdown_event(event.deadline_ms)  # logs the one summary line ("final flush: ...")
         log.info("SHUTDOWN handled in %.0f ms", (time.monotonic() - started) * 1000)
         return 0
 

@@ -445,10 +445,11 @@ class OtlpReceiver:
         self._intake_closed = False
 
     @classmethod
-    def from_config(cls, config, aggregator: Aggregator, loss: LossCounter) -> "OtlpReceiver":
+    def from_config(cls, config, aggregator: Aggregator, loss: LossCounter,
+                    sock: Optional[socket.socket] = None) -> "OtlpReceiver":
         """From ``config.ReceiverConfig`` (port, max_body_bytes, max_decompressed_bytes)."""
         return cls(aggregator, loss, port=config.port, max_body_bytes=config.max_body_bytes,
-                   max_decompressed_bytes=config.max_decompressed_bytes)
+                   max_decompressed_bytes=config.max_decompressed_bytes, sock=sock)
 
     @property
     def port(self) -> int:

@@ -17,7 +17,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, List, Optional
 
 from .config import TelemetryConfig
 from .extensions_api import ExtensionsApiError
@@ -97,7 +97,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-# --- processing one batch ------------------------------------------------------------------------
+# --- the listener --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -105,49 +105,6 @@ class ListenerStats:
     batches: int = 0
     events: int = 0
     rejected_batches: int = 0
-
-
-class TelemetryPipeline:
-    """Converts one Telemetry API batch and puts the result in the aggregator, under the read lock."""
-
-    def __init__(self, converter, aggregator, rwlock, on_runtime_done: Callable[[str], None]) -> None:
-        self._converter = converter
-        self._aggregator = aggregator
-        self._rwlock = rwlock
-        self._on_runtime_done = on_runtime_done
-        self._reports_seen: Set[str] = set()
-        self._reports_cond = threading.Condition()
-
-    def process(self, events: List[Any]) -> None:
-        with self._rwlock.gen_rlock():
-            converted = self._converter.process(events)
-            self.add_converted(converted)
-            for request_id in converted.runtime_done:
-                self._on_runtime_done(request_id)
-            self._note_reports(converted.reports)
-
-    def add_converted(self, converted) -> None:
-        """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown)."""
-        if converted.resource_spans is not None and converted.span_count:
-            self._aggregator.add("traces", converted.resource_spans, converted.span_count)
-        if converted.resource_logs is not None and converted.log_count:
-            self._aggregator.add("logs", converted.resource_logs, converted.log_count)
-
-    def _note_reports(self, ids: List[str]) -> None:
-        if ids:
-            with self._reports_cond:
-                if len(self._reports_seen) > 10_000:
-                    self._reports_seen.clear()
-                self._reports_seen.update(ids)
-                self._reports_cond.notify_all()
-
-    def wait_for_report(self, request_id: str, timeout: float) -> bool:
-        """True once ``platform.report`` for ``request_id`` has been processed (bounded wait)."""
-        with self._reports_cond:
-            return self._reports_cond.wait_for(lambda: request_id in self._reports_seen, timeout=max(0.0, timeout))
-
-
-# --- the listener --------------------------------------------------------------------------------
 
 
 class _TelemetryHandler(BaseHTTPRequestHandler):

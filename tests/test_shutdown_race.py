@@ -72,17 +72,17 @@ class ShutdownRaceTest(unittest.TestCase):
         registration = Registration("id", "race-fn", "$LATEST", None, "123456789012")
         # The Extensions API is never called on this path; an unreachable address proves it.
         ext = Extension(config, registration, ExtensionsApiClient("127.0.0.1:9"), env)
-        held = HeldConverter(ext.converter)
-        ext.pipeline._converter = held
+        held = HeldConverter(ext.pipeline.converter)
+        ext.pipeline.converter = held
         ext.start_servers(bind_socket("127.0.0.1", 0), None)
-        self.addCleanup(ext.listener.stop)
-        ext.coordinator.on_invoke("req-1", int(time.time() * 1000) + 60_000)
+        self.addCleanup(ext.pipeline.stop)
+        ext.pipeline.coordinator.on_invoke("req-1", int(time.time() * 1000) + 60_000)
         ext.last_request_id = "req-1"
 
         post_status = {}
 
         def post():
-            conn = http.client.HTTPConnection("127.0.0.1", ext.listener.port, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", ext.pipeline.listener.port, timeout=10)
             conn.request("POST", "/", body=json.dumps(platform_batch("req-1")))
             post_status["status"] = conn.getresponse().status
             conn.close()

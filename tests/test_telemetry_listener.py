@@ -124,5 +124,40 @@ class ListenerHostTest(unittest.TestCase):
         self.assertEqual(listener_host("/nonexistent/hosts"), "127.0.0.1")
 
 
+class PipelineTest(unittest.TestCase):
+    """The one construction site: a real Telemetry API POST through the production wiring."""
+
+    def test_batch_is_converted_queued_and_reaches_the_coordinator(self):
+        from lambda_otel.config import load_config
+        from lambda_otel.pipeline import Pipeline
+
+        pipeline = Pipeline(load_config({}), {"service.name": "pipeline-test"})
+        done = []
+        pipeline.coordinator.on_runtime_done = done.append  # observe what the pipeline passes on
+        pipeline.start(bind_socket("127.0.0.1", 0), None, worker=False)
+        self.addCleanup(pipeline.stop)
+        rid = "0b5e1c4e-0000-4000-8000-000000000001"
+        events = [
+            {"time": "2024-05-01T10:00:00.000Z", "type": "platform.start", "record": {"requestId": rid}},
+            {"time": "2024-05-01T10:00:00.100Z", "type": "function", "record": "hello\n"},
+            {"time": "2024-05-01T10:00:00.200Z", "type": "platform.runtimeDone",
+             "record": {"requestId": rid, "status": "success", "metrics": {"durationMs": 200.0}}},
+            {"time": "2024-05-01T10:00:00.300Z", "type": "platform.report",
+             "record": {"requestId": rid, "status": "success",
+                        "metrics": {"durationMs": 250.0, "billedDurationMs": 251, "memorySizeMB": 128,
+                                    "maxMemoryUsedMB": 60}}},
+        ]
+        conn = http.client.HTTPConnection("127.0.0.1", pipeline.listener.port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/", body=json.dumps(events).encode())
+        self.assertEqual(conn.getresponse().status, 200)
+        self.assertEqual(done, [rid])
+        self.assertTrue(pipeline.wait_for_report(rid, 0))
+        self.assertFalse(pipeline.wait_for_report("another", 0))
+        self.assertGreaterEqual(pipeline.aggregator.pending_records("traces"), 1)
+        self.assertEqual(pipeline.aggregator.pending_records("logs"), 1)
+        self.assertIsNone(pipeline.receiver)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,0 +1,131 @@
+"""The telemetry pipeline, built in one place: listeners in, OTLP/HTTP out.
+
+    Telemetry API POST ─► TelemetryListener ─► Pipeline.process_batch ─► converter ─┐
+    function's OTLP    ─► OtlpReceiver ──────────────────────────────────────────────┼─► Aggregator ─► ExportWorker ─► backend
+                                                                  metrics collect ───┘
+
+``Pipeline`` owns every object on that path and is the only place that builds them, so the
+extension (app.py), the tests and the benchmarks run the same wiring. It also runs the one
+step that needs several of them at once: a Telemetry API batch is converted and queued under
+the RWLock's read lock, and the request ids it completes are passed to the flush coordinator.
+
+The events thread (app.py) drives the lifecycle; this module has no thread of its own: the
+listeners' threads call ``process_batch``, the worker is started by ``start``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any, List, Mapping, Optional, Set
+
+from .config import Config
+from .loss import LOGS, TRACES
+
+# Request ids remembered for wait_for_report(); past this the set is cleared (only the
+# latest invocation's report is ever waited for).
+_REPORTS_REMEMBERED = 10_000
+
+
+class Pipeline:
+    """Everything between the two listeners and the backend, wired once.
+
+    Attributes (read by app.py, tests and benchmarks): ``config``, ``loss``, ``resource_attributes``,
+    ``aggregator``, ``metrics``, ``converter``, ``exporter``, ``gate``, ``flush_manager``,
+    ``worker``, ``coordinator``, ``rwlock``; ``listener`` and ``receiver`` once ``start`` ran
+    (``receiver`` stays None when it is disabled).
+    """
+
+    def __init__(self, config: Config, resource_attributes: Mapping[str, Any]) -> None:
+        # Heavy imports (protobuf, readerwriterlock) happen here, not at module import, so the
+        # extension's work before its first /next stays cheap (app.py builds us after it).
+        from readerwriterlock import rwlock
+
+        from .aggregator import Aggregator, budget_from_memory
+        from .convert import TelemetryConverter
+        from .exporter import OtlpExporter
+        from .flush import ExportGate, ExportWorker, FlushCoordinator, FlushManager
+        from .loss import LossCounter
+        from .metrics import MetricsState
+        from .resource import to_proto
+
+        self.config = config
+        self.loss = LossCounter()
+        self.resource_attributes = dict(resource_attributes)
+        resource = to_proto(self.resource_attributes)
+
+        max_bytes, max_records = budget_from_memory(config.queue.memory_mb)
+        self.aggregator = Aggregator(config.queue.max_bytes or max_bytes, config.queue.max_records or max_records,
+                                     self.loss)
+        self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
+        self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode)
+        self.exporter = OtlpExporter(config.exporter, self.loss)
+
+        self.gate = ExportGate()
+        self.flush_manager = FlushManager(config.flush)
+        self.worker = ExportWorker(self.aggregator, self.exporter, self.metrics, self.flush_manager, self.gate,
+                                   self.loss, config.flush)
+        self.coordinator = FlushCoordinator(self.flush_manager, self.gate, self.worker, config.flush)
+
+        # Telemetry batches hold the read lock while processed; SHUTDOWN takes the write lock.
+        self.rwlock = rwlock.RWLockWrite()
+        self.listener = None
+        self.receiver = None
+        self._reports_seen: Set[str] = set()
+        self._reports_cond = threading.Condition()
+
+    # -- start and stop -------------------------------------------------------------------------
+
+    def start(self, telemetry_sock: socket.socket, receiver_sock: Optional[socket.socket],
+              worker: bool = True) -> None:
+        """Serve on the already bound sockets (``receiver_sock`` None: no receiver) and start the
+        export worker (``worker=False``: a benchmark that drains the aggregator itself)."""
+        from .telemetry_api import TelemetryListener
+
+        self.listener = TelemetryListener(telemetry_sock, self.process_batch, self.config.telemetry)
+        self.listener.start()
+        if receiver_sock is not None:
+            from .receiver import OtlpReceiver
+
+            self.receiver = OtlpReceiver.from_config(self.config.receiver, self.aggregator, self.loss, sock=receiver_sock)
+            self.receiver.start()
+        if worker:
+            self.worker.start()
+
+    def stop(self) -> None:
+        """Stop both listeners (tests and benchmarks; the extension simply exits)."""
+        if self.listener is not None:
+            self.listener.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
+
+    # -- one Telemetry API batch ------------------------------------------------------------------
+
+    def process_batch(self, events: List[Any]) -> None:
+        """Convert one batch and queue the result, under the read lock (the listener answers 200 after)."""
+        with self.rwlock.gen_rlock():
+            converted = self.converter.process(events)
+            self.add_converted(converted)
+            for request_id in converted.runtime_done:
+                self.coordinator.on_runtime_done(request_id)
+            self._note_reports(converted.reports)
+
+    def add_converted(self, converted) -> None:
+        """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown)."""
+        if converted.resource_spans is not None and converted.span_count:
+            self.aggregator.add(TRACES, converted.resource_spans, converted.span_count)
+        if converted.resource_logs is not None and converted.log_count:
+            self.aggregator.add(LOGS, converted.resource_logs, converted.log_count)
+
+    def _note_reports(self, ids: List[str]) -> None:
+        if ids:
+            with self._reports_cond:
+                if len(self._reports_seen) > _REPORTS_REMEMBERED:
+                    self._reports_seen.clear()
+                self._reports_seen.update(ids)
+                self._reports_cond.notify_all()
+
+    def wait_for_report(self, request_id: str, timeout: float) -> bool:
+        """True once ``platform.report`` for ``request_id`` has been processed (bounded wait)."""
+        with self._reports_cond:
+            return self._reports_cond.wait_for(lambda: request_id in self._reports_seen, timeout=max(0.0, timeout))
