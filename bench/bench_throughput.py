@@ -4,7 +4,7 @@ lambda-otel: each batch of 1000 mixed events (platform.start / runtimeDone / rep
 invocations and ~770 function log lines of ~200 bytes) is POSTed over a keep-alive connection to
 the real ``TelemetryListener`` (which parses it and runs ``Pipeline.process_batch``: convert →
 aggregator, read-locked, answering 200 once queued); then, as the export worker would, every
-queued item is taken with ``Aggregator.take_batch``, serialised with ``Batch.to_bytes`` and
+queued item is taken with ``Aggregator.take_batch``, serialised with ``otlp.encode_request`` and
 compressed with gzip level 1 (what ``OtlpExporter.export`` sends). The time is from the POST to
 the last compressed byte. Everything runs in this process on 127.0.0.1, with the production
 classes built by ``lambda_otel.pipeline.Pipeline``, as in the extension.
@@ -96,6 +96,8 @@ class Pipeline:
 
     def carry(self, body: bytes) -> float:
         """POST one batch, drain the aggregator into gzip'd OTLP requests; ms taken."""
+        from lambda_otel import otlp
+
         started = time.perf_counter()
         self.conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
         resp = self.conn.getresponse()
@@ -107,7 +109,7 @@ class Pipeline:
                 batch = self.aggregator.take_batch(signal, self.flush.max_batch_bytes, self.flush.max_batch_records)
                 if batch is None:
                     break
-                payload = gzip.compress(batch.to_bytes(), GZIP_LEVEL)
+                payload = gzip.compress(otlp.encode_request(signal, batch.items), GZIP_LEVEL)
                 self.encoded_bytes += len(payload)
                 self.records += batch.records
         return (time.perf_counter() - started) * 1000.0

@@ -21,7 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
-from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SIGNALS, TRACES, LossCounter
+from lambda_otel.loss import QUEUE_FULL, SIGNALS, LossCounter
+from lambda_otel.otlp import count_records
 
 MiB = 1024 * 1024
 
@@ -59,45 +60,6 @@ def budget_from_memory(memory_mb: int) -> Tuple[int, int]:
     return max_bytes, max_records
 
 
-_METRIC_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
-
-
-def count_records(signal: str, item: Any) -> int:
-    """Spans, metric data points (of every kind) or log records in one Resource* item."""
-    if signal == TRACES:
-        return sum(len(ss.spans) for ss in item.scope_spans)
-    if signal == LOGS:
-        return sum(len(sl.log_records) for sl in item.scope_logs)
-    if signal == METRICS:
-        n = 0
-        for sm in item.scope_metrics:
-            for metric in sm.metrics:
-                kind = metric.WhichOneof("data")
-                if kind in _METRIC_KINDS:
-                    n += len(getattr(metric, kind).data_points)
-        return n
-    raise ValueError(f"unknown signal {signal!r}")
-
-
-def _request_class(signal: str):
-    """The Export*ServiceRequest class and its repeated field name (imported lazily: cold start)."""
-    if signal == TRACES:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-        return ExportTraceServiceRequest, "resource_spans"
-    if signal == METRICS:
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-            ExportMetricsServiceRequest,
-        )
-
-        return ExportMetricsServiceRequest, "resource_metrics"
-    if signal == LOGS:
-        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-
-        return ExportLogsServiceRequest, "resource_logs"
-    raise ValueError(f"unknown signal {signal!r}")
-
-
 @dataclass
 class _Entry:
     seq: int  # insertion order across all signals: smaller = older
@@ -122,18 +84,6 @@ class Batch:
     attempts: int = 0
     # The queue entries, so requeue() restores sizes and age without recounting.
     _entries: List[_Entry] = field(default_factory=list, repr=False, compare=False)
-
-    def to_request(self):
-        cls, field_name = _request_class(self.signal)
-        request = cls()
-        getattr(request, field_name).extend(self.items)
-        return request
-
-    def to_bytes(self) -> bytes:
-        return self.to_request().SerializeToString()
-
-    # The name design.md uses.
-    to_request_bytes = to_bytes
 
 
 class Aggregator:

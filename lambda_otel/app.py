@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Mapping, Optional
 
-from .config import Config, ConfigError, load_config
+from .config import LOG_LEVELS, Config, ConfigError, load_config
 from .extensions_api import Event, ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
 from .telemetry_api import bind_socket, listener_host, subscribe
 
@@ -258,7 +258,7 @@ def main(argv: Optional[list] = None) -> int:
     argv = sys.argv if argv is None else argv
     env = os.environ
     level = (env.get("LAMBDA_OTEL_LOG_LEVEL") or "info").strip().lower()
-    setup_logging(level if level in ("debug", "info", "warning", "error") else "info")
+    setup_logging(level if level in LOG_LEVELS else "info")
     try:
         client = ExtensionsApiClient(env.get("AWS_LAMBDA_RUNTIME_API", ""))
         registration = client.register(extension_name(env, argv[0] if argv else ""))

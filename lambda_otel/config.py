@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from lambda_otel.otlp import signal_url
+
 T = TypeVar("T")
 
 STRATEGIES = ("default", "end", "periodic", "continuous")
 TELEMETRY_TYPES = ("platform", "function", "extension")
 TEMPORALITIES = ("cumulative", "delta", "lowmemory")
-XRAY_MODES = ("link", "parent")
+XRAY_LINK = "link"
+XRAY_PARENT = "parent"
+XRAY_MODES = (XRAY_LINK, XRAY_PARENT)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "sandbox.localdomain", "sandbox")
 
@@ -247,7 +251,7 @@ def _signal_endpoints(env: Mapping[str, str]) -> Tuple[Dict[str, Optional[str]],
             urls[signal] = _endpoint_url(name, value)
             sources[signal] = name
         elif base is not None:
-            urls[signal] = base.rstrip("/") + f"/v1/{signal}"
+            urls[signal] = signal_url(base, signal)
             sources[signal] = base_name
         else:
             urls[signal] = None
@@ -364,10 +368,10 @@ def _receiver(env: Mapping[str, str]) -> ReceiverConfig:
     return ReceiverConfig(
         enabled=_bool(env, "LAMBDA_OTEL_RECEIVER_ENABLED", True),
         port=_int(env, "LAMBDA_OTEL_RECEIVER_PORT", 4318, 1024, 65535),
-        max_body_bytes=_int(env, "LAMBDA_OTEL_RECEIVER_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
-        max_decompressed_bytes=_int(
-            env, "LAMBDA_OTEL_RECEIVER_MAX_DECOMPRESSED_BYTES", 16 * 1024 * 1024, 1024, 256 * 1024 * 1024
-        ),
+        max_body_bytes=_int(env, "LAMBDA_OTEL_RECEIVER_MAX_BODY_BYTES", ReceiverConfig.max_body_bytes, 1024,
+                            64 * 1024 * 1024),
+        max_decompressed_bytes=_int(env, "LAMBDA_OTEL_RECEIVER_MAX_DECOMPRESSED_BYTES",
+                                    ReceiverConfig.max_decompressed_bytes, 1024, 256 * 1024 * 1024),
     )
 
 

@@ -56,13 +56,12 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 import lambda_otel
 from lambda_otel import loss as loss_mod
+from lambda_otel.config import XRAY_LINK, XRAY_MODES, XRAY_PARENT
 from lambda_otel.loss import LossCounter
-from lambda_otel.metrics import MetricsState, set_attributes
+from lambda_otel.metrics import MetricsState
+from lambda_otel.otlp import set_any_value, set_attributes, set_key, set_str
 from lambda_otel.xray import XRayContext, parse_span_id, parse_xray_header
 
-XRAY_LINK = "link"
-XRAY_PARENT = "parent"
-XRAY_MODES = (XRAY_LINK, XRAY_PARENT)
 
 SELF_LOG_PREFIX = "[lambda-otel]"  # how the extension's own lines start (app.LOG_FORMAT)
 SCOPE_SPANS = "lambda-otel"
@@ -92,8 +91,6 @@ _MAX_CHILD_SPANS = 16
 _MAX_PHASES = 8
 _MAX_JSON_LINE = 256 * 1024
 _MAX_ATTRS = 64
-_MAX_DEPTH = 6
-_MAX_ITEMS = 128
 
 _TIME_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d{2}):?(\d{2}))", re.ASCII
@@ -192,56 +189,6 @@ def _request_id(record: dict) -> Optional[str]:
 def _random_id(n: int) -> bytes:
     value = os.urandom(n)
     return value if any(value) else b"\x00" * (n - 1) + b"\x01"
-
-
-def _set_str(any_value, text: str) -> None:
-    try:
-        any_value.string_value = text
-    except ValueError:  # lone surrogates from JSON (\ud800) cannot be UTF-8 encoded
-        any_value.string_value = text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _set_any(any_value, value: object, depth: int = 0) -> None:
-    """A JSON value -> AnyValue, bounded in depth and width."""
-    if isinstance(value, str):
-        _set_str(any_value, value)
-    elif isinstance(value, bool):
-        any_value.bool_value = value
-    elif isinstance(value, int):
-        if -(2**63) <= value < 2**63:
-            any_value.int_value = value
-        else:
-            any_value.string_value = str(value)
-    elif isinstance(value, float):
-        any_value.double_value = value
-    elif value is None:
-        return
-    elif depth >= _MAX_DEPTH:
-        any_value.string_value = "[truncated: nested too deep]"
-    elif isinstance(value, dict):
-        kvlist = any_value.kvlist_value
-        kvlist.SetInParent()
-        for i, (key, item) in enumerate(value.items()):
-            if i >= _MAX_ITEMS:
-                break
-            kv = kvlist.values.add()
-            _set_key(kv, key)
-            _set_any(kv.value, item, depth + 1)
-    elif isinstance(value, list):
-        array = any_value.array_value
-        array.SetInParent()
-        for item in value[:_MAX_ITEMS]:
-            _set_any(array.values.add(), item, depth + 1)
-    else:
-        any_value.string_value = type(value).__name__
-
-
-def _set_key(kv, key: object) -> None:
-    key = key if isinstance(key, str) else str(key)
-    try:
-        kv.key = key[:256]
-    except ValueError:
-        kv.key = key[:256].encode("utf-8", "replace").decode("utf-8")
 
 
 def _unqualified_arn(arn: str) -> str:
@@ -992,9 +939,9 @@ class TelemetryConverter:
             if isinstance(rid_value, str) and _REQUEST_ID_RE.fullmatch(rid_value):
                 rid = rid_value
             if "message" in obj:
-                _set_any(lr.body, obj["message"])
+                set_any_value(lr.body, obj["message"])
             else:
-                _set_any(lr.body, obj)
+                set_any_value(lr.body, obj)
             n = 0
             for key, value in obj.items():
                 if key in _STRUCTURED_KEYS:
@@ -1003,11 +950,11 @@ class TelemetryConverter:
                     lr.dropped_attributes_count += 1
                     continue
                 kv = lr.attributes.add()
-                _set_key(kv, key)
-                _set_any(kv.value, value)
+                set_key(kv, key)
+                set_any_value(kv.value, value)
                 n += 1
         else:
-            _set_str(lr.body, text)
+            set_str(lr.body, text)
             if scope == SCOPE_EXTENSION and text.startswith(SELF_LOG_PREFIX):
                 attrs["lambda_otel.self"] = True
                 level = text[len(SELF_LOG_PREFIX):].lstrip().split(" ", 1)[0]

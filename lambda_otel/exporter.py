@@ -20,28 +20,41 @@ cannot know them); whole-request failures are counted by the caller, who knows t
 from __future__ import annotations
 
 import email.utils
+import enum
 import gzip
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from lambda_otel import __version__
 from lambda_otel.config import ExporterConfig
-from lambda_otel.loss import EXPORT_REJECTED, LOGS, METRICS, TRACES, LossCounter
+from lambda_otel import otlp
+from lambda_otel.loss import EXPORT_REJECTED, LossCounter
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; requests is imported lazily
     import requests
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "SUCCESS"
-RETRYABLE = "RETRYABLE"
-REJECTED = "REJECTED"
-NO_ENDPOINT = "NO_ENDPOINT"
+
+
+class ExportKind(enum.Enum):
+    """What the caller does with the batch: done, keep and retry later, drop (counted), no URL."""
+
+    SUCCESS = "SUCCESS"
+    RETRYABLE = "RETRYABLE"
+    REJECTED = "REJECTED"
+    NO_ENDPOINT = "NO_ENDPOINT"
+
+
+SUCCESS = ExportKind.SUCCESS
+RETRYABLE = ExportKind.RETRYABLE
+REJECTED = ExportKind.REJECTED
+NO_ENDPOINT = ExportKind.NO_ENDPOINT
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 BACKOFF_BASE_S = 0.05
@@ -51,8 +64,6 @@ MIN_ATTEMPT_S = 0.005  # do not start an attempt with less time than this left
 IDLE_CLOSE_S = 30.0  # pooled connections older than this are presumed dead (freeze, NAT timeout)
 GZIP_LEVEL = 1
 USER_AGENT = f"lambda-otel/{__version__}"
-
-_SIGNAL_RESPONSE = {TRACES: "trace", METRICS: "metrics", LOGS: "logs"}
 
 
 @dataclass(frozen=True)
@@ -68,17 +79,13 @@ class ExportOutcome:
     pooled connection (not counted as attempts).
     """
 
-    kind: str
+    kind: ExportKind
     status: Optional[int] = None
     rejected_records: int = 0
     retry_after: Optional[float] = None
     error: Optional[str] = None
     attempts: int = 0
     stale_retries: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.kind == SUCCESS
 
 
 class OtlpExporter:
@@ -113,8 +120,8 @@ class OtlpExporter:
 
     # --- public API -------------------------------------------------------------------------
 
-    def export(self, signal: str, body: bytes, deadline: float) -> ExportOutcome:
-        """Send ``body`` (an uncompressed serialised Export*ServiceRequest) before ``deadline``."""
+    def export(self, signal: str, items: Sequence[Any], deadline: float) -> ExportOutcome:
+        """Send ``items`` (Resource* messages of ``signal``) as one request before ``deadline``."""
         url = self._config.endpoint(signal)
         if not url:
             return ExportOutcome(NO_ENDPOINT, error=f"no endpoint configured for {signal}")
@@ -125,6 +132,7 @@ class OtlpExporter:
             message = "its host is under the reserved .invalid domain (RFC 6761) and never resolves"
             self._warn_once(("fatal", _origin(url)), "export to %s is not possible: %s", _safe_url(url), message)
             return ExportOutcome(REJECTED, error=message)
+        body = otlp.encode_request(signal, items)
         payload = gzip.compress(body, GZIP_LEVEL) if self._config.compression == "gzip" else body
         session = self._get_session()
 
@@ -170,7 +178,7 @@ class OtlpExporter:
             else:
                 status = resp.status_code
                 if 200 <= status < 300:
-                    rejected_n, message = _partial_success(signal, content)
+                    rejected_n, message = otlp.partial_success(signal, content)
                     if rejected_n:
                         self._loss.add(signal, EXPORT_REJECTED, rejected_n)
                         self._warn_once(("partial", signal), "backend rejected %d %s records (partial success): %s",
@@ -284,27 +292,6 @@ class OtlpExporter:
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
         return text
-
-
-def _partial_success(signal: str, content: bytes) -> Tuple[int, str]:
-    """(rejected records, message) from an Export*ServiceResponse; a non-OTLP body counts as none."""
-    if not content:
-        return 0, ""
-    if signal == TRACES:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse as cls
-        field = "rejected_spans"
-    elif signal == METRICS:
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse as cls
-        field = "rejected_data_points"
-    else:
-        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse as cls
-        field = "rejected_log_records"
-    try:
-        resp = cls.FromString(content)
-    except Exception:  # noqa: BLE001 - e.g. an HTML page from a proxy: success without details
-        return 0, ""
-    rejected = getattr(resp.partial_success, field)
-    return (rejected if rejected > 0 else 0), resp.partial_success.error_message
 
 
 MAX_RESPONSE_BYTES = 1024 * 1024

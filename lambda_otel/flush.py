@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
 
 from lambda_otel import loss as loss_mod
+from lambda_otel.config import STRATEGIES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from lambda_otel.config import FlushConfig
@@ -83,7 +84,6 @@ log = logging.getLogger("lambda_otel.flush")
 
 Clock = Callable[[], float]
 
-STRATEGIES = ("default", "end", "periodic", "continuous")
 HISTORY_SIZE = 20  # invocations remembered for the frequency decision (seed)
 FREQUENT_THRESHOLD_S = 120.0  # average interval above this = infrequent (seed)
 ESCALATION_FAILURES = 20  # consecutive failed flushes before forcing continuous (seed)
@@ -666,7 +666,7 @@ class ExportWorker(threading.Thread):
                     self._in_flight_deadline = req_deadline
                 started = self._clock()
                 try:
-                    outcome = self.exporter.export(signal, batch.to_bytes(), req_deadline)
+                    outcome = self.exporter.export(signal, batch.items, req_deadline)
                 except Exception as exc:  # the exporter should not raise; treat as retryable
                     if not self._warned_error:
                         self._warned_error = True
@@ -735,7 +735,7 @@ class ExportWorker(threading.Thread):
                 log.warning("metrics collection failed: %r", exc)
             return
         if rm is not None:
-            from lambda_otel.aggregator import count_records
+            from lambda_otel.otlp import count_records
 
             self.aggregator.add(loss_mod.METRICS, rm, records=count_records(loss_mod.METRICS, rm), evict=True)
 

@@ -18,17 +18,16 @@ import math
 import threading
 import time
 from bisect import bisect_left
-from collections import abc
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 import lambda_otel
 from lambda_otel.loss import LossCounter
+from lambda_otel.otlp import AttrValue, set_attributes
 
-AttrValue = Union[str, bool, int, float]
 Attributes = Optional[Mapping[str, AttrValue]]
 
 COUNTER = "counter"  # monotonic Sum of integers
@@ -113,23 +112,6 @@ class _Hist:
         self.min = math.inf
         self.max = -math.inf
         self.buckets = [0] * nbuckets
-
-
-def set_attributes(repeated, attributes: Mapping[str, AttrValue] | _Key) -> None:
-    """Append (key, value) pairs to a repeated KeyValue field (bool before int: bool is an int)."""
-    # dict first: typing.Mapping's isinstance check is slow, and this runs once per log record.
-    items = attributes.items() if isinstance(attributes, (dict, abc.Mapping)) else attributes
-    for key, value in items:
-        kv = repeated.add()
-        kv.key = key
-        if isinstance(value, bool):
-            kv.value.bool_value = value
-        elif isinstance(value, int):
-            kv.value.int_value = value
-        elif isinstance(value, float):
-            kv.value.double_value = value
-        else:
-            kv.value.string_value = str(value)
 
 
 def _key(attributes: Attributes) -> _Key:
@@ -302,5 +284,5 @@ class MetricsState:
 
 __all__ = [
     "COUNTER", "HISTOGRAM", "CUMULATIVE", "DELTA", "INSTRUMENTS", "INSTRUMENTS_BY_NAME", "Instrument",
-    "MetricsState", "set_attributes", "MAX_SERIES",
+    "MetricsState", "MAX_SERIES",
 ]

@@ -17,7 +17,6 @@ trace/span ids in JSON, 200 + Export*ServiceResponse, 4xx/5xx + google.rpc.Statu
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import logging
@@ -30,18 +29,16 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
-from lambda_otel.aggregator import Aggregator, count_records
+from lambda_otel import otlp
+from lambda_otel.aggregator import Aggregator
+from lambda_otel.config import ReceiverConfig
 from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, TRACES, LossCounter
+from lambda_otel.otlp import JSON, PATHS, PROTOBUF, count_records, encode_message
 
 log = logging.getLogger(__name__)
 
-PROTOBUF = "application/x-protobuf"
-JSON = "application/json"
-PATHS = {"/v1/traces": TRACES, "/v1/metrics": METRICS, "/v1/logs": LOGS}
 HEALTH_PATH = "/health"
 
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
 DEFAULT_SOCKET_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_MAX_CONNECTIONS = 32
@@ -51,30 +48,9 @@ _INFLATE_STEP = 64 * 1024
 # google.rpc.Code values for the Status body (the spec says clients must not depend on them).
 _RPC_CODES = {400: 3, 404: 5, 405: 12, 408: 4, 411: 3, 413: 8, 415: 3, 503: 14}
 
-# OTLP/JSON carries these bytes fields as hex, not base64 (snake_case accepted too, leniently).
-_HEX_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
-
 
 class BadRequest(Exception):
     """The body cannot be decoded: answered with 400 and the message."""
-
-
-# --- protobuf classes (imported lazily: the receiver may start before the first request) -----
-
-
-def _service_classes(signal: str):
-    """(request class, response class, rejected-count field name) for one signal."""
-    if signal == TRACES:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as m
-
-        return m.ExportTraceServiceRequest, m.ExportTraceServiceResponse, "rejected_spans", "resource_spans"
-    if signal == METRICS:
-        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as m
-
-        return m.ExportMetricsServiceRequest, m.ExportMetricsServiceResponse, "rejected_data_points", "resource_metrics"
-    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as m
-
-    return m.ExportLogsServiceRequest, m.ExportLogsServiceResponse, "rejected_log_records", "resource_logs"
 
 
 _status_cls = None
@@ -141,56 +117,12 @@ def inflate_bounded(data: bytes, limit: int) -> Optional[bytes]:
     return b"".join(out)
 
 
-def _hex_ids_to_base64(node: Any) -> Any:
-    """Rewrite OTLP/JSON hex ids into the base64 that the protobuf JSON parser expects (in place)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _HEX_ID_KEYS and isinstance(value, str):
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
-                except ValueError:
-                    raise BadRequest(f"{key} {value[:64]!r} is not hex") from None
-            elif isinstance(value, (dict, list)):
-                _hex_ids_to_base64(value)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _hex_ids_to_base64(value)
-    return node
-
-
 def decode_request(signal: str, body: bytes, content_type: str):
     """Body (already inflated) -> Export*ServiceRequest. Raises BadRequest."""
-    from google.protobuf import json_format
-    from google.protobuf.message import DecodeError
-
-    request_cls = _service_classes(signal)[0]
-    if content_type == PROTOBUF:
-        try:
-            return request_cls.FromString(body)
-        except DecodeError as exc:
-            raise BadRequest(f"invalid protobuf {request_cls.__name__}: {exc}") from None
     try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise BadRequest(f"invalid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise BadRequest(f"OTLP/JSON body must be an object, got {type(obj).__name__}")
-    try:
-        _hex_ids_to_base64(obj)
-        return json_format.ParseDict(obj, request_cls(), ignore_unknown_fields=True)
-    except BadRequest:
-        raise
-    except Exception as exc:  # ParseError mostly; any parser surprise is still the body's fault
-        raise BadRequest(f"not an OTLP/JSON {request_cls.__name__}: {exc}") from None
-
-
-def _encode(message, content_type: str) -> bytes:
-    if content_type == JSON:
-        from google.protobuf import json_format
-
-        return json_format.MessageToJson(message, indent=None).encode("utf-8")
-    return message.SerializeToString()
+        return otlp.decode_request(signal, body, content_type)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 # --- the HTTP server -----------------------------------------------------------------------
@@ -365,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         extra = dict(headers or {})
         if allow:
             extra["Allow"] = allow
-        self._send(status, _encode(status_msg, content_type), content_type, extra, close, note=message)
+        self._send(status, encode_message(status_msg, content_type), content_type, extra, close, note=message)
 
     # -- body ---------------------------------------------------------------------------------
 
@@ -403,8 +335,8 @@ class OtlpReceiver:
         loss: LossCounter,
         host: str = "127.0.0.1",
         port: int = 4318,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES,
+        max_body_bytes: int = ReceiverConfig.max_body_bytes,
+        max_decompressed_bytes: int = ReceiverConfig.max_decompressed_bytes,
         retry_after_s: int = 1,
         socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
         body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
@@ -553,9 +485,8 @@ class OtlpReceiver:
             return
         del body
 
-        _, response_cls, rejected_field, items_field = _service_classes(signal)
         fits, rejected = [], 0
-        for item in getattr(request, items_field):
+        for item in getattr(request, otlp.spec(signal).items_field):
             records = count_records(signal, item)
             if records == 0:
                 continue  # an empty envelope: nothing to keep (the spec allows ignoring it)
@@ -571,13 +502,12 @@ class OtlpReceiver:
             why = "the extension is shutting down" if closed else "the extension's queue is full; retry later"
             h._error(503, why, content_type, headers={"Retry-After": str(self.retry_after_s)})
             return
-        response = response_cls()
         if rejected:
             # Counted only now that the answer is final (a 503 above keeps nothing and counts nothing).
             self.loss.add(signal, QUEUE_FULL, rejected)
-            setattr(response.partial_success, rejected_field, rejected)
-            response.partial_success.error_message = (
-                "resource batch larger than lambda-otel's whole queue budget; send smaller batches"
-            )
+            response = otlp.build_response(
+                signal, rejected, "resource batch larger than lambda-otel's whole queue budget; send smaller batches")
+        else:
+            response = otlp.build_response(signal)
         self._stats.accepted(signal, sum(r for _, r, _ in fits), rejected)
-        h._send(200, _encode(response, content_type), content_type)
+        h._send(200, encode_message(response, content_type), content_type)

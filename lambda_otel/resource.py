@@ -11,12 +11,11 @@ accountId``). Data the function sends to our receiver keeps its own resource.
 from __future__ import annotations
 
 import uuid
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional
 
 from . import __version__
 from .config import Config
-
-AttrValue = Union[str, int, float, bool]
+from .otlp import AttrValue, set_any_value
 
 
 def build_resource(env: Mapping[str, str], config: Config, account_id: Optional[str] = None) -> Dict[str, AttrValue]:
@@ -57,15 +56,3 @@ def to_proto(attrs: Mapping[str, AttrValue]):
         kv.key = key
         set_any_value(kv.value, value)
     return resource
-
-
-def set_any_value(target, value: AttrValue) -> None:
-    """Fill an OTLP ``AnyValue`` from a Python scalar (bool before int: bool is an int)."""
-    if isinstance(value, bool):
-        target.bool_value = value
-    elif isinstance(value, int):
-        target.int_value = value
-    elif isinstance(value, float):
-        target.double_value = value
-    else:
-        target.string_value = str(value)

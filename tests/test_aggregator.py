@@ -3,14 +3,11 @@
 import threading
 import unittest
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from lambda_otel.aggregator import MiB, Aggregator, Batch, budget_from_memory, count_records
+from lambda_otel.aggregator import MiB, Aggregator, Batch, budget_from_memory
 from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
 
 
@@ -47,25 +44,6 @@ class BudgetRuleTest(unittest.TestCase):
         small, large = budget_from_memory(256), budget_from_memory(1024)
         self.assertLess(small[0], large[0])
         self.assertLess(small[1], large[1])
-
-
-class CountRecordsTest(unittest.TestCase):
-    def test_counts(self):
-        self.assertEqual(count_records(TRACES, spans("a", 3)), 3)
-        self.assertEqual(count_records(LOGS, logs("a", 4)), 4)
-        rm = metrics_pb2.ResourceMetrics()
-        sm = rm.scope_metrics.add()
-        sm.metrics.add(name="g").gauge.data_points.add()
-        s = sm.metrics.add(name="s").sum
-        s.data_points.add()
-        s.data_points.add()
-        sm.metrics.add(name="h").histogram.data_points.add()
-        sm.metrics.add(name="e").exponential_histogram.data_points.add()
-        sm.metrics.add(name="q").summary.data_points.add()
-        sm.metrics.add(name="empty")
-        self.assertEqual(count_records(METRICS, rm), 6)
-        with self.assertRaises(ValueError):
-            count_records("profiles", rm)
 
 
 class AggregatorTest(unittest.TestCase):
@@ -131,22 +109,6 @@ class AggregatorTest(unittest.TestCase):
         self.assertEqual(names(batch2), ["s2-0", "s2-1"])
         self.assertEqual(agg.pending_records(), 4)
         self.assertIsNone(agg.take_batch(LOGS, 100, 100))
-        request = ExportTraceServiceRequest.FromString(batch.to_bytes())
-        self.assertEqual(len(request.resource_spans), 2)
-        self.assertEqual(request.resource_spans[0], batch.items[0])
-        self.assertEqual(batch.to_request_bytes(), batch.to_bytes())
-
-    def test_to_request_per_signal(self):
-        agg = Aggregator(10 * MiB, 1000, self.loss)
-        rm = metrics_pb2.ResourceMetrics()
-        rm.scope_metrics.add().metrics.add(name="m").gauge.data_points.add().as_int = 7
-        agg.add(METRICS, rm, 1)
-        agg.add(LOGS, logs("hello"), 1)
-        m = ExportMetricsServiceRequest.FromString(agg.take_batch(METRICS, MiB, 100).to_bytes())
-        self.assertEqual(m.resource_metrics[0], rm)
-        lg = agg.take_batch(LOGS, MiB, 100).to_request()
-        self.assertIsInstance(lg, ExportLogsServiceRequest)
-        self.assertEqual(lg.resource_logs[0].scope_logs[0].log_records[0].body.string_value, "hello-0")
 
     def test_requeue_keeps_order_and_counts_overflow(self):
         agg = Aggregator(max_bytes=10 * MiB, max_records=6, loss=self.loss)

@@ -16,6 +16,7 @@ from unittest import mock
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from lambda_otel import __version__
 from lambda_otel import exporter as exporter_module
@@ -28,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "Bearer s3cr3t-t0ken-value"
 
 
-def trace_body(n: int = 3) -> bytes:
+def trace_request(n: int = 3) -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     rs.resource.attributes.add(key="service.name").value.string_value = "exporter-test"
@@ -39,7 +40,29 @@ def trace_body(n: int = 3) -> bytes:
         span.trace_id = bytes([7]) * 16
         span.span_id = bytes([i + 1]) * 8
         span.attributes.add(key="payload").value.string_value = "x" * 200
-    return req.SerializeToString()
+    return req
+
+
+def trace_items(n: int = 3) -> list:
+    return list(trace_request(n).resource_spans)
+
+
+def items_for(signal: str) -> list:
+    """A small batch of any signal."""
+    if signal == TRACES:
+        return trace_items()
+    if signal == LOGS:
+        req = ExportLogsServiceRequest()
+        req.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "hello"
+        return list(req.resource_logs)
+    rm = metrics_pb2.ResourceMetrics()
+    rm.scope_metrics.add().metrics.add(name="g").gauge.data_points.add(as_int=1)
+    return [rm]
+
+
+def items_of(request) -> list:
+    """The Resource* items of an Export*ServiceRequest (what OtlpExporter.export takes)."""
+    return list(getattr(request, request.DESCRIPTOR.fields[0].name))
 
 
 def free_port() -> int:
@@ -69,14 +92,16 @@ class ExporterTestCase(unittest.TestCase):
         self.addCleanup(exp.close)
         return exp
 
-    def export(self, exp, body=None, within=10.0, signal=TRACES):
-        return exp.export(signal, body if body is not None else trace_body(), time.monotonic() + within)
+    def export(self, exp, request=None, within=10.0, signal=TRACES):
+        request = request if request is not None else trace_request()
+        return exp.export(signal, items_of(request), time.monotonic() + within)
 
 
 class SuccessTest(ExporterTestCase):
     def test_gzip_body_decodes_to_the_same_request(self):
-        body = trace_body()
-        outcome = self.export(self.exporter(), body)
+        request = trace_request()
+        body = request.SerializeToString()
+        outcome = self.export(self.exporter(), request)
         self.assertEqual((outcome.kind, outcome.status, outcome.attempts), (SUCCESS, 200, 1))
         self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
         rec = self.sink.requests[0]
@@ -89,7 +114,7 @@ class SuccessTest(ExporterTestCase):
     def test_uncompressed_body(self):
         req = ExportLogsServiceRequest()
         req.resource_logs.add().scope_logs.add().log_records.add().body.string_value = "hello"
-        outcome = self.export(self.exporter(compression="none"), req.SerializeToString(), signal=LOGS)
+        outcome = self.export(self.exporter(compression="none"), req, signal=LOGS)
         self.assertEqual(outcome.kind, SUCCESS)
         self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
         rec = self.sink.requests[0]
@@ -160,7 +185,7 @@ class RetryTest(ExporterTestCase):
 
     def test_connection_reset_mid_body_is_retried(self):
         self.sink.script([Reply(reset=True)])
-        outcome = self.export(self.exporter(), trace_body(200))
+        outcome = self.export(self.exporter(), trace_request(200))
         self.assertEqual((outcome.kind, outcome.attempts), (SUCCESS, 2))
         self.assertEqual(len(self.sink.spans()), 200)
 
@@ -177,7 +202,7 @@ class RetryTest(ExporterTestCase):
     def test_retry_after_beyond_deadline_returns_at_once(self):
         self.sink.script([Reply(status=503, retry_after="30")])
         deadline = time.monotonic() + 5
-        outcome = self.exporter().export(TRACES, trace_body(), deadline)
+        outcome = self.exporter().export(TRACES, trace_items(), deadline)
         self.assertLess(time.monotonic(), deadline)  # it did not wait for the Retry-After
         self.assertEqual((outcome.kind, outcome.status, outcome.retry_after, outcome.attempts),
                          (RETRYABLE, 503, 30.0, 1))
@@ -212,7 +237,7 @@ class RetryTest(ExporterTestCase):
     def test_retryable_until_deadline(self):
         self.sink.set_reply(Reply(status=502, non_otlp=True))
         deadline = time.monotonic() + 1.0
-        outcome = self.exporter().export(TRACES, trace_body(), deadline)
+        outcome = self.exporter().export(TRACES, trace_items(), deadline)
         self.assertLess(time.monotonic(), deadline + 0.5)
         self.assertEqual((outcome.kind, outcome.status), (RETRYABLE, 502))
         self.assertGreaterEqual(outcome.attempts, 2)
@@ -223,20 +248,20 @@ class RetryTest(ExporterTestCase):
         self.sink.set_reply(Reply(hang=True))
         exp = self.exporter(timeout_s=30.0)
         deadline = time.monotonic() + 0.5
-        outcome = exp.export(TRACES, trace_body(), deadline)
+        outcome = exp.export(TRACES, trace_items(), deadline)
         self.assertLess(time.monotonic(), deadline + 1.0)  # generous slack; the bound is the behaviour
         self.assertEqual(outcome.kind, RETRYABLE)
         self.assertIn("timeout", outcome.error)
 
     def test_expired_deadline_sends_nothing(self):
-        outcome = self.exporter().export(TRACES, trace_body(), time.monotonic() - 1)
+        outcome = self.exporter().export(TRACES, trace_items(), time.monotonic() - 1)
         self.assertEqual((outcome.kind, outcome.attempts), (RETRYABLE, 0))
         self.assertEqual(self.sink.requests, [])
 
     def test_connection_refused_is_retryable(self):
         exp = self.exporter(traces_endpoint=f"http://127.0.0.1:{free_port()}/v1/traces")
         deadline = time.monotonic() + 0.5
-        outcome = exp.export(TRACES, trace_body(), deadline)
+        outcome = exp.export(TRACES, trace_items(), deadline)
         self.assertLess(time.monotonic(), deadline + 1.0)
         self.assertEqual((outcome.kind, outcome.status, outcome.stale_retries), (RETRYABLE, None, 0))
         self.assertGreaterEqual(outcome.attempts, 1)
@@ -247,10 +272,10 @@ class RetryTest(ExporterTestCase):
         exp = self.exporter()
         threading.Timer(0.2, exp.close).start()
         deadline = time.monotonic() + 60
-        outcome = exp.export(TRACES, trace_body(), deadline)
+        outcome = exp.export(TRACES, trace_items(), deadline)
         self.assertLess(time.monotonic(), deadline - 30)  # nowhere near the 20 s Retry-After
         self.assertEqual(outcome.kind, RETRYABLE)
-        self.assertEqual(exp.export(TRACES, trace_body(), time.monotonic() + 5).kind, RETRYABLE)
+        self.assertEqual(exp.export(TRACES, trace_items(), time.monotonic() + 5).kind, RETRYABLE)
         self.assertEqual(len(self.sink.requests), 1)
 
 
@@ -312,7 +337,7 @@ class SecretsTest(ExporterTestCase):
                                 headers={"Authorization": SECRET})
         self.sink.set_reply(Reply(status=401, body=f"invalid credentials: {SECRET}".encode()))
         with self.assertLogs("lambda_otel", level=logging.DEBUG) as logs:
-            outcomes = [self.export(exp), refused.export(TRACES, trace_body(), time.monotonic() + 0.3)]
+            outcomes = [self.export(exp), refused.export(TRACES, trace_items(), time.monotonic() + 0.3)]
         self.assertEqual([o.kind for o in outcomes], [REJECTED, RETRYABLE])
         for outcome in outcomes:
             self.assertNotIn(SECRET, outcome.error)
@@ -390,7 +415,7 @@ class CertificateTest(unittest.TestCase):
     def test_untrusted_certificate_is_rejected_once_and_logged_once(self):
         exp = self.exporter()
         with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
-            outcomes = [exp.export(TRACES, trace_body(), time.monotonic() + 10) for _ in range(2)]
+            outcomes = [exp.export(TRACES, trace_items(), time.monotonic() + 10) for _ in range(2)]
         for outcome in outcomes:
             self.assertEqual((outcome.kind, outcome.attempts, outcome.status), (REJECTED, 1, None))
             self.assertIn("certificate verification failed", outcome.error)
@@ -405,17 +430,17 @@ class CertificateTest(unittest.TestCase):
         self.addCleanup(exp.close)
         with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
             for signal in (TRACES, "metrics", "logs"):
-                self.assertEqual(exp.export(signal, trace_body(), time.monotonic() + 10).kind, REJECTED)
+                self.assertEqual(exp.export(signal, items_for(signal), time.monotonic() + 10).kind, REJECTED)
         self.assertEqual(len(logs.output), 1, logs.output)
 
     def test_configured_ca_bundle_is_trusted(self):
-        outcome = self.exporter(certificate=self.pair[0]).export(TRACES, trace_body(), time.monotonic() + 10)
+        outcome = self.exporter(certificate=self.pair[0]).export(TRACES, trace_items(), time.monotonic() + 10)
         self.assertEqual(outcome.kind, SUCCESS)
         self.assertEqual(len(self.sink.spans()), 3)
 
     def test_missing_ca_bundle_is_a_clear_rejection(self):
         missing = os.path.join(self.tmp.name, "nope.pem")
-        outcome = self.exporter(certificate=missing).export(TRACES, trace_body(), time.monotonic() + 10)
+        outcome = self.exporter(certificate=missing).export(TRACES, trace_items(), time.monotonic() + 10)
         self.assertEqual(outcome.kind, REJECTED)
         self.assertIn("nope.pem", outcome.error)
         self.assertEqual(self.sink.requests, [])

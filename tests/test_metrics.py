@@ -14,7 +14,7 @@ from lambda_otel.metrics import (
     SEMCONV_DURATION_BOUNDS,
     MetricsState,
 )
-from lambda_otel.aggregator import count_records
+from lambda_otel.otlp import count_records
 from lambda_otel.loss import METRICS
 
 T0 = 1_714_557_600_000_000_000  # 2024-05-01T10:00:00Z

@@ -31,9 +31,7 @@ per request.
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
-import json
 import socket
 import ssl
 import struct
@@ -45,36 +43,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from google.protobuf.message import Message
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from lambda_otel.aggregator import count_records
-from lambda_otel.loss import LOGS, METRICS, TRACES
-
-# path -> (request class, response class, name of the partial_success "rejected" field)
-_SIGNALS: Dict[str, Tuple[type, type, str]] = {
-    "/v1/traces": (
-        trace_service_pb2.ExportTraceServiceRequest,
-        trace_service_pb2.ExportTraceServiceResponse,
-        "rejected_spans",
-    ),
-    "/v1/metrics": (
-        metrics_service_pb2.ExportMetricsServiceRequest,
-        metrics_service_pb2.ExportMetricsServiceResponse,
-        "rejected_data_points",
-    ),
-    "/v1/logs": (
-        logs_service_pb2.ExportLogsServiceRequest,
-        logs_service_pb2.ExportLogsServiceResponse,
-        "rejected_log_records",
-    ),
-}
+from lambda_otel import otlp
+from lambda_otel.otlp import PATHS, count_records
 
 # Bodies larger than this (after decompression) are refused: the sink is a test tool, not a sponge.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -130,7 +105,7 @@ class SinkRequest:
 
     @property
     def signal(self) -> Optional[str]:
-        return self.path.rsplit("/", 1)[-1] if self.path in _SIGNALS else None
+        return PATHS.get(self.path)
 
     def open_at(self, t: float) -> bool:
         return self.start <= t and (self.end is None or t < self.end)
@@ -289,15 +264,15 @@ class _Handler(BaseHTTPRequestHandler):
             sink._close_request(rec, outcome="closed")
             return
 
-        if path not in _SIGNALS:
+        signal = PATHS.get(path)
+        if signal is None:
             self._send(rec, 404, b"unknown path; use /v1/traces, /v1/metrics or /v1/logs\n", "text/plain", None)
             sink._close_request(rec, outcome="answered", status=404)
             return
 
-        req_cls, resp_cls, rejected_field = _SIGNALS[path]
-        is_json = "json" in (self.headers.get("Content-Type") or "")
+        content_type = otlp.JSON if "json" in (self.headers.get("Content-Type") or "") else otlp.PROTOBUF
         try:
-            rec.decoded = _decode(raw, self.headers.get("Content-Encoding"), is_json, req_cls)
+            rec.decoded = _decode(raw, self.headers.get("Content-Encoding"), content_type, signal)
         except ValueError as exc:
             rec.decode_error = str(exc)
             self._send(rec, 400, f"bad request: {exc}\n".encode(), "text/plain", None)
@@ -319,14 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif reply.non_otlp:
             body, ctype = NON_OTLP_BODY, "text/html"
         else:
-            resp = resp_cls()
-            if reply.partial_rejected or reply.partial_message:
-                setattr(resp.partial_success, rejected_field, reply.partial_rejected)
-                resp.partial_success.error_message = reply.partial_message
-            if is_json:
-                body, ctype = json_format.MessageToJson(resp).encode(), "application/json"
-            else:
-                body, ctype = resp.SerializeToString(), "application/x-protobuf"
+            resp = otlp.build_response(signal, reply.partial_rejected, reply.partial_message)
+            body, ctype = otlp.encode_message(resp, content_type), content_type
         self._send(rec, reply.status, body, ctype, reply.retry_after)
         if reply.close_after:
             self.close_connection = True
@@ -368,7 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-def _decode(raw: bytes, encoding: Optional[str], is_json: bool, cls: type) -> Message:
+def _decode(raw: bytes, encoding: Optional[str], content_type: str, signal: str) -> Message:
     encoding = (encoding or "identity").strip().lower()
     try:
         if encoding == "gzip":
@@ -382,39 +351,10 @@ def _decode(raw: bytes, encoding: Optional[str], is_json: bool, cls: type) -> Me
             raise ValueError(f"unsupported Content-Encoding {encoding!r}")
     except (zlib.error, EOFError, gzip.BadGzipFile) as exc:
         raise ValueError(f"bad gzip body: {exc}") from None
-    msg = cls()
     try:
-        if is_json:
-            json_format.ParseDict(_otlp_json_ids(json.loads(data.decode("utf-8"))), msg)
-        else:
-            msg.ParseFromString(data)
-    except (DecodeError, json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"cannot decode {cls.__name__}: {exc}") from None
-    return msg
-
-
-_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
-
-
-def _otlp_json_ids(node: Any, depth: int = 0) -> Any:
-    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
-    if depth > 64:
-        raise ValueError("JSON nested too deeply")
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str) and value and len(value) % 2 == 0:
-                try:
-                    value = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError:
-                    pass  # not hex: assume it is already base64
-            else:
-                value = _otlp_json_ids(value, depth + 1)
-            out[key] = value
-        return out
-    if isinstance(node, list):
-        return [_otlp_json_ids(v, depth + 1) for v in node]
-    return node
+        return otlp.decode_request(signal, data, content_type)
+    except ValueError as exc:
+        raise ValueError(f"cannot decode {otlp.spec(signal).request_name}: {exc}") from None
 
 
 class OtlpSink:
@@ -668,14 +608,10 @@ def describe(rec: SinkRequest) -> str:
     """One line about a request, for the sink's foreground mode and verbose CLI output."""
     what = ""
     msg = rec.decoded
-    counted = {
-        trace_service_pb2.ExportTraceServiceRequest: (TRACES, "resource_spans", "spans"),
-        metrics_service_pb2.ExportMetricsServiceRequest: (METRICS, "resource_metrics", "points"),
-        logs_service_pb2.ExportLogsServiceRequest: (LOGS, "resource_logs", "logs"),
-    }.get(type(msg))
-    if counted is not None:
-        signal, field_name, unit = counted
-        what = f"{sum(count_records(signal, item) for item in getattr(msg, field_name))} {unit}"
+    signal = rec.signal
+    if msg is not None and signal is not None:
+        unit = {"traces": "spans", "metrics": "points", "logs": "logs"}[signal]
+        what = f"{sum(count_records(signal, item) for item in getattr(msg, otlp.spec(signal).items_field))} {unit}"
     elif rec.decode_error:
         what = f"decode error: {rec.decode_error}"
     enc = rec.headers.get("content-encoding", "identity")

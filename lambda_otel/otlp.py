@@ -1,0 +1,311 @@
+"""What OTLP says about each signal, in one place.
+
+Every module that touches OTLP messages (the receiver, the aggregator, the exporter, the
+converter, the metrics collector, the local sink) asks this module rather than knowing it
+itself: the URL path of a signal, its ``Export*Service{Request,Response}`` classes, the field
+that carries its resource items and the ``partial_success`` field that counts what the
+backend refused, how to count its records, how to put a Python value into an ``AnyValue``,
+and how a batch of items becomes the bytes of one request, in protobuf or in OTLP/JSON.
+
+The protobuf classes are imported on first use: importing this module costs nothing at
+start-up. OTLP/JSON follows the OTLP specification rather than protobuf's JSON mapping where
+they differ: trace and span ids are hex strings, enums are integers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import abc
+from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple, Union
+from urllib.parse import urlsplit, urlunsplit
+
+from lambda_otel.loss import LOGS, METRICS, TRACES
+
+AttrValue = Union[str, bool, int, float]
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+CONTENT_TYPES = (PROTOBUF, JSON)
+
+# OTLP/JSON carries these bytes fields as hex, not base64 (snake_case accepted too, leniently).
+_HEX_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
+_JSON_MAX_DEPTH = 64  # OTLP nests ~10 deep; AnyValue adds a few levels per user nesting
+
+# AnyValue bounds for values built from untrusted JSON (log bodies, attributes).
+MAX_ANY_DEPTH = 6
+MAX_ANY_ITEMS = 128
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class SignalSpec:
+    """The OTLP facts about one signal (a plain class: this module is imported at start-up)."""
+
+    __slots__ = ("signal", "path", "module", "request_name", "response_name", "items_field", "rejected_field")
+
+    def __init__(self, signal: str, path: str, module: str, request_name: str, response_name: str,
+                 items_field: str, rejected_field: str) -> None:
+        self.signal = signal  # "traces" | "metrics" | "logs"
+        self.path = path  # OTLP/HTTP path, e.g. "/v1/traces"
+        self.module = module  # the collector service's generated protobuf module
+        self.request_name = request_name  # e.g. "ExportTraceServiceRequest"
+        self.response_name = response_name
+        self.items_field = items_field  # the request's repeated Resource* field, e.g. "resource_spans"
+        self.rejected_field = rejected_field  # partial_success counter, e.g. "rejected_spans"
+
+    @property
+    def request_class(self):
+        return getattr(_module(self.module), self.request_name)
+
+    @property
+    def response_class(self):
+        return getattr(_module(self.module), self.response_name)
+
+
+SPECS: Dict[str, SignalSpec] = {
+    TRACES: SignalSpec(TRACES, "/v1/traces", "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+                       "ExportTraceServiceRequest", "ExportTraceServiceResponse", "resource_spans", "rejected_spans"),
+    METRICS: SignalSpec(METRICS, "/v1/metrics", "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2",
+                        "ExportMetricsServiceRequest", "ExportMetricsServiceResponse", "resource_metrics",
+                        "rejected_data_points"),
+    LOGS: SignalSpec(LOGS, "/v1/logs", "opentelemetry.proto.collector.logs.v1.logs_service_pb2",
+                     "ExportLogsServiceRequest", "ExportLogsServiceResponse", "resource_logs", "rejected_log_records"),
+}
+PATHS: Dict[str, str] = {s.path: s.signal for s in SPECS.values()}
+
+_modules: Dict[str, Any] = {}
+
+
+def _module(name: str):
+    module = _modules.get(name)
+    if module is None:
+        module = _modules[name] = __import__(name, fromlist=("_",))
+    return module
+
+
+def spec(signal: str) -> SignalSpec:
+    try:
+        return SPECS[signal]
+    except KeyError:
+        raise ValueError(f"unknown signal {signal!r}") from None
+
+
+def signal_url(base: str, signal: str) -> str:
+    """The per-signal URL for a base endpoint: ``/v1/<signal>`` appended to its path.
+
+    The query string (some backends take a token there) stays a query string, after the path.
+    """
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/") + spec(signal).path
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+# --- records -----------------------------------------------------------------------------
+
+_METRIC_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+
+
+def count_records(signal: str, item: Any) -> int:
+    """Spans, metric data points (of every kind) or log records in one Resource* item."""
+    if signal == TRACES:
+        return sum(len(ss.spans) for ss in item.scope_spans)
+    if signal == LOGS:
+        return sum(len(sl.log_records) for sl in item.scope_logs)
+    if signal == METRICS:
+        n = 0
+        for sm in item.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind in _METRIC_KINDS:
+                    n += len(getattr(metric, kind).data_points)
+        return n
+    raise ValueError(f"unknown signal {signal!r}")
+
+
+# --- requests and responses ----------------------------------------------------------------
+
+
+def build_request(signal: str, items: Iterable[Any]):
+    """The ``Export*ServiceRequest`` carrying ``items`` (Resource* messages of ``signal``)."""
+    s = spec(signal)
+    request = s.request_class()
+    getattr(request, s.items_field).extend(items)
+    return request
+
+
+def encode_request(signal: str, items: Iterable[Any], content_type: str = PROTOBUF) -> bytes:
+    """The wire bytes of one export request (uncompressed)."""
+    return encode_message(build_request(signal, items), content_type)
+
+
+def build_response(signal: str, rejected: int = 0, message: str = ""):
+    """An ``Export*ServiceResponse``; with ``partial_success`` set when something was refused."""
+    s = spec(signal)
+    response = s.response_class()
+    if rejected or message:
+        setattr(response.partial_success, s.rejected_field, rejected)
+        response.partial_success.error_message = message
+    return response
+
+
+def partial_success(signal: str, content: bytes, content_type: str = PROTOBUF) -> Tuple[int, str]:
+    """(rejected records, message) from an export response body; a non-OTLP body counts as none.
+
+    A negative count is read as none; the caller caps it at what it sent.
+    """
+    if not content:
+        return 0, ""
+    s = spec(signal)
+    try:
+        response = decode_message(s.response_class, content, content_type)
+    except ValueError:  # e.g. an HTML page from a proxy: success without details
+        return 0, ""
+    ps = response.partial_success
+    rejected = getattr(ps, s.rejected_field)
+    return (rejected if rejected > 0 else 0), ps.error_message
+
+
+def decode_request(signal: str, body: bytes, content_type: str = PROTOBUF):
+    """Body (uncompressed) -> ``Export*ServiceRequest``. Raises ValueError with a short reason."""
+    return decode_message(spec(signal).request_class, body, content_type)
+
+
+def encode_message(message, content_type: str = PROTOBUF) -> bytes:
+    if content_type == JSON:
+        from google.protobuf import json_format
+
+        obj = json_format.MessageToDict(message, use_integers_for_enums=True)
+        return json.dumps(_ids(obj, _b64_to_hex), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return message.SerializeToString()
+
+
+def decode_message(cls, body: bytes, content_type: str = PROTOBUF):
+    """One message of ``cls`` from protobuf or OTLP/JSON bytes. Raises ValueError."""
+    if content_type != JSON:
+        from google.protobuf.message import DecodeError
+
+        try:
+            return cls.FromString(body)
+        except DecodeError as exc:
+            raise ValueError(f"invalid protobuf {cls.__name__}: {exc}") from None
+    from google.protobuf import json_format
+
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"OTLP/JSON body must be an object, got {type(obj).__name__}")
+    obj = _ids(obj, _hex_to_b64)
+    try:
+        return json_format.ParseDict(obj, cls(), ignore_unknown_fields=True)
+    except Exception as exc:  # ParseError mostly; any parser surprise is still the body's fault
+        raise ValueError(f"not an OTLP/JSON {cls.__name__}: {exc}") from None
+
+
+def _b64_to_hex(value: str) -> str:
+    import binascii
+
+    return binascii.a2b_base64(value).hex()
+
+
+def _hex_to_b64(value: str) -> str:
+    import binascii
+
+    try:
+        return binascii.b2a_base64(bytes.fromhex(value), newline=False).decode("ascii")
+    except ValueError:
+        raise ValueError(f"id {value[:64]!r} is not hex") from None
+
+
+def _ids(node: Any, convert, depth: int = 0) -> Any:
+    """Rewrite the id fields of an OTLP/JSON tree in place with ``convert`` (hex <-> base64)."""
+    if depth > _JSON_MAX_DEPTH:
+        raise ValueError("JSON nested too deeply")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _HEX_ID_KEYS and isinstance(value, str):
+                node[key] = convert(value)
+            elif isinstance(value, (dict, list)):
+                _ids(value, convert, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, (dict, list)):
+                _ids(value, convert, depth + 1)
+    return node
+
+
+# --- AnyValue and attributes -------------------------------------------------------------------
+
+
+def set_str(target, text: str) -> None:
+    """``target.string_value = text``, surviving lone surrogates (from JSON ``\\ud800``)."""
+    try:
+        target.string_value = text
+    except ValueError:
+        target.string_value = text.encode("utf-8", "replace").decode("utf-8")
+
+
+def set_key(kv, key: object) -> None:
+    key = key if isinstance(key, str) else str(key)
+    try:
+        kv.key = key[:256]
+    except ValueError:
+        kv.key = key[:256].encode("utf-8", "replace").decode("utf-8")
+
+
+def set_any_value(target, value: object, depth: int = 0) -> None:
+    """Fill an ``AnyValue`` from a Python (JSON) value, bounded in depth and width.
+
+    bool before int (a bool is an int); an int outside int64 and any other type become a
+    string; None leaves the value empty.
+    """
+    if isinstance(value, str):
+        set_str(target, value)
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        if _INT64_MIN <= value <= _INT64_MAX:
+            target.int_value = value
+        else:
+            target.string_value = str(value)
+    elif isinstance(value, float):
+        target.double_value = value
+    elif value is None:
+        return
+    elif depth >= MAX_ANY_DEPTH:
+        target.string_value = "[truncated: nested too deep]"
+    elif isinstance(value, dict):
+        kvlist = target.kvlist_value
+        kvlist.SetInParent()
+        for i, (key, item) in enumerate(value.items()):
+            if i >= MAX_ANY_ITEMS:
+                break
+            kv = kvlist.values.add()
+            set_key(kv, key)
+            set_any_value(kv.value, item, depth + 1)
+    elif isinstance(value, list):
+        array = target.array_value
+        array.SetInParent()
+        for item in value[:MAX_ANY_ITEMS]:
+            set_any_value(array.values.add(), item, depth + 1)
+    else:
+        target.string_value = type(value).__name__
+
+
+def set_attributes(repeated, attributes: Union[Mapping[str, AttrValue], Sequence[Tuple[str, AttrValue]]]) -> None:
+    """Append (key, value) pairs to a repeated ``KeyValue`` field."""
+    # dict first: typing.Mapping's isinstance check is slow, and this runs once per log record.
+    items = attributes.items() if isinstance(attributes, (dict, abc.Mapping)) else attributes
+    for key, value in items:
+        kv = repeated.add()
+        kv.key = key
+        # The common scalar cases inline (this is on the per-record path); the rest, checked.
+        kind = type(value)
+        if kind is str:
+            set_str(kv.value, value)
+        elif kind is bool:
+            kv.value.bool_value = value
+        elif kind is float:
+            kv.value.double_value = value
+        else:
+            set_any_value(kv.value, value)
