@@ -214,6 +214,8 @@ def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[
     except ConfigError as exc:
         raise StartupError("Extension.ConfigInvalid", f"lambda-otel configuration error: {exc}") from None
     setup_logging(config.log_level)
+    for warning in config.warnings:  # shared OTEL_*/AWS_* values we cannot use: said once, never fatal
+        log.warning("%s", warning)
 
     host = listener_host()
     try:

@@ -1,39 +1,57 @@
 """Configuration from environment variables, validated once at start.
 
-Lambda extensions share the function's environment, so two families are read:
-the standard ``OTEL_*`` variables (shared with the function's own SDK) and
-``LAMBDA_OTEL_*`` variables, which are ours alone and win where both exist.
-That precedence is what lets a function point its SDK at our receiver with
-``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`` while the extension
-exports elsewhere with ``LAMBDA_OTEL_EXPORTER_ENDPOINT``.
+Lambda extensions share the function's environment, so three families are read: the standard
+``OTEL_*`` variables (shared with the function's own SDK), ``AWS_*`` variables (set by Lambda)
+and ``LAMBDA_OTEL_*`` variables, which are ours alone and win where both exist. That precedence
+is what lets a function point its SDK at our receiver with
+``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318`` while the extension exports elsewhere with
+``LAMBDA_OTEL_EXPORTER_ENDPOINT``.
 
-Every error names the variable and the allowed values, because the message ends
-up in ``/extension/init/error`` and in the function's logs, where it must be
-enough to fix the problem.
+Every variable is declared once, as a ``Setting`` row of ``SETTINGS``: its names in precedence
+order, the ``Config`` field it fills, how it is parsed and bounded, and what it means. The
+default is the dataclass field's default (one owner per fact). ``load_config`` reads through
+that table only, ``VARIABLES`` is derived from it, and the configuration reference
+(docs/configuration.md and the table in README.rst) is generated from it by
+``python -m lambda_otel.config_reference --write``; a test fails when they disagree.
+
+To add a variable: give its field a default in the right dataclass below, add a ``Setting`` row
+to ``SETTINGS`` (or, for a value another module reads itself, a row with ``field=None`` and
+``read_by``), then regenerate the reference.
+
+Who may fail init: only a ``LAMBDA_OTEL_*`` value (ours alone) that we cannot use raises
+``ConfigError``, whose message names the variable and the allowed values, because it ends up in
+``/extension/init/error`` and in the function's logs, where it must be enough to fix the problem.
+A shared ``OTEL_*`` or Lambda ``AWS_*`` value we cannot use is valid for someone else: it is
+skipped (the next variable of the row, or the default, is used) and ``Config.warnings`` says so,
+to be logged once at start. Messages never contain header values or the credentials of a URL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple, TypeVar
-from urllib.parse import unquote, urlsplit
-
-from lambda_otel.otlp import signal_url
-
-T = TypeVar("T")
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 STRATEGIES = ("default", "end", "periodic", "continuous")
 TELEMETRY_TYPES = ("platform", "function", "extension")
-TEMPORALITIES = ("cumulative", "delta", "lowmemory")
+TEMPORALITIES = ("cumulative", "delta")
 XRAY_LINK = "link"
 XRAY_PARENT = "parent"
 XRAY_MODES = (XRAY_LINK, XRAY_PARENT)
 LOG_LEVELS = ("debug", "info", "warning", "error")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0", "sandbox.localdomain", "sandbox")
+SIGNALS = ("traces", "metrics", "logs")
+LOOPBACK_HOSTS = (
+    "127.0.0.1", "localhost", "::1", "0.0.0.0", "sandbox.localdomain", "sandbox",
+    "localhost.localdomain", "ip6-localhost", "ip6-loopback",
+)
+OURS = "LAMBDA_OTEL_"
+RESOLVE_TIMEOUT_S = 0.5  # the self-export check's one name lookup at start
 
 
 class InitType(enum.Enum):
@@ -58,6 +76,13 @@ class InitType(enum.Enum):
             return cls.ON_DEMAND
 
 
+class OtlpProtocol(enum.Enum):
+    """How one signal is exported (``OTEL_EXPORTER_OTLP_[<SIGNAL>_]PROTOCOL``)."""
+
+    HTTP_PROTOBUF = "http/protobuf"
+    HTTP_JSON = "http/json"
+
+
 class ConfigError(ValueError):
     """A configuration variable has a value we cannot use."""
 
@@ -66,11 +91,17 @@ class ConfigError(ValueError):
         self.variable = variable
 
 
+# --- the configuration objects (field defaults are THE defaults) ------------------------------
+
+
 @dataclass(frozen=True)
 class ExporterConfig:
     traces_endpoint: Optional[str] = None
     metrics_endpoint: Optional[str] = None
     logs_endpoint: Optional[str] = None
+    traces_protocol: OtlpProtocol = OtlpProtocol.HTTP_PROTOBUF
+    metrics_protocol: OtlpProtocol = OtlpProtocol.HTTP_PROTOBUF
+    logs_protocol: OtlpProtocol = OtlpProtocol.HTTP_PROTOBUF
     headers: Dict[str, str] = field(default_factory=dict)
     compression: str = "gzip"
     timeout_s: float = 10.0
@@ -78,6 +109,9 @@ class ExporterConfig:
 
     def endpoint(self, signal: str) -> Optional[str]:
         return {"traces": self.traces_endpoint, "metrics": self.metrics_endpoint, "logs": self.logs_endpoint}[signal]
+
+    def protocol(self, signal: str) -> OtlpProtocol:
+        return {"traces": self.traces_protocol, "metrics": self.metrics_protocol, "logs": self.logs_protocol}[signal]
 
     @property
     def any_endpoint(self) -> bool:
@@ -105,6 +139,13 @@ class QueueConfig:
     max_bytes: Optional[int] = None
     max_records: Optional[int] = None
     memory_mb: int = 128
+
+    def budget(self) -> Tuple[int, int]:
+        """The effective ``(max_bytes, max_records)``: what is set, else the aggregator's rule."""
+        from .aggregator import budget_from_memory  # stdlib-only module, cheap
+
+        derived_bytes, derived_records = budget_from_memory(self.memory_mb)
+        return self.max_bytes or derived_bytes, self.max_records or derived_records
 
 
 @dataclass(frozen=True)
@@ -135,353 +176,644 @@ class ReceiverConfig:
 
 
 @dataclass(frozen=True)
+class FunctionConfig:
+    """What Lambda tells us about the function, for the resource."""
+
+    name: Optional[str] = None
+    version: Optional[str] = None
+    region: Optional[str] = None
+    log_stream_name: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Config:
-    extension_name: str = "lambda-otel"
+    extension_name: Optional[str] = None  # None: the executable's file name (app.extension_name)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     flush: FlushConfig = field(default_factory=FlushConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
+    function: FunctionConfig = field(default_factory=FunctionConfig)
     service_name: Optional[str] = None
     resource_attributes: Dict[str, str] = field(default_factory=dict)
     metrics_temporality: str = "cumulative"
     xray_mode: str = "link"
     log_level: str = "info"
     init_type: InitType = InitType.ON_DEMAND
+    # Shared values we could not use and what we do instead: log each once at start.
+    warnings: Tuple[str, ...] = ()
 
 
-# --- small typed readers -------------------------------------------------------------------
+# --- redaction: nothing secret in a message ----------------------------------------------------
 
 
-def _get(env: Mapping[str, str], *names: str) -> Tuple[Optional[str], Optional[str]]:
-    """First non-empty variable among ``names``: (name, value)."""
-    for name in names:
-        value = env.get(name)
-        if value is not None and value.strip() != "":
-            return name, value.strip()
-    return None, None
-
-
-def _int(env: Mapping[str, str], name: str, default: T, lo: int, hi: int) -> T | int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
+def redact_url(url: str) -> str:
+    """``url`` with its user info and query values replaced by ``<redacted>``, for messages."""
     try:
-        value = int(raw.strip())
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
     except ValueError:
-        raise ConfigError(name, f"{raw!r} is not a whole number (allowed: {lo}..{hi})") from None
-    if not lo <= value <= hi:
-        raise ConfigError(name, f"{value} is out of range (allowed: {lo}..{hi})")
-    return value
+        return "<unparsable URL>"
+    if not parts.scheme or not parts.netloc:
+        # Not a URL we can take apart: never echo anything that may hold a secret.
+        return "<redacted>" if any(c in url for c in "@?#") else url
+    netloc = f"<redacted>@{host}" if "@" in parts.netloc else host
+    query = "&".join(
+        f"{pair.partition('=')[0]}=<redacted>" if "=" in pair else "<redacted>" for pair in parts.query.split("&") if pair
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def _ms(env: Mapping[str, str], name: str, default_s: float, lo_ms: int, hi_ms: int) -> float:
-    value = _int(env, name, None, lo_ms, hi_ms)
-    return default_s if value is None else value / 1000.0
+# --- parsers: raw text -> value, or ValueError saying what is allowed --------------------------
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: Tuple[str, ...]) -> str:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value not in allowed:
-        raise ConfigError(name, f"{raw!r} is not allowed (allowed: {', '.join(allowed)})")
-    return value
+def _unset(raw: Optional[str]) -> bool:
+    return raw is None or raw.strip() == ""
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(name, f"{raw!r} is not a boolean (allowed: true, false)")
+@dataclass(frozen=True)
+class Int:
+    lo: int
+    hi: int
+    reserved: Tuple[int, ...] = ()
+
+    @property
+    def allowed(self) -> str:
+        extra = f" except {', '.join(map(str, self.reserved))}" if self.reserved else ""
+        return f"{self.lo}..{self.hi}{extra}"
+
+    def __call__(self, raw: str, name: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a whole number (allowed: {self.allowed})") from None
+        if not self.lo <= value <= self.hi:
+            raise ValueError(f"{value} is out of range (allowed: {self.allowed})")
+        if value in self.reserved:
+            raise ValueError(f"{value} is reserved by Lambda (allowed: {self.allowed})")
+        return value
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Millis(Int):
+    """Milliseconds in the environment, seconds in ``Config``."""
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.lo}..{self.hi} ms"
+
+    def __call__(self, raw: str, name: str) -> float:  # type: ignore[override]
+        return Int.__call__(self, raw, name) / 1000.0
+
+    def show(self, value: Any) -> str:
+        return str(round(value * 1000))
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: Tuple[str, ...]
+    aliases: Tuple[Tuple[str, str], ...] = ()  # (spelling, value it means)
+    unsupported: Tuple[str, ...] = ()  # valid elsewhere, not here
+    convert: Optional[Callable[[str], Any]] = None
+
+    @property
+    def allowed(self) -> str:
+        return ", ".join(self.values + tuple(a for a, _ in self.aliases))
+
+    def __call__(self, raw: str, name: str) -> Any:
+        value = dict(self.aliases).get(raw.lower(), raw.lower())
+        if value not in self.values:
+            verb = "not supported by lambda-otel" if value in self.unsupported else "not allowed"
+            raise ValueError(f"{raw!r} is {verb} (allowed: {self.allowed})")
+        return self.convert(value) if self.convert else value
+
+    def show(self, value: Any) -> str:
+        return value.value if isinstance(value, enum.Enum) else str(value)
+
+
+@dataclass(frozen=True)
+class Bool:
+    allowed: str = "true, false"
+
+    def __call__(self, raw: str, name: str) -> bool:
+        value = raw.lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{raw!r} is not a boolean (allowed: true, false)")
+
+    def show(self, value: Any) -> str:
+        return "true" if value else "false"
+
+
+@dataclass(frozen=True)
+class Text:
+    allowed: str = "any text"
+
+    def __call__(self, raw: str, name: str) -> str:
+        return raw
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Subset:
+    values: Tuple[str, ...]
+
+    @property
+    def allowed(self) -> str:
+        return f"a comma-separated subset of {', '.join(self.values)}"
+
+    def __call__(self, raw: str, name: str) -> Tuple[str, ...]:
+        requested = tuple(t.strip().lower() for t in raw.split(",") if t.strip())
+        if not requested or any(t not in self.values for t in requested):
+            raise ValueError(f"{raw!r} is not allowed (allowed: {self.allowed})")
+        return tuple(t for t in self.values if t in requested)
+
+    def show(self, value: Any) -> str:
+        return ",".join(value)
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    """``k1=v1,k2=v2`` (percent-decoded, W3C baggage style), as OTEL_EXPORTER_OTLP_HEADERS and
+    OTEL_RESOURCE_ATTRIBUTES are written. Never echoes the value: headers carry secrets."""
+
+    allowed: str = "key=value pairs separated by commas, percent-encoded, no control characters"
+
+    def __call__(self, raw: str, name: str) -> Dict[str, str]:
+        result: Dict[str, str] = {}
+        for part in raw.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            key, value = unquote(key.strip()), unquote(value.strip())
+            if not sep or not key:
+                raise ValueError("every entry must look like key=value, separated by commas")
+            if any(ord(c) < 32 or ord(c) == 127 for c in key + value):
+                # A decoded %0A/%0D%0A would split an HTTP header or a log line.
+                raise ValueError("an entry contains a line break or another control character")
+            result[key] = value
+        return result
+
+    def show(self, value: Any) -> str:
+        return ",".join(f"{k}={v}" for k, v in value.items())
 
 
 def parse_key_values(name: str, raw: str) -> Dict[str, str]:
-    """``k1=v1,k2=v2`` as used by OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES.
-
-    Values are percent-decoded (W3C baggage style), as the OpenTelemetry spec says.
-    """
-    result: Dict[str, str] = {}
-    for part in raw.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        key = unquote(key.strip())
-        if not sep or not key:
-            # Never echo the value: headers may carry secrets.
-            raise ConfigError(name, "every entry must look like key=value, separated by commas")
-        result[key] = unquote(value.strip())
-    return result
-
-
-def _endpoint_url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, f"{raw!r} is not an http:// or https:// URL")
+    """``k1=v1,k2=v2`` as used by OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES."""
     try:
+        return KeyValues()(raw, name)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+
+
+def _check_url(raw: str) -> None:
+    shown = redact_url(raw)
+    try:
+        parts = urlsplit(raw)
         parts.port
     except ValueError:
-        raise ConfigError(name, f"{raw!r} has an invalid port") from None
-    return raw
+        raise ValueError(f"{shown!r} has an invalid port or address (allowed: an http:// or https:// URL)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{shown!r} is not an http:// or https:// URL")
 
 
-def _signal_endpoints(env: Mapping[str, str]) -> Tuple[Dict[str, Optional[str]], Dict[str, Optional[str]]]:
-    """Per-signal URLs and the variable each came from.
+@dataclass(frozen=True)
+class Endpoint:
+    """An OTLP/HTTP URL for one signal. A base endpoint (``*_EXPORTER_ENDPOINT``,
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``) gets ``/v1/<signal>`` appended to its path (before any query);
+    a per-signal one is used as is, as the OTLP exporter specification says."""
 
-    A base endpoint gets ``/v1/<signal>`` appended; a per-signal variable is used as is,
-    as the OTLP exporter specification says.
+    signal: str
+    allowed: str = "an http:// or https:// URL"
+
+    def __call__(self, raw: str, name: str) -> str:
+        _check_url(raw)
+        if name not in BASE_ENDPOINTS:
+            return raw
+        from .otlp import signal_url  # the signal's path is OTLP's fact
+
+        return signal_url(raw, self.signal)
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True)
+class CaFile:
+    allowed: str = "path to a PEM CA bundle"
+
+    def __call__(self, raw: str, name: str) -> str:
+        if not os.path.isfile(raw):
+            raise ValueError(f"{raw!r} is not a readable file (allowed: path to a PEM CA bundle)")
+        return raw
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+BASE_ENDPOINTS = ("LAMBDA_OTEL_EXPORTER_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration value: the variables that set it, first set wins."""
+
+    field: Optional[str]  # dotted path in Config ("flush.interval_s"); None: see read_by
+    names: Tuple[str, ...]  # precedence order: ours (LAMBDA_OTEL_*) first, then shared ones
+    parser: Any  # Int, Millis, Choice, ...: (raw, name) -> value, raises ValueError
+    doc: str
+    section: str
+    default_doc: Optional[str] = None  # when the default is computed, say how
+    read_by: Optional[str] = None  # for field=None rows: the module that reads the variable itself
+    unset_doc: Optional[str] = None  # what having no usable value means, for the warning
+
+    def default(self) -> Any:
+        if self.field is None:
+            return None
+        return _field_default(self.field)
+
+    def default_text(self) -> str:
+        if self.default_doc is not None:
+            return self.default_doc
+        value = self.default()
+        return "(none)" if value is None else self.parser.show(value)
+
+
+def _field_default(path: str) -> Any:
+    cls: Any = Config
+    *parents, leaf = path.split(".")
+    for part in parents:
+        cls = _fields(cls)[part].default_factory
+    f = _fields(cls)[leaf]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _fields(cls: Any) -> Dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _exporter_names(suffix: str, signal: Optional[str] = None) -> Tuple[str, ...]:
+    """Ours before shared; within each family the per-signal variable before the general one."""
+    if signal is None:
+        return (f"LAMBDA_OTEL_EXPORTER_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}")
+    s = signal.upper()
+    return (f"LAMBDA_OTEL_EXPORTER_{s}_{suffix}", f"LAMBDA_OTEL_EXPORTER_{suffix}",
+            f"OTEL_EXPORTER_OTLP_{s}_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}")
+
+
+EXPORT = "Export"
+FLUSH = "Flushing"
+BUFFER = "Buffering"
+TELEMETRY = "Telemetry API"
+RECEIVER = "Receiver"
+RESOURCE = "Resource"
+EXTENSION = "Extension"
+LAMBDA = "Set by Lambda"
+SECTIONS = (EXPORT, FLUSH, BUFFER, TELEMETRY, RECEIVER, RESOURCE, EXTENSION, LAMBDA)
+
+SETTINGS: Tuple[Setting, ...] = (
+    *(
+        Setting(f"exporter.{signal}_endpoint", _exporter_names("ENDPOINT", signal), Endpoint(signal),
+                "Where the signal is exported. The base variables (``LAMBDA_OTEL_EXPORTER_ENDPOINT``, "
+                "``OTEL_EXPORTER_OTLP_ENDPOINT``) get ``/v1/traces``, ``/v1/metrics`` or ``/v1/logs`` appended "
+                "to their path; the per-signal ones are used as is. An endpoint that is lambda-otel's own "
+                "receiver (in any spelling, or a name that resolves to loopback) is refused: from "
+                "``LAMBDA_OTEL_*`` at init, from ``OTEL_*`` (the function's SDK pointing at us) with a warning.",
+                EXPORT, unset_doc=f"exports no {signal}")
+        for signal in SIGNALS
+    ),
+    *(
+        Setting(f"exporter.{signal}_protocol", _exporter_names("PROTOCOL", signal),
+                Choice(("http/protobuf", "http/json"), unsupported=("grpc",), convert=OtlpProtocol),
+                "OTLP encoding of the signal's exports. ``grpc`` (valid for the function's SDK) is not "
+                "supported: lambda-otel keeps OTLP/HTTP with protobuf and says so once.", EXPORT)
+        for signal in SIGNALS
+    ),
+    Setting("exporter.headers", _exporter_names("HEADERS"), KeyValues(),
+            "``key=value,key2=value2`` (percent-decoded) sent with every export. Values never appear in logs "
+            "or errors.", EXPORT, default_doc="(none)", unset_doc="sends no extra headers"),
+    Setting("exporter.compression", _exporter_names("COMPRESSION"), Choice(("gzip", "none")),
+            "Compression of export bodies.", EXPORT),
+    Setting("exporter.timeout_s", _exporter_names("TIMEOUT"), Millis(1, 600_000),
+            "Per-request timeout; every request is also cut to the invocation's or the shutdown's deadline.",
+            EXPORT),
+    Setting("exporter.certificate", _exporter_names("CERTIFICATE"), CaFile(),
+            "PEM CA bundle to verify the backend. Verification is never turned off.", EXPORT,
+            default_doc="system CAs"),
+    Setting("metrics_temporality", _exporter_names("METRICS_TEMPORALITY_PREFERENCE"),
+            Choice(TEMPORALITIES, aliases=(("lowmemory", "delta"),)),
+            "Temporality of lambda-otel's metrics. ``lowmemory`` means delta here (all our instruments are "
+            "counters and histograms).", EXPORT),
+    Setting("flush.strategy", ("LAMBDA_OTEL_FLUSH_STRATEGY",), Choice(STRATEGIES),
+            "When to export (see Flushing).", FLUSH),
+    Setting("flush.interval_s", ("LAMBDA_OTEL_FLUSH_INTERVAL_MS",), Millis(100, 3_600_000),
+            "Interval of the time-based strategies.", FLUSH),
+    Setting("flush.flush_budget_s", ("LAMBDA_OTEL_FLUSH_BUDGET_MS",), Millis(10, 60_000),
+            "Longest an end-of-invocation flush may hold ``/next``; also the per-invocation export budget.", FLUSH),
+    Setting("flush.runtime_done_wait_s", ("LAMBDA_OTEL_RUNTIME_DONE_WAIT_MS",), Millis(0, 60_000),
+            "How long a hold waits for ``platform.runtimeDone`` after one was missed (normally it waits up to "
+            "the invocation deadline); halved after each further miss, restored when one is seen.", FLUSH),
+    Setting("flush.deadline_margin_s", ("LAMBDA_OTEL_DEADLINE_MARGIN_MS",), Millis(0, 10_000),
+            "Nothing is held or sent closer than this to the invocation's deadline.", FLUSH),
+    Setting("flush.shutdown_margin_s", ("LAMBDA_OTEL_SHUTDOWN_MARGIN_MS",), Millis(0, 1500),
+            "The final flush ends this long before SHUTDOWN's ``deadlineMs``.", FLUSH),
+    Setting("flush.max_batch_records", ("LAMBDA_OTEL_MAX_BATCH_RECORDS",), Int(1, 100_000),
+            "Records per export request at most. The buffer must hold at least one batch.", FLUSH),
+    Setting("flush.max_batch_bytes", ("LAMBDA_OTEL_MAX_BATCH_BYTES",), Int(1024, 64 * 1024 * 1024),
+            "Bytes (uncompressed) per export request at most. The buffer must hold at least one batch.", FLUSH),
+    Setting("flush.breaker_failures", ("LAMBDA_OTEL_BREAKER_FAILURES",), Int(1, 1000),
+            "Consecutive failed flushes that open the circuit breaker (see Flushing).", FLUSH),
+    Setting("flush.breaker_max_backoff_s", ("LAMBDA_OTEL_BREAKER_MAX_BACKOFF_MS",), Millis(100, 3_600_000),
+            "Longest wait between two probes of a backend that is down.", FLUSH),
+    Setting("queue.max_bytes", ("LAMBDA_OTEL_QUEUE_MAX_BYTES",), Int(64 * 1024, 1024 * 1024 * 1024),
+            "Memory budget for buffered telemetry, in bytes (see Memory). At least one batch "
+            "(``LAMBDA_OTEL_MAX_BATCH_BYTES``).", BUFFER, default_doc="from memory size"),
+    Setting("queue.max_records", ("LAMBDA_OTEL_QUEUE_MAX_RECORDS",), Int(100, 10_000_000),
+            "Record budget for buffered telemetry. At least one batch (``LAMBDA_OTEL_MAX_BATCH_RECORDS``).",
+            BUFFER, default_doc="from memory size"),
+    Setting("telemetry.port", ("LAMBDA_OTEL_TELEMETRY_PORT",), Int(1024, 65535, reserved=(9001,)),
+            "Port of the Telemetry API listener.", TELEMETRY),
+    Setting("telemetry.types", ("LAMBDA_OTEL_TELEMETRY_TYPES",), Subset(TELEMETRY_TYPES),
+            "Telemetry API event types to subscribe to.", TELEMETRY),
+    Setting("telemetry.max_items", ("LAMBDA_OTEL_TELEMETRY_MAX_ITEMS",), Int(1000, 10000),
+            "Telemetry API buffering: events per POST at most.", TELEMETRY),
+    Setting("telemetry.max_bytes", ("LAMBDA_OTEL_TELEMETRY_MAX_BYTES",), Int(262144, 1048576),
+            "Telemetry API buffering: bytes per POST at most.", TELEMETRY),
+    Setting("telemetry.timeout_ms", ("LAMBDA_OTEL_TELEMETRY_TIMEOUT_MS",), Int(25, 30000),
+            "Telemetry API buffering: longest Lambda holds events, in ms. The default is the minimum: "
+            "``platform.runtimeDone`` reaches us ~25 ms after the function returns, so an "
+            "end-of-invocation flush holds ``/next`` only briefly.", TELEMETRY),
+    Setting("telemetry.report_grace_s", ("LAMBDA_OTEL_REPORT_GRACE_MS",), Millis(0, 1500),
+            "At SHUTDOWN, how long to wait for the last invocation's ``platform.report``.", TELEMETRY),
+    Setting("receiver.enabled", ("LAMBDA_OTEL_RECEIVER_ENABLED",), Bool(),
+            "Run the OTLP receiver for the function's own telemetry.", RECEIVER),
+    Setting("receiver.port", ("LAMBDA_OTEL_RECEIVER_PORT",), Int(1024, 65535),
+            "Its port, on 127.0.0.1 only; must differ from ``LAMBDA_OTEL_TELEMETRY_PORT``.", RECEIVER),
+    Setting("receiver.max_body_bytes", ("LAMBDA_OTEL_RECEIVER_MAX_BODY_BYTES",), Int(1024, 64 * 1024 * 1024),
+            "Largest request body the receiver reads (413 beyond).", RECEIVER),
+    Setting("receiver.max_decompressed_bytes", ("LAMBDA_OTEL_RECEIVER_MAX_DECOMPRESSED_BYTES",),
+            Int(1024, 256 * 1024 * 1024), "Largest inflated body the receiver decodes (413 beyond).", RECEIVER),
+    Setting("service_name", ("LAMBDA_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME"), Text(),
+            "``service.name`` of the extension's telemetry.", RESOURCE, default_doc="function name"),
+    Setting("resource_attributes", ("OTEL_RESOURCE_ATTRIBUTES",), KeyValues(),
+            "Extra resource attributes, ``key=value,...`` (percent-decoded).", RESOURCE,
+            default_doc="(none)", unset_doc="adds no attributes"),
+    Setting("xray_mode", ("LAMBDA_OTEL_XRAY_PARENT",), Choice(XRAY_MODES),
+            "How the X-Ray parent is attached to the invocation span (see Traces).", RESOURCE),
+    Setting("extension_name", ("LAMBDA_OTEL_EXTENSION_NAME",), Text(),
+            "Name registered with the Extensions API (must equal the file name in ``/opt/extensions``).",
+            EXTENSION, default_doc="executable name"),
+    Setting("log_level", ("LAMBDA_OTEL_LOG_LEVEL",), Choice(LOG_LEVELS),
+            "lambda-otel logs only lifecycle events and one line per kind of problem, never per telemetry event.",
+            EXTENSION),
+    Setting("init_type", ("AWS_LAMBDA_INITIALIZATION_TYPE",), Choice(tuple(t.value for t in InitType), convert=InitType),
+            "Kind of execution environment; decides registration and flushing.", LAMBDA),
+    Setting("queue.memory_mb", ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE",), Int(1, 1_048_576),
+            "Function memory in MB: sizes the buffer budget and ``faas.max_memory``.", LAMBDA),
+    Setting("function.name", ("AWS_LAMBDA_FUNCTION_NAME",), Text(), "``faas.name`` (and the default "
+            "``service.name``).", LAMBDA, default_doc="``unknown_function``"),
+    Setting("function.version", ("AWS_LAMBDA_FUNCTION_VERSION",), Text(), "``faas.version``.", LAMBDA),
+    Setting("function.region", ("AWS_REGION", "AWS_DEFAULT_REGION"), Text(), "``cloud.region``.", LAMBDA),
+    Setting("function.log_stream_name", ("AWS_LAMBDA_LOG_STREAM_NAME",), Text(),
+            "``faas.instance`` when present.", LAMBDA, default_doc="a random id per environment"),
+    Setting(None, ("AWS_LAMBDA_RUNTIME_API",), Text(), "Host and port of the Lambda APIs.", LAMBDA,
+            read_by="app.py"),
+)
+
+VARIABLES: Tuple[str, ...] = tuple(dict.fromkeys(name for s in SETTINGS for name in s.names))
+
+
+# --- reading the table ---------------------------------------------------------------------------
+
+
+def is_ours(name: str) -> bool:
+    """Only our own variables may fail init; the others belong to the function or to Lambda."""
+    return name.startswith(OURS)
+
+
+class _Reader:
+    """Resolves each Setting from the environment, collecting warnings for shared values."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.sources: Dict[str, Optional[str]] = {}  # field -> variable its value came from
+        self._warnings: Dict[str, str] = {}  # variable -> message (one per variable)
+
+    @property
+    def warnings(self) -> Tuple[str, ...]:
+        return tuple(self._warnings.values())
+
+    def warn(self, name: str, message: str) -> None:
+        self._warnings.setdefault(name, f"{name}: {message}")
+
+    def read(self, setting: Setting) -> Any:
+        chosen, source = None, None
+        skipped: List[Tuple[str, str]] = []
+        for name in setting.names:
+            if source is not None and not is_ours(name):
+                break  # a shared value shadowed by a usable one is none of our business
+            raw = self._env.get(name)
+            if _unset(raw):
+                continue
+            try:
+                value = setting.parser(raw.strip(), name)
+            except ValueError as exc:
+                if is_ours(name):
+                    raise ConfigError(name, str(exc)) from None
+                skipped.append((name, str(exc)))
+                continue
+            if source is None:
+                chosen, source = value, name
+        if source is None:
+            chosen = setting.default()
+        for name, problem in skipped:
+            if source is not None:
+                instead = f"uses {source} instead"
+            elif setting.unset_doc is not None:
+                instead = setting.unset_doc
+            elif chosen is not None or setting.default_doc is not None:
+                instead = f"uses the default ({setting.default_text()}) instead"
+            else:
+                instead = "leaves it unset"
+            self.warn(name, f"{problem}; ignored: lambda-otel {instead}")
+        if setting.field is not None:
+            self.sources[setting.field] = source
+        return chosen
+
+
+def load_config(env: Mapping[str, str] | None = None,
+                resolve: Optional[Callable[[str, int], Sequence[str]]] = None) -> Config:
+    """Read and validate every setting; raise ConfigError on the first bad ``LAMBDA_OTEL_*`` one.
+
+    ``resolve(host, port) -> addresses`` is the self-export check's name lookup (default: the
+    system resolver, bounded by RESOLVE_TIMEOUT_S).
     """
-    base_name, base = _get(env, "LAMBDA_OTEL_EXPORTER_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    if base is not None:
-        _endpoint_url(base_name, base)
-    urls: Dict[str, Optional[str]] = {}
-    sources: Dict[str, Optional[str]] = {}
-    for signal in ("traces", "metrics", "logs"):
-        upper = signal.upper()
-        name, value = _get(env, f"LAMBDA_OTEL_EXPORTER_{upper}_ENDPOINT", f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")
-        # LAMBDA_OTEL_EXPORTER_ENDPOINT beats the shared OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT.
-        if value is not None and not (name.startswith("OTEL_") and base_name == "LAMBDA_OTEL_EXPORTER_ENDPOINT"):
-            urls[signal] = _endpoint_url(name, value)
-            sources[signal] = name
-        elif base is not None:
-            urls[signal] = signal_url(base, signal)
-            sources[signal] = base_name
-        else:
-            urls[signal] = None
-            sources[signal] = None
-    return urls, sources
+    env = os.environ if env is None else env
+    reader = _Reader(env)
+    values: Dict[str, Any] = {s.field: reader.read(s) for s in SETTINGS if s.field is not None}
+
+    _check_ports(values)
+    _check_limits(values)
+    _check_self_export(values, reader, resolve or resolve_host)
+    return _build(values, reader.warnings)
+
+
+def _build(values: Mapping[str, Any], warnings: Tuple[str, ...]) -> Config:
+    groups: Dict[str, Dict[str, Any]] = {}
+    top: Dict[str, Any] = {}
+    for path, value in values.items():
+        parent, _, leaf = path.rpartition(".")
+        (groups.setdefault(parent, {}) if parent else top)[leaf] = value
+    fields = _fields(Config)
+    for parent, kwargs in groups.items():
+        top[parent] = fields[parent].default_factory(**kwargs)
+    return Config(**top, warnings=warnings)
+
+
+# --- checks across variables ----------------------------------------------------------------------
+
+
+def _check_ports(values: Mapping[str, Any]) -> None:
+    if values["receiver.enabled"] and values["receiver.port"] == values["telemetry.port"]:
+        raise ConfigError(
+            "LAMBDA_OTEL_RECEIVER_PORT",
+            f"{values['receiver.port']} is also LAMBDA_OTEL_TELEMETRY_PORT (allowed: two different ports)",
+        )
+
+
+def _check_limits(values: Mapping[str, Any]) -> None:
+    """A buffer smaller than one batch never counts as full: refuse it, naming both variables."""
+    queue = QueueConfig(values["queue.max_bytes"], values["queue.max_records"], values["queue.memory_mb"])
+    budget_bytes, budget_records = queue.budget()
+    batch_records, batch_bytes = values["flush.max_batch_records"], values["flush.max_batch_bytes"]
+    if budget_records < batch_records:
+        if queue.max_records is not None:
+            raise ConfigError("LAMBDA_OTEL_QUEUE_MAX_RECORDS",
+                              f"{budget_records} is below LAMBDA_OTEL_MAX_BATCH_RECORDS ({batch_records}): the buffer "
+                              f"must hold at least one batch (allowed: {batch_records} or more)")
+        raise ConfigError("LAMBDA_OTEL_MAX_BATCH_RECORDS",
+                          f"{batch_records} is above the buffer's {budget_records} records (derived from "
+                          f"AWS_LAMBDA_FUNCTION_MEMORY_SIZE; LAMBDA_OTEL_QUEUE_MAX_RECORDS sets it): the buffer must "
+                          f"hold at least one batch (allowed: 1..{budget_records})")
+    if budget_bytes < batch_bytes:
+        if queue.max_bytes is not None:
+            raise ConfigError("LAMBDA_OTEL_QUEUE_MAX_BYTES",
+                              f"{budget_bytes} is below LAMBDA_OTEL_MAX_BATCH_BYTES ({batch_bytes}): the buffer must "
+                              f"hold at least one batch (allowed: {batch_bytes} or more)")
+        raise ConfigError("LAMBDA_OTEL_MAX_BATCH_BYTES",
+                          f"{batch_bytes} is above the buffer's {budget_bytes} bytes (derived from "
+                          f"AWS_LAMBDA_FUNCTION_MEMORY_SIZE; LAMBDA_OTEL_QUEUE_MAX_BYTES sets it): the buffer must "
+                          f"hold at least one batch (allowed: 1024..{budget_bytes})")
 
 
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` is this machine, in any spelling a client would connect with, without DNS.
 
     Catches loopback and unspecified addresses however written (``127.1``, ``2130706433``, ``0``,
-    ``::ffff:127.0.0.1``), ``localhost`` / ``*.localhost`` (RFC 6761) and a trailing dot.
+    ``::ffff:127.0.0.1``), ``localhost`` / ``*.localhost`` (RFC 6761), the usual hosts-file names
+    (``localhost.localdomain``, ``ip6-localhost``) and a trailing dot.
     """
     host = host.strip().strip("[]").rstrip(".").lower()
     if host in LOOPBACK_HOSTS or host.endswith(".localhost"):
         return True
+    ip = _ip(host)
+    return ip is not None and _is_local_ip(ip)
+
+
+def _ip(text: str) -> Optional[ipaddress._BaseAddress]:
+    text = text.split("%", 1)[0]  # an IPv6 zone id
     try:
-        ip = ipaddress.ip_address(host)
+        return ipaddress.ip_address(text)
     except ValueError:
         try:
-            ip = ipaddress.ip_address(socket.inet_aton(host))  # the C library's shorthand forms
+            return ipaddress.ip_address(socket.inet_aton(text))  # the C library's shorthand forms
         except (OSError, ValueError):
-            return False
+            return None
+
+
+def _is_local_ip(ip: ipaddress._BaseAddress) -> bool:
     mapped = getattr(ip, "ipv4_mapped", None)
     if mapped is not None:
         ip = mapped
     return ip.is_loopback or ip.is_unspecified
 
 
-def _refuse_self_export(urls: Dict[str, Optional[str]], sources: Dict[str, Optional[str]], receiver: ReceiverConfig) -> None:
+def resolve_host(host: str, port: int, timeout: float = RESOLVE_TIMEOUT_S) -> Sequence[str]:
+    """The addresses ``host`` resolves to, or () when the lookup fails or takes longer than ``timeout``.
+
+    ``getaddrinfo`` has no timeout of its own, so it runs on a daemon thread we stop waiting for.
+    """
+    found: List[str] = []
+
+    def lookup() -> None:
+        try:
+            found.extend(str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP))
+        except (OSError, UnicodeError):
+            pass
+
+    thread = threading.Thread(target=lookup, name="config-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return () if thread.is_alive() else tuple(found)
+
+
+def _is_own_receiver(url: str, receiver_port: int, resolve: Callable[[str, int], Sequence[str]]) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if port != receiver_port:
+        return False  # the only case that needs no lookup, and by far the most common one
+    host = parts.hostname or ""
+    if is_loopback_host(host):
+        return True
+    if _ip(host) is not None:
+        return False
+    # A name: hosts-file aliases of 127.0.0.1 (e.g. the machine's own name) only show in a lookup.
+    return any(_is_local_ip(ip) for ip in map(_ip, resolve(host, port)) if ip is not None)
+
+
+def _check_self_export(values: Dict[str, Any], reader: _Reader, resolve: Callable[[str, int], Sequence[str]]) -> None:
     """An endpoint that is our own receiver would loop every record back to us forever."""
-    if not receiver.enabled:
+    if not values["receiver.enabled"]:
         return
-    for signal, url in urls.items():
+    port = values["receiver.port"]
+    verdicts: Dict[Tuple[Optional[str], Optional[int]], bool] = {}  # one lookup per host and port
+    looping: Dict[str, List[str]] = {}  # shared variable -> signals it would loop
+    for signal in SIGNALS:
+        key = f"exporter.{signal}_endpoint"
+        url = values[key]
         if url is None:
             continue
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if is_loopback_host(parts.hostname or "") and port == receiver.port:
-            raise ConfigError(
-                sources[signal] or "OTEL_EXPORTER_OTLP_ENDPOINT",
-                f"{url} is lambda-otel's own OTLP receiver (port {receiver.port}); exporting there would loop. "
-                "Set LAMBDA_OTEL_EXPORTER_ENDPOINT to your backend (it takes precedence over OTEL_EXPORTER_OTLP_ENDPOINT).",
-            )
+        where = (parts.hostname, parts.port)
+        if where not in verdicts:
+            verdicts[where] = _is_own_receiver(url, port, resolve)
+        if not verdicts[where]:
+            continue
+        source = reader.sources[key] or "OTEL_EXPORTER_OTLP_ENDPOINT"
+        if is_ours(source):
+            raise ConfigError(source, f"{redact_url(url)} is lambda-otel's own OTLP receiver (port {port}); "
+                                      "exporting there would loop (allowed: your backend's URL)")
+        values[key] = None
+        looping.setdefault(source, []).append(signal)
+    for source, signals in looping.items():
+        reader.warn(source, f"this is lambda-otel's own OTLP receiver (port {port}), where the function's SDK "
+                            f"sends; exporting there would loop, so lambda-otel exports no {', '.join(signals)}. Set "
+                            "LAMBDA_OTEL_EXPORTER_ENDPOINT to your backend (it takes precedence).")
 
 
-def _exporter(env: Mapping[str, str], receiver: ReceiverConfig) -> ExporterConfig:
-    urls, sources = _signal_endpoints(env)
-    _refuse_self_export(urls, sources, receiver)
-
-    headers: Dict[str, str] = {}
-    name, raw = _get(env, "LAMBDA_OTEL_EXPORTER_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
-    if raw is not None:
-        headers = parse_key_values(name, raw)
-
-    name, raw = _get(env, "LAMBDA_OTEL_EXPORTER_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
-    compression = "gzip"
-    if raw is not None:
-        compression = raw.lower()
-        if compression not in ("gzip", "none"):
-            raise ConfigError(name, f"{raw!r} is not allowed (allowed: gzip, none)")
-
-    name, raw = _get(env, "LAMBDA_OTEL_EXPORTER_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-    if raw is not None and raw.lower() != "http/protobuf":
-        hint = " (set LAMBDA_OTEL_EXPORTER_PROTOCOL=http/protobuf to keep this value for the function's SDK only)"
-        raise ConfigError(name, f"{raw!r} is not supported by lambda-otel (allowed: http/protobuf){hint if name.startswith('OTEL_') else ''}")
-
-    name, raw = _get(env, "LAMBDA_OTEL_EXPORTER_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
-    timeout_s = 10.0
-    if raw is not None:
-        timeout_s = _ms({name: raw}, name, 10.0, 1, 600_000)
-
-    name, certificate = _get(env, "LAMBDA_OTEL_EXPORTER_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
-    if certificate is not None and not os.path.isfile(certificate):
-        raise ConfigError(name, f"{certificate!r} is not a readable file (allowed: path to a PEM CA bundle)")
-
-    return ExporterConfig(
-        traces_endpoint=urls["traces"],
-        metrics_endpoint=urls["metrics"],
-        logs_endpoint=urls["logs"],
-        headers=headers,
-        compression=compression,
-        timeout_s=timeout_s,
-        certificate=certificate,
-    )
-
-
-def _telemetry(env: Mapping[str, str]) -> TelemetryConfig:
-    types: Tuple[str, ...] = TELEMETRY_TYPES
-    raw = env.get("LAMBDA_OTEL_TELEMETRY_TYPES")
-    if raw is not None and raw.strip():
-        requested = tuple(t.strip().lower() for t in raw.split(",") if t.strip())
-        bad = [t for t in requested if t not in TELEMETRY_TYPES]
-        if bad or not requested:
-            raise ConfigError(
-                "LAMBDA_OTEL_TELEMETRY_TYPES",
-                f"{raw!r} is not allowed (allowed: a comma-separated subset of {', '.join(TELEMETRY_TYPES)})",
-            )
-        types = tuple(t for t in TELEMETRY_TYPES if t in requested)
-    port = _int(env, "LAMBDA_OTEL_TELEMETRY_PORT", 4322, 1024, 65535)
-    if port == 9001:
-        raise ConfigError("LAMBDA_OTEL_TELEMETRY_PORT", "9001 is reserved by Lambda (allowed: 1024..65535 except 9001)")
-    return TelemetryConfig(
-        port=port,
-        types=types,
-        max_items=_int(env, "LAMBDA_OTEL_TELEMETRY_MAX_ITEMS", 1000, 1000, 10000),
-        max_bytes=_int(env, "LAMBDA_OTEL_TELEMETRY_MAX_BYTES", 262144, 262144, 1048576),
-        timeout_ms=_int(env, "LAMBDA_OTEL_TELEMETRY_TIMEOUT_MS", 25, 25, 30000),
-        report_grace_s=_ms(env, "LAMBDA_OTEL_REPORT_GRACE_MS", 0.3, 0, 1500),
-    )
-
-
-def _receiver(env: Mapping[str, str]) -> ReceiverConfig:
-    return ReceiverConfig(
-        enabled=_bool(env, "LAMBDA_OTEL_RECEIVER_ENABLED", True),
-        port=_int(env, "LAMBDA_OTEL_RECEIVER_PORT", 4318, 1024, 65535),
-        max_body_bytes=_int(env, "LAMBDA_OTEL_RECEIVER_MAX_BODY_BYTES", ReceiverConfig.max_body_bytes, 1024,
-                            64 * 1024 * 1024),
-        max_decompressed_bytes=_int(env, "LAMBDA_OTEL_RECEIVER_MAX_DECOMPRESSED_BYTES",
-                                    ReceiverConfig.max_decompressed_bytes, 1024, 256 * 1024 * 1024),
-    )
-
-
-def _flush(env: Mapping[str, str]) -> FlushConfig:
-    return FlushConfig(
-        strategy=_choice(env, "LAMBDA_OTEL_FLUSH_STRATEGY", "default", STRATEGIES),
-        interval_s=_ms(env, "LAMBDA_OTEL_FLUSH_INTERVAL_MS", 20.0, 100, 3_600_000),
-        flush_budget_s=_ms(env, "LAMBDA_OTEL_FLUSH_BUDGET_MS", 1.0, 10, 60_000),
-        deadline_margin_s=_ms(env, "LAMBDA_OTEL_DEADLINE_MARGIN_MS", 0.5, 0, 10_000),
-        runtime_done_wait_s=_ms(env, "LAMBDA_OTEL_RUNTIME_DONE_WAIT_MS", 1.0, 0, 60_000),
-        max_batch_records=_int(env, "LAMBDA_OTEL_MAX_BATCH_RECORDS", 1000, 1, 100_000),
-        max_batch_bytes=_int(env, "LAMBDA_OTEL_MAX_BATCH_BYTES", 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
-        shutdown_margin_s=_ms(env, "LAMBDA_OTEL_SHUTDOWN_MARGIN_MS", 0.2, 0, 1500),
-        breaker_failures=_int(env, "LAMBDA_OTEL_BREAKER_FAILURES", 3, 1, 1000),
-        breaker_max_backoff_s=_ms(env, "LAMBDA_OTEL_BREAKER_MAX_BACKOFF_MS", 60.0, 100, 3_600_000),
-    )
-
-
-def _queue(env: Mapping[str, str]) -> QueueConfig:
-    memory_mb = 128
-    raw = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-    if raw and raw.strip():
-        try:
-            memory_mb = max(1, int(raw.strip()))
-        except ValueError:
-            raise ConfigError("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", f"{raw!r} is not a whole number of MB") from None
-    return QueueConfig(
-        max_bytes=_int(env, "LAMBDA_OTEL_QUEUE_MAX_BYTES", None, 64 * 1024, 1024 * 1024 * 1024),
-        max_records=_int(env, "LAMBDA_OTEL_QUEUE_MAX_RECORDS", None, 100, 10_000_000),
-        memory_mb=memory_mb,
-    )
-
-
-def load_config(env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate every setting; raise ConfigError on the first bad one."""
-    env = os.environ if env is None else env
-    receiver = _receiver(env)
-    telemetry = _telemetry(env)
-    if receiver.enabled and receiver.port == telemetry.port:
-        raise ConfigError(
-            "LAMBDA_OTEL_RECEIVER_PORT", f"{receiver.port} is also LAMBDA_OTEL_TELEMETRY_PORT (allowed: two different ports)"
-        )
-
-    resource_attributes: Dict[str, str] = {}
-    raw = env.get("OTEL_RESOURCE_ATTRIBUTES")
-    if raw and raw.strip():
-        resource_attributes = parse_key_values("OTEL_RESOURCE_ATTRIBUTES", raw)
-
-    _, service_name = _get(env, "LAMBDA_OTEL_SERVICE_NAME", "OTEL_SERVICE_NAME")
-    _, name = _get(env, "LAMBDA_OTEL_EXTENSION_NAME")
-
-    temporality = _choice(env, "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative", TEMPORALITIES)
-    # We only have monotonic counters and histograms: "lowmemory" means delta for both.
-    if temporality == "lowmemory":
-        temporality = "delta"
-
-    return Config(
-        extension_name=name or "lambda-otel",
-        exporter=_exporter(env, receiver),
-        flush=_flush(env),
-        queue=_queue(env),
-        telemetry=telemetry,
-        receiver=receiver,
-        service_name=service_name,
-        resource_attributes=resource_attributes,
-        metrics_temporality=temporality,
-        xray_mode=_choice(env, "LAMBDA_OTEL_XRAY_PARENT", "link", XRAY_MODES),
-        log_level=_choice(env, "LAMBDA_OTEL_LOG_LEVEL", "info", LOG_LEVELS),
-        init_type=InitType.from_env(env.get("AWS_LAMBDA_INITIALIZATION_TYPE")),
-    )
-
-
-# Every variable we read, for the README table and for tests that check it stays complete.
-VARIABLES: Tuple[str, ...] = (
-    "LAMBDA_OTEL_EXPORTER_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-    "LAMBDA_OTEL_EXPORTER_HEADERS",
-    "OTEL_EXPORTER_OTLP_HEADERS",
-    "OTEL_EXPORTER_OTLP_COMPRESSION",
-    "OTEL_EXPORTER_OTLP_PROTOCOL",
-    "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_CERTIFICATE",
-    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
-    "OTEL_SERVICE_NAME",
-    "OTEL_RESOURCE_ATTRIBUTES",
-    "LAMBDA_OTEL_FLUSH_STRATEGY",
-    "LAMBDA_OTEL_FLUSH_INTERVAL_MS",
-    "LAMBDA_OTEL_FLUSH_BUDGET_MS",
-    "LAMBDA_OTEL_RUNTIME_DONE_WAIT_MS",
-    "LAMBDA_OTEL_DEADLINE_MARGIN_MS",
-    "LAMBDA_OTEL_SHUTDOWN_MARGIN_MS",
-    "LAMBDA_OTEL_QUEUE_MAX_BYTES",
-    "LAMBDA_OTEL_QUEUE_MAX_RECORDS",
-    "LAMBDA_OTEL_TELEMETRY_PORT",
-    "LAMBDA_OTEL_TELEMETRY_TYPES",
-    "LAMBDA_OTEL_RECEIVER_ENABLED",
-    "LAMBDA_OTEL_RECEIVER_PORT",
-    "LAMBDA_OTEL_XRAY_PARENT",
-    "LAMBDA_OTEL_EXTENSION_NAME",
-    "LAMBDA_OTEL_LOG_LEVEL",
-    "LAMBDA_OTEL_BREAKER_FAILURES",
-    "LAMBDA_OTEL_BREAKER_MAX_BACKOFF_MS",
-    "LAMBDA_OTEL_REPORT_GRACE_MS",
-    "LAMBDA_OTEL_TELEMETRY_MAX_ITEMS",
-    "LAMBDA_OTEL_TELEMETRY_MAX_BYTES",
-    "LAMBDA_OTEL_TELEMETRY_TIMEOUT_MS",
-    "LAMBDA_OTEL_RECEIVER_MAX_BODY_BYTES",
-    "LAMBDA_OTEL_RECEIVER_MAX_DECOMPRESSED_BYTES",
-    "AWS_LAMBDA_INITIALIZATION_TYPE",
-)
+__all__ = [
+    "Config", "ConfigError", "ExporterConfig", "FlushConfig", "FunctionConfig", "InitType", "OtlpProtocol",
+    "QueueConfig", "ReceiverConfig", "SETTINGS", "Setting", "TelemetryConfig", "VARIABLES", "is_loopback_host",
+    "is_ours", "load_config", "parse_key_values", "redact_url", "resolve_host",
+]

@@ -19,7 +19,9 @@ from .otlp import AttrValue, set_any_value
 
 
 def build_resource(env: Mapping[str, str], config: Config, account_id: Optional[str] = None) -> Dict[str, AttrValue]:
-    function_name = env.get("AWS_LAMBDA_FUNCTION_NAME") or "unknown_function"
+    """``env`` is kept for callers; every value comes from ``config`` (read once, in config.py)."""
+    fn = config.function
+    function_name = fn.name or "unknown_function"
     attrs: Dict[str, AttrValue] = {
         "cloud.provider": "aws",
         "cloud.platform": "aws_lambda",
@@ -27,18 +29,14 @@ def build_resource(env: Mapping[str, str], config: Config, account_id: Optional[
         "telemetry.distro.name": "lambda-otel",
         "telemetry.distro.version": __version__,
     }
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if region:
-        attrs["cloud.region"] = region
+    if fn.region:
+        attrs["cloud.region"] = fn.region
     if account_id:
         attrs["cloud.account.id"] = account_id
-    version = env.get("AWS_LAMBDA_FUNCTION_VERSION")
-    if version:
-        attrs["faas.version"] = version
-    memory = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-    if memory.strip().isdigit():
-        attrs["faas.max_memory"] = int(memory) * 1024 * 1024
-    attrs["faas.instance"] = env.get("AWS_LAMBDA_LOG_STREAM_NAME") or uuid.uuid4().hex
+    if fn.version:
+        attrs["faas.version"] = fn.version
+    attrs["faas.max_memory"] = config.queue.memory_mb * 1024 * 1024
+    attrs["faas.instance"] = fn.log_stream_name or uuid.uuid4().hex
 
     # User attributes win over detected ones; OTEL_SERVICE_NAME wins over both (OTel spec).
     attrs.update(config.resource_attributes)

@@ -109,43 +109,69 @@ class SecretsTest(ReliabilityTestCase):
         self.assertNotIn(SECRET, exported)
         self.assertNotIn(API_KEY, exported)
 
-    def test_malformed_headers_variable_is_named_and_not_echoed(self):
+    def test_malformed_shared_headers_are_named_not_echoed_and_never_fail_init(self):
         sink = self.make_sink()
         env = self.make_env(sink, OTEL_EXPORTER_OTLP_HEADERS=f"Authorization: Bearer {SECRET}")
+        sim = self.make_sim(env)
+        init = sim.start(timeout=30, check=False)
+        self.assertEqual(init.status, "success")
+        sim.shutdown(timeout=30)
+        output = self.extension_output(sim)
+        self.assertIn("OTEL_EXPORTER_OTLP_HEADERS: ", output)
+        self.assertNotIn(SECRET, output)
+
+    def test_malformed_headers_of_ours_are_an_init_error_without_the_value(self):
+        env = self.make_env(self.make_sink(), LAMBDA_OTEL_EXPORTER_HEADERS=f"Authorization=Bearer%20{SECRET}%0D%0AX: 1")
         sim = self.make_sim(env)
         init = sim.start(timeout=30, check=False)
         ext = next(e for e in init.extensions if e.name == EXTENSION_NAME)
         self.assertEqual(ext.error_type, "Extension.ConfigInvalid")
         output = self.extension_output(sim)
-        self.assertIn("OTEL_EXPORTER_OTLP_HEADERS", output)
+        self.assertIn("LAMBDA_OTEL_EXPORTER_HEADERS", output)
         self.assertNotIn(SECRET, output)
 
 
 class SelfExportTest(ReliabilityTestCase):
-    def test_endpoint_that_is_our_own_receiver_is_an_init_error_naming_the_variable(self):
+    def test_shared_endpoint_that_is_our_own_receiver_warns_and_never_fails_init(self):
         env = self.make_env(None)
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.1:{env['LAMBDA_OTEL_RECEIVER_PORT']}"
+        sim = self.make_sim(env)
+        init = sim.start(timeout=30, check=False)
+        self.assertEqual(init.status, "success")
+        self.assertEqual(sim.invoke({}, timeout=30).status, "success")
+        sim.shutdown(timeout=30)
+        self.assert_clean_exits(sim)
+        output = self.extension_output(sim)
+        self.assertEqual(output.count("OTEL_EXPORTER_OTLP_ENDPOINT: "), 1, output)
+        self.assertIn("would loop", output)
+
+    def test_our_endpoint_that_is_our_own_receiver_is_an_init_error_without_credentials(self):
+        env = self.make_env(None)
+        # "vm" and the like: hosts-file aliases of 127.0.0.1 only show in a lookup.
+        host = "localhost.localdomain"
+        env["LAMBDA_OTEL_EXPORTER_ENDPOINT"] = f"http://alice:{SECRET}@{host}:{env['LAMBDA_OTEL_RECEIVER_PORT']}/?token={API_KEY}"
         sim = self.make_sim(env)
         init = sim.start(timeout=30, check=False)
         self.assertNotEqual(init.status, "success")
         ext = next(e for e in init.extensions if e.name == EXTENSION_NAME)
         self.assertEqual(ext.error_type, "Extension.ConfigInvalid")
         output = self.extension_output(sim)
-        self.assertIn("OTEL_EXPORTER_OTLP_ENDPOINT", output)
+        self.assertIn("LAMBDA_OTEL_EXPORTER_ENDPOINT", output)
         self.assertIn("would loop", output)
+        self.assertNotIn(SECRET, output)
+        self.assertNotIn(API_KEY, output)
 
 
 class ConfigErrorsNameTheVariableTest(unittest.TestCase):
-    BAD = {
+    OURS = {
         "LAMBDA_OTEL_EXPORTER_ENDPOINT": "collector:4318",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://x/v1/traces",
-        "OTEL_EXPORTER_OTLP_COMPRESSION": "br",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "soon",
-        "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
-        "OTEL_EXPORTER_OTLP_HEADERS": "no-equals-sign",
-        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "sometimes",
-        "OTEL_RESOURCE_ATTRIBUTES": "k",
+        "LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT": "ftp://x/v1/traces",
+        "LAMBDA_OTEL_EXPORTER_COMPRESSION": "br",
+        "LAMBDA_OTEL_EXPORTER_PROTOCOL": "grpc",
+        "LAMBDA_OTEL_EXPORTER_TIMEOUT": "soon",
+        "LAMBDA_OTEL_EXPORTER_CERTIFICATE": "/nonexistent/ca.pem",
+        "LAMBDA_OTEL_EXPORTER_HEADERS": "no-equals-sign",
+        "LAMBDA_OTEL_EXPORTER_METRICS_TEMPORALITY_PREFERENCE": "sometimes",
         "LAMBDA_OTEL_FLUSH_STRATEGY": "never",
         "LAMBDA_OTEL_FLUSH_INTERVAL_MS": "-5",
         "LAMBDA_OTEL_FLUSH_BUDGET_MS": "1e3",
@@ -156,15 +182,35 @@ class ConfigErrorsNameTheVariableTest(unittest.TestCase):
         "LAMBDA_OTEL_RECEIVER_PORT": "80",
         "LAMBDA_OTEL_XRAY_PARENT": "child",
         "LAMBDA_OTEL_LOG_LEVEL": "loud",
+    }
+    SHARED = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "ftp://x/v1/traces",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "br",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "soon",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
+        "OTEL_EXPORTER_OTLP_HEADERS": "no-equals-sign",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "sometimes",
+        "OTEL_RESOURCE_ATTRIBUTES": "k",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "lots",
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "someday",
     }
 
-    def test_each_bad_value_is_refused_with_the_variable_named(self):
-        for name, value in self.BAD.items():
+    def test_each_bad_value_of_ours_is_refused_with_the_variable_named(self):
+        for name, value in self.OURS.items():
             with self.subTest(name=name), self.assertRaises(ConfigError) as ctx:
                 load_config({name: value})
             self.assertEqual(ctx.exception.variable, name)
             self.assertTrue(str(ctx.exception).startswith(f"{name}: "), str(ctx.exception))
+
+    def test_each_bad_shared_value_is_a_warning_with_the_variable_named(self):
+        for name, value in self.SHARED.items():
+            with self.subTest(name=name):
+                warnings = load_config({name: value}).warnings
+                self.assertEqual(len(warnings), 1, warnings)
+                self.assertTrue(warnings[0].startswith(f"{name}: "), warnings[0])
+                self.assertIn("ignored: lambda-otel", warnings[0])
 
 
 class StartupNetworkTest(ReliabilityTestCase):
