@@ -480,7 +480,8 @@ RECEIVER = "Receiver"
 RESOURCE = "Resource"
 EXTENSION = "Extension"
 LAMBDA = "Set by Lambda"
-SECTIONS = (EXPORT, FLUSH, BUFFER, TELEMETRY, RECEIVER, RESOURCE, EXTENSION, LAMBDA)
+AWS = "AWS credentials and endpoints"
+SECTIONS = (EXPORT, FLUSH, BUFFER, TELEMETRY, RECEIVER, RESOURCE, EXTENSION, LAMBDA, AWS)
 
 SETTINGS: Tuple[Setting, ...] = (
     *(
@@ -589,6 +590,21 @@ SETTINGS: Tuple[Setting, ...] = (
             "``faas.instance`` when present.", LAMBDA, default_doc="a random id per environment"),
     Setting(None, ("AWS_LAMBDA_RUNTIME_API",), Text(), "Host and port of the Lambda APIs.", LAMBDA,
             read_by="app.py"),
+    # Read where they are used, never copied into Config: credentials must not sit in an object that
+    # may be printed, and they change (refresh, SnapStart restore).
+    Setting(None, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"), Text(),
+            "The execution role's credentials, set by Lambda; used to sign requests to AWS (SigV4, secrets).",
+            AWS, read_by="aws_credentials.py"),
+    Setting(None, ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                   "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), Text(),
+            "The container credentials endpoint and its token, which Lambda provides instead of the key "
+            "variables where they are absent (e.g. SnapStart).", AWS, read_by="aws_credentials.py"),
+    Setting(None, ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"), Text(),
+            "Endpoint overrides for the AWS APIs lambda-otel calls, as in the AWS SDKs (per service first).",
+            AWS, default_doc="https://<service>.<region>.amazonaws.com", read_by="aws_api.py"),
+    Setting(None, ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",), Bool(),
+            "``true``: ignore the endpoint overrides, as the AWS SDKs do.", AWS, default_doc="false",
+            read_by="aws_api.py"),
 )
 
 VARIABLES: Tuple[str, ...] = tuple(dict.fromkeys(name for s in SETTINGS for name in s.names))
