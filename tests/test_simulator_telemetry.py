@@ -66,7 +66,7 @@ class Batching(SimTestCase):
                                         "--on-shutdown", "sleep:0.3"])],
                             handler="sim_handlers.logs")
         sim.start(timeout=20)
-        sim.invoke({"lines": 2500})
+        sim.invoke({"lines": 2500, "sleep": 0.5})  # the sender gets the CPU while the function still runs
         down = sim.shutdown()
         mine = [b for b in sim.batches if b.subscriber == "ext-a"]
         for batch in mine:

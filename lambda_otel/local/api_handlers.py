@@ -1,4 +1,4 @@
-"""The simulator's answers to Runtime, Extensions and Telemetry API requests (reference §1).
+"""The simulator's answers to Runtime, Extensions and Telemetry API requests.
 
 A mixin of `Simulator`: the HTTP layer (`runtime_api.py`) calls these methods; the state they read
 and change is the simulator's (guarded by `self._cv`). Long polls wait on that condition.
@@ -12,7 +12,17 @@ from typing import Optional
 
 from .results import ExtensionInfo, Instant
 from .runtime_api import ACCEPTED, Body, Reply, error
-from .sandbox import LOG_DRAIN_S, MAX_REGISTERED_EXTENSIONS, _error_message, _Ext, normalise_error_type, status_for
+from .sandbox import (
+    LMI_LOG_DRAIN_S,
+    LOG_DRAIN_S,
+    MAX_REGISTERED_EXTENSIONS,
+    Mode,
+    _error_message,
+    _Ext,
+    _Inv,
+    normalise_error_type,
+    status_for,
+)
 from .telemetry_delivery import Subscriber, ValidationError, parse_subscription
 
 
@@ -34,6 +44,8 @@ class ApiHandlers:
         return ext, None
 
     def runtime_next(self, headers) -> Optional[Reply]:
+        if self.mode is Mode.MANAGED_INSTANCES:
+            return self._runtime_next_concurrent()
         env = self._env
         if env is not None and env.runtime is not None and env.current is not None:
             env.runtime.drain(LOG_DRAIN_S)  # lines printed before /next precede platform.runtimeDone
@@ -61,15 +73,49 @@ class ApiHandlers:
                 if env.runtime_queue and env.phase == "invoking":
                     inv = env.runtime_queue.popleft()
                     inv.r.runtime_received_at = Instant.now()
-                    hdrs = {
-                        "Lambda-Runtime-Aws-Request-Id": inv.r.request_id,
-                        "Lambda-Runtime-Deadline-Ms": str(inv.r.deadline_ms),
-                        "Lambda-Runtime-Invoked-Function-Arn": self.function_arn,
-                    }
-                    if inv.r.trace_header:
-                        hdrs["Lambda-Runtime-Trace-Id"] = inv.r.trace_header
-                    hdrs.update(inv.extra_headers)
-                    return Reply(200, inv.r.payload, hdrs, content_type=inv.content_type)
+                    return self._invocation_reply(inv)
+                if self._stopping or env.phase == "down" or self._gen != gen:
+                    return None
+                if env.runtime is not None and not env.runtime.alive:
+                    return None
+                self._cv.wait(0.5)
+
+    def _invocation_reply(self, inv: _Inv) -> Reply:
+        hdrs = {
+            "Lambda-Runtime-Aws-Request-Id": inv.r.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(inv.r.deadline_ms),
+            "Lambda-Runtime-Invoked-Function-Arn": self.function_arn,
+        }
+        if inv.r.trace_header:
+            hdrs["Lambda-Runtime-Trace-Id"] = inv.r.trace_header
+        hdrs.update(inv.extra_headers)
+        return Reply(200, inv.r.payload, hdrs, content_type=inv.content_type)
+
+    def _runtime_next_concurrent(self) -> Optional[Reply]:
+        """Managed Instances: any worker's /next takes the oldest queued invocation, which starts then.
+
+        The workers' first /next calls during init (one per worker) end the runtime's init; a later
+        /next says nothing about which invocation that worker finished (workers are not told apart),
+        so each invocation ends at its own /response or /error instead.
+        """
+        with self._cv:
+            env = self._env
+            if env is None or env.phase == "down":
+                return error(403, "InvalidStateTransition", "no execution environment is running")
+            if env.phase == "init" and env.runtime_ready_at is None:
+                if env.init_failure is not None and env.init_failure[1].startswith("Runtime."):
+                    return error(403, "InvalidStateTransition", "init already failed")
+                env.runtime_next_calls += 1
+                env.registration_open = False
+                if env.runtime_next_calls >= self.runtime_workers:
+                    env.runtime_ready_at = Instant.now()
+                self._cv.notify_all()
+            gen = env.gen
+            while True:
+                if env.runtime_queue and env.phase == "ready":
+                    inv = env.runtime_queue.popleft()
+                    self._start_concurrent(env, inv)
+                    return self._invocation_reply(inv)
                 if self._stopping or env.phase == "down" or self._gen != gen:
                     return None
                 if env.runtime is not None and not env.runtime.alive:
@@ -77,9 +123,17 @@ class ApiHandlers:
                 self._cv.wait(0.5)
 
     def runtime_result(self, request_id: str, kind: str, headers, body: Body, started: Instant) -> Reply:
+        env = self._env
+        if self.mode is Mode.MANAGED_INSTANCES and env is not None and env.runtime is not None:
+            env.runtime.drain(LMI_LOG_DRAIN_S)  # the worker's lines before its answer precede runtimeDone
         with self._cv:
             env = self._env
-            inv = env.current if env is not None else None
+            if env is None:
+                inv = None
+            elif self.mode is Mode.MANAGED_INSTANCES:
+                inv = env.active.get(request_id)
+            else:
+                inv = env.current
             if inv is None or inv.r.request_id != request_id or inv.r.runtime_received_at is None:
                 return error(400, "InvalidRequestID", "Invalid request ID")
             if inv.outcome_set or inv.finished or inv.r.runtime_done_at is not None:
@@ -104,6 +158,10 @@ class ApiHandlers:
                 inv.r.status = status_for(inv.r.error_type)
                 inv.r.error_body = body.data
             inv.r._responded.set()
+            if self.mode is Mode.MANAGED_INSTANCES:
+                inv.r.runtime_done_at = Instant.now()
+                if self.lmi_runtime_done:
+                    self._emit_runtime_done(env, inv, inv.r.status, inv.r.error_type)
             self._cv.notify_all()
             return reply
 
@@ -143,6 +201,13 @@ class ApiHandlers:
             if len(env.exts) >= MAX_REGISTERED_EXTENSIONS:
                 return error(403, "Extension.TooManyExtensions", "at most 10 extensions can register")
             process = env.launched.get(name)
+            if self.mode is Mode.MANAGED_INSTANCES:
+                # Invocations overlap there, so there is no per-invocation event to deliver.
+                if process is None and events:
+                    return error(403, "Extension.InvalidEventType", "No events allowed for internal extensions")
+                if "INVOKE" in events:
+                    return error(403, "Extension.InvalidEventType",
+                                 "INVOKE: event type not supported on Lambda Managed Instances (register SHUTDOWN only)")
             if process is None and "SHUTDOWN" in events:
                 return error(403, "Extension.InvalidEventType", "internal extensions cannot register for SHUTDOWN")
             ext_id = str(uuid.uuid4())
@@ -216,7 +281,7 @@ class ApiHandlers:
 
     def telemetry_subscribe(self, headers, body: Body) -> Reply:
         try:
-            sub_cfg = parse_subscription(body.data, self.lenient)
+            sub_cfg = parse_subscription(body.data, self.lenient, self.telemetry_schemas)
         except ValidationError as exc:
             bad = exc
         else:

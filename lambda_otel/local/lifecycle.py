@@ -1,4 +1,4 @@
-"""The lifecycle engine: init, invoke, freeze/thaw and shutdown, with Lambda's ordering rules (reference §3).
+"""The lifecycle engine: init, invoke, freeze/thaw and shutdown, with Lambda's ordering rules.
 
 A mixin of `Simulator`. Every phase runs under the simulator's work lock (one at a time, like one
 sandbox); HTTP handler threads move the state forward and notify `self._cv`, and the phase waits on it
@@ -13,17 +13,19 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any, Callable, Optional
 
-from .processes import ManagedProcess, discover_extensions
+from .processes import ManagedProcess, WorkerLogSocket, discover_extensions
 from .results import FreezeRecord, InitResult, Instant, ProcessExit, ShutdownResult, ms_between
 from .sandbox import (
     FREEZE_INFLIGHT_WAIT_S,
     FREEZE_STATE_WAIT_S,
     LOG_DRAIN_S,
     RUNTIME_SHUTDOWN_SHARE_S,
+    Mode,
     _Env,
     _Inv,
     status_for,
@@ -46,6 +48,9 @@ class Lifecycle:
                 env.current.failure = (status_for(error_type), error_type, message)
         elif env.phase == "ready" and env.fatal is None:
             env.fatal = (error_type, message)
+            for inv in [*env.active.values(), *env.runtime_queue]:  # Managed Instances: all in flight fail
+                if inv.failure is None:
+                    inv.failure = (status_for(error_type), error_type, message)
         self._cv.notify_all()
 
     def _on_line(self, proc: ManagedProcess, stream: str, line: str) -> None:
@@ -80,8 +85,11 @@ class Lifecycle:
                         self._fatal(env, "Extension.Crash", f"extension {proc.name} exited with {code}")
             self._cv.notify_all()
 
-    def _spawn(self, env: _Env, name: str, role: str, argv: list[str], cwd: Optional[str]) -> ManagedProcess:
-        proc = ManagedProcess(name, role, argv, self._env_vars(role), cwd, self._on_line, self._on_exit)
+    def _spawn(self, env: _Env, name: str, role: str, argv: list[str], cwd: Optional[str],
+               extra_env: Optional[dict[str, str]] = None) -> ManagedProcess:
+        environ = self._env_vars(role)
+        environ.update(extra_env or {})
+        proc = ManagedProcess(name, role, argv, environ, cwd, self._on_line, self._on_exit)
         proc.env = env
         self._all_processes.append(proc)
         proc.start()
@@ -120,14 +128,16 @@ class Lifecycle:
             env = _Env(self._gen, phase)
             self._env = env
             self._emit(env, "platform.initStart", {
-                "initializationType": "on-demand",
+                "initializationType": self.mode.initialization_type,
                 "phase": phase,
                 "runtimeVersion": f"python:{sys.version_info.major}.{sys.version_info.minor}.sim",
                 "runtimeVersionArn": f"arn:aws:lambda:{self.region}::runtime:lambda-otel-simulator",
                 "functionName": self.function_name,
                 "functionVersion": self.function_version,
                 "instanceId": self.instance_id,
-                "instanceMaxMemory": self.memory_mb,
+                # In bytes (subscribers of the older schemas get MB): the instance's memory on
+                # Managed Instances, the function's memory setting elsewhere.
+                "instanceMaxMemory": self._instance_max_memory_bytes(),
             })
         deadline = time.monotonic() + self.init_timeout_s
         for path in discover_extensions(self.extensions_dir):
@@ -146,7 +156,13 @@ class Lifecycle:
         argv = self._runtime_argv()
         if env.init_failure is None and argv is not None and not self._stopping:
             try:
-                proc = self._spawn(env, "runtime", "runtime", argv, self.handler_dir)
+                extra = {}
+                if self.mode is Mode.MANAGED_INSTANCES:
+                    env.worker_logs = WorkerLogSocket(os.path.join(tempfile.mkdtemp(prefix="lambda-sim-"), "logs.sock"))
+                    extra["_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET"] = env.worker_logs.path
+                proc = self._spawn(env, "runtime", "runtime", argv, self.handler_dir, extra)
+                if env.worker_logs is not None:
+                    env.worker_logs.attach(proc)
                 with self._cv:
                     env.runtime = proc
             except OSError as exc:
@@ -170,6 +186,10 @@ class Lifecycle:
             self._rec_cv.notify_all()
         return result
 
+    def _instance_max_memory_bytes(self) -> int:
+        mb = self.instance_memory_mb if self.mode is Mode.MANAGED_INSTANCES else self.memory_mb
+        return mb * 1024 * 1024
+
     def _wait_env(self, env: _Env, deadline: float, ready: Callable[[], bool], what: str) -> None:
         """Wait (holding _cv) until ready() or an init failure; on the deadline record an init timeout."""
         while env.init_failure is None and not ready():
@@ -187,7 +207,8 @@ class Lifecycle:
         duration = ms_between(env.started_at, end)
         failure = env.init_failure
         status, error_type, message = failure if failure else ("success", None, "")
-        runtime_rec: dict[str, Any] = {"initializationType": "on-demand", "phase": env.init_phase}
+        runtime_rec: dict[str, Any] = {"initializationType": self.mode.initialization_type,
+                                         "phase": env.init_phase}
         if failure and (error_type.startswith("Runtime.") or env.runtime_ready_at is None):
             runtime_rec.update({"status": status, "errorType": error_type})
         else:
@@ -198,7 +219,8 @@ class Lifecycle:
             if ext.info.error_type:
                 rec["errorType"] = ext.info.error_type
             self._emit(env, "platform.extension", rec)
-        report: dict[str, Any] = {"initializationType": "on-demand", "phase": env.init_phase, "status": status}
+        report: dict[str, Any] = {"initializationType": self.mode.initialization_type, "phase": env.init_phase,
+                                  "status": status}
         if error_type:
             report["errorType"] = error_type
         report["metrics"] = {"durationMs": duration}
@@ -213,7 +235,7 @@ class Lifecycle:
             status=status,
             error_type=error_type,
             phase=env.init_phase,
-            initialization_type="on-demand",
+            initialization_type=self.mode.initialization_type,
             started_at=env.started_at,
             ended_at=end,
             duration_ms=duration,
@@ -244,7 +266,12 @@ class Lifecycle:
             with self._rec_cv:
                 self._rec_cv.notify_all()
 
-    def _invoke_locked(self, inv: _Inv) -> None:
+    def _ready_env(self, inv: _Inv) -> Optional[_Env]:
+        """The environment to run `inv` in (work lock held): reset a crashed one, init a missing one.
+
+        None when there is none to run it in (init failed, or the simulator stops); `inv` then has
+        its final status.
+        """
         env = self._env
         if env is not None and env.phase == "ready" and env.fatal is not None:
             self._teardown(env, "failure")  # something crashed while idle: reset first
@@ -254,10 +281,115 @@ class Lifecycle:
             inv.r.init = init
             if not init.ok:
                 inv.r.status, inv.r.error_type = init.status if init.status != "success" else "error", init.error_type
-                return
+                return None
             env = self._env
         if self._stopping:
             inv.r.status = "aborted"
+            return None
+        return env
+
+    def _drive_concurrent(self, inv: _Inv) -> None:
+        """Managed Instances: the work lock only for a (re-)init; then run alongside the others."""
+        acquired = self._acquire_work("invoke")
+        with self._cv:
+            self._pending_work -= 1
+        try:
+            env = None
+            if acquired:
+                try:
+                    env = self._ready_env(inv)
+                finally:
+                    self._work.release()
+            else:
+                inv.r.status = "aborted"
+            if env is not None:
+                self._run_concurrent(env, inv)
+        except Exception:  # noqa: BLE001 - report, never hang the caller
+            log.exception("simulator: invocation %s failed inside the simulator", inv.r.request_id)
+            inv.r.status = "aborted"
+        finally:
+            inv.r._responded.set()
+            inv.r._done.set()
+            with self._rec_cv:
+                self._rec_cv.notify_all()
+
+    def _run_concurrent(self, env: _Env, inv: _Inv) -> None:
+        """Queue `inv` for any free worker; it ends at its /response or /error, a failure or its own timeout."""
+        with self._cv:
+            if env.phase != "ready":
+                inv.r.status = "aborted"
+                return
+            env.runtime_queue.append(inv)
+            self._cv.notify_all()
+            waited_until = time.monotonic() + self._default_wait()
+            timed_out = False
+            while inv.failure is None and not inv.outcome_set and not self._stopping and env.phase == "ready":
+                now = time.monotonic()
+                left = (waited_until if inv.r.started_at is None else inv.deadline_mono) - now
+                if left <= 0:
+                    if inv.r.started_at is None:
+                        inv.failure = ("failure", "Sandbox.Failure", "no runtime worker took the invocation")
+                    else:
+                        timed_out = True
+                    break
+                self._cv.wait(min(left, 0.5))
+            if inv in env.runtime_queue:
+                env.runtime_queue.remove(inv)
+            self._finish_concurrent(env, inv, timed_out)
+
+    def _start_concurrent(self, env: _Env, inv: _Inv) -> None:
+        """A worker took `inv` (holds _cv): its timeout starts now, like its platform.start."""
+        r = inv.r
+        now = Instant.now()
+        r.started_at = r.runtime_received_at = now
+        inv.deadline_mono = now.mono + self.timeout_s
+        r.deadline_ms = int(now.wall * 1000 + self.timeout_s * 1000)
+        env.active[r.request_id] = inv
+        start_rec: dict[str, Any] = {"requestId": r.request_id, "version": self.function_version}
+        if inv.tracing:
+            start_rec["tracing"] = inv.tracing
+        self._emit(env, "platform.start", start_rec)
+
+    def _finish_concurrent(self, env: _Env, inv: _Inv, timed_out: bool) -> None:
+        """Status, runtimeDone (if the worker never answered) and the Managed Instances report. Holds _cv."""
+        r = inv.r
+        end = Instant.now()
+        inv.finished = True
+        env.active.pop(r.request_id, None)
+        if r.started_at is None:  # never reached a worker
+            r.status, r.error_type = (inv.failure[0], inv.failure[1]) if inv.failure else ("aborted", None)
+            r.ended_at = end
+            return
+        if not inv.outcome_set:
+            if timed_out:
+                status, error_type = "timeout", "Sandbox.Timedout"
+            elif inv.failure is not None:
+                status, error_type = inv.failure[0], inv.failure[1]
+            else:
+                status, error_type = "aborted", None  # the simulator stopped, or the environment went away
+            r.status, r.error_type = status, error_type
+            r.runtime_done_at = end
+            if self.lmi_runtime_done and status != "aborted":
+                self._emit_runtime_done(env, inv, status, error_type)
+        r.ended_at = r.runtime_done_at or end
+        # Managed Instances report the duration (and the response spans) only: no billed duration,
+        # no memory, no init duration.
+        report: dict[str, Any] = {"requestId": r.request_id, "status": r.status}
+        if r.error_type:
+            report["errorType"] = r.error_type
+        report["metrics"] = {"durationMs": ms_between(r.started_at, r.ended_at) or 0.0}
+        spans = response_spans(r)
+        if spans:
+            report["spans"] = spans
+        if inv.tracing:
+            report["tracing"] = inv.tracing
+        if r.status != "aborted":
+            self._emit(env, "platform.report", report)
+        r.report = report
+
+    def _invoke_locked(self, inv: _Inv) -> None:
+        env = self._ready_env(inv)
+        if env is None:
             return
         self._thaw(env)
         with self._cv:
@@ -359,13 +491,9 @@ class Lifecycle:
         if r.response is not None:
             metrics["producedBytes"] = r.response_bytes
         rec["metrics"] = metrics
-        spans = []
+        spans = response_spans(r)
         if r.response_started_at is not None:
-            spans.append({"name": "responseLatency", "start": format_time(r.started_at.wall),
-                          "durationMs": ms_between(r.started_at, r.response_started_at)})
-            spans.append({"name": "responseDuration", "start": format_time(r.response_started_at.wall),
-                          "durationMs": ms_between(r.response_started_at, r.response_ended_at)})
-            if r.runtime_done_at.mono >= r.response_ended_at.mono:
+            if r.runtime_done_at.mono >= r.response_ended_at.mono and self.mode is not Mode.MANAGED_INSTANCES:
                 spans.append({"name": "runtimeOverhead", "start": format_time(r.response_ended_at.wall),
                               "durationMs": ms_between(r.response_ended_at, r.runtime_done_at)})
         rec["spans"] = spans
@@ -443,6 +571,8 @@ class Lifecycle:
                     runtime.kill(wait=2.0)
             runtime.signal_group(signal.SIGKILL)  # anything the runtime left behind in its group
             runtime_exit = _process_exit(runtime, deadline_mono)
+        if env.worker_logs is not None:
+            env.worker_logs.close()
         waiting: list[ManagedProcess] = []
         kill_now: list[ManagedProcess] = []
         with self._cv:
@@ -504,6 +634,18 @@ class Lifecycle:
         with self._rec_cv:
             self._rec_cv.notify_all()
         return result
+
+
+def response_spans(r) -> list[dict]:
+    """responseLatency (invocation handed out -> response starts) and responseDuration (its transfer)."""
+    if r.response_started_at is None:
+        return []
+    return [
+        {"name": "responseLatency", "start": format_time(r.started_at.wall),
+         "durationMs": ms_between(r.started_at, r.response_started_at)},
+        {"name": "responseDuration", "start": format_time(r.response_started_at.wall),
+         "durationMs": ms_between(r.response_started_at, r.response_ended_at)},
+    ]
 
 
 def _process_exit(proc: ManagedProcess, deadline_mono: float) -> ProcessExit:

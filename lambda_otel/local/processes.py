@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import struct
 import sys
@@ -104,6 +105,16 @@ class ManagedProcess:
         t.start()
         self._threads.append(t)
 
+    def add_stream(self, stream_name: str, stream) -> None:
+        """Read one more output stream of this process (a worker's socket), exactly like its pipes."""
+        with self._io_cv:
+            self._busy[stream_name] = True
+            self._streams[stream_name] = stream
+        t = threading.Thread(target=self._read, args=(stream_name, stream), name=f"sim-{self.name}-{stream_name}",
+                             daemon=True)
+        t.start()
+        self._threads.append(t)
+
     @property
     def alive(self) -> bool:
         return self.popen is not None and not self.exited.is_set()
@@ -155,7 +166,7 @@ class ManagedProcess:
         with self._io_cv:
             while True:
                 idle = True
-                for name, stream in self._streams.items():
+                for name, stream in list(self._streams.items()):
                     if name in self._closed:
                         continue
                     if self._busy.get(name) or _unread_bytes(stream) > 0:
@@ -224,6 +235,69 @@ class ManagedProcess:
         except (OSError, ValueError, IndexError):
             pass
         return 0
+
+
+class WorkerLogSocket:
+    """The Unix socket Lambda Managed Instances give a runtime's worker processes for their output.
+
+    The runtime finds its path in `_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET`; each worker connects once
+    per stream (stdout, then stderr) and makes the connection its file descriptor, so every worker has
+    streams of its own and lines of two workers never run into each other, as they would on a shared
+    pipe. Each connection is read as one more stream of the runtime's process.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(path)
+        self._sock.listen(64)
+        self._sock.settimeout(0.2)
+        self._cv = threading.Condition()
+        self._owner: Optional[ManagedProcess] = None
+        self._waiting: list = []
+        self._count = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="sim-worker-logs", daemon=True)
+        self._thread.start()
+
+    def attach(self, proc: ManagedProcess) -> None:
+        """The runtime process the connections belong to (connections that came first are handed over now)."""
+        with self._cv:
+            self._owner = proc
+            waiting, self._waiting = self._waiting, []
+        for conn in waiting:
+            self._hand_over(conn)
+
+    def _hand_over(self, conn) -> None:
+        with self._cv:
+            self._count += 1
+            name = f"worker-stream-{self._count}"
+        self._owner.add_stream(name, conn)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            with self._cv:
+                if self._owner is None:
+                    self._waiting.append(conn)
+                    continue
+            self._hand_over(conn)
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()
+        self._thread.join(1.0)
+        for remove in (os.unlink, os.rmdir):
+            try:
+                remove(self.path if remove is os.unlink else os.path.dirname(self.path))
+            except OSError:
+                pass
 
 
 def proc_state(pid: Optional[int]) -> Optional[str]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import secrets
@@ -14,15 +15,34 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .processes import ManagedProcess
+from .processes import ManagedProcess, WorkerLogSocket
 from .results import ExtensionInfo, FreezeRecord, Instant, InvocationResult
 from .telemetry_delivery import Subscriber
+
+class Mode(enum.Enum):
+    """The kind of execution environment the simulator is (`AWS_LAMBDA_INITIALIZATION_TYPE` follows it)."""
+
+    ON_DEMAND = "on-demand"
+    MANAGED_INSTANCES = "managed-instances"  # overlapping invocations, no INVOKE event, no freeze
+    SNAPSTART = "snapstart"  # init once at snapshot time, then restores of that snapshot
+
+    @property
+    def initialization_type(self) -> str:
+        return _INITIALIZATION_TYPES[self]
+
+
+_INITIALIZATION_TYPES = {
+    Mode.ON_DEMAND: "on-demand",
+    Mode.MANAGED_INSTANCES: "lambda-managed-instances",
+    Mode.SNAPSTART: "snap-start",
+}
 
 SHUTDOWN_REASONS = ("spindown", "timeout", "failure")
 MAX_REGISTERED_EXTENSIONS = 10
 RUNTIME_SHUTDOWN_SHARE_S = 0.3
 FREEZE_INFLIGHT_WAIT_S = 1.0
 LOG_DRAIN_S = 0.2
+LMI_LOG_DRAIN_S = 0.05  # shorter: other workers keep printing, so the pipe is seldom idle there
 FREEZE_STATE_WAIT_S = 0.5
 _ERROR_TYPE_RE = re.compile(r"(Runtime|Function)\.[A-Z][a-zA-Z]+")
 
@@ -43,7 +63,8 @@ def new_trace_header(sampled: bool = True) -> str:
 
 
 def status_for(error_type: Optional[str]) -> str:
-    """Reference §2.1 status mapping."""
+    """Lambda's status for an error type: none -> success, Sandbox.Timedout -> timeout, other Sandbox.* -> failure
+    (the platform's fault), anything else (Runtime.*, Function.*, Extension.*) -> error (the customer's)."""
     if not error_type:
         return "success"
     if error_type == "Sandbox.Timedout":
@@ -77,6 +98,7 @@ class _Inv:
         self.outcome_set = False  # /response or /error accepted
         self.failure: Optional[tuple[str, str, str]] = None  # (status, errorType, message)
         self.finished = False
+        self.restore_metrics: Optional[dict] = None  # SnapStart: restore durations for the first report after it
 
     @property
     def tracing(self) -> Optional[dict]:
@@ -103,7 +125,10 @@ class _Env:
         self.init_failure: Optional[tuple[str, str, str]] = None  # (status, errorType, message)
         self.fatal: Optional[tuple[str, str]] = None  # crash while idle: reset before the next invoke
         self.runtime_queue: deque = deque()
-        self.current: Optional[_Inv] = None
+        self.current: Optional[_Inv] = None  # on-demand and SnapStart: the one invocation in flight
+        self.active: dict[str, _Inv] = {}  # Managed Instances: every invocation in flight, by request id
+        self.worker_logs: Optional[WorkerLogSocket] = None  # Managed Instances: the workers' output socket
+        self.runtime_next_calls = 0  # runtime /next calls during init (Managed Instances: one per worker)
         self.frozen: Optional[FreezeRecord] = None
         self.init_duration_ms: Optional[float] = None
         self.report_init_duration = False

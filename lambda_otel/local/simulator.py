@@ -79,7 +79,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .api_handlers import ApiHandlers
 from .lifecycle import Lifecycle
@@ -96,8 +96,8 @@ from .results import (
     SimulatorError,
 )
 from .runtime_api import ApiServer
-from .telemetry_delivery import format_time
-from .sandbox import SHUTDOWN_REASONS, _Env, _Inv, new_trace_header, normalise_error_type
+from .sandbox import SHUTDOWN_REASONS, Mode, _Env, _Inv, new_trace_header, normalise_error_type
+from .telemetry_delivery import SCHEMA_2025, SCHEMA_VERSIONS, format_time
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ __all__ = [
     "ProcessExit",
     "ExtensionInfo",
     "Instant",
+    "Mode",
     "normalise_error_type",
     "new_trace_header",
 ]
@@ -142,7 +143,30 @@ class Simulator(ApiHandlers, Lifecycle):
         subscriber_buffer_items: int = 10000,
         telemetry_post_timeout_s: float = 2.0,
         telemetry_max_attempts: int = 5,
+        mode: Union[str, Mode] = Mode.ON_DEMAND,
+        telemetry_schemas: Optional[Sequence[str]] = None,
+        concurrency: int = 4,
+        runtime_workers: Optional[int] = None,
+        instance_memory_mb: int = 4096,
+        lmi_runtime_done: bool = True,
     ):
+        self.mode = mode if isinstance(mode, Mode) else Mode(mode)
+        if telemetry_schemas is None:
+            telemetry_schemas = (SCHEMA_2025,) if self.mode is Mode.MANAGED_INSTANCES else SCHEMA_VERSIONS
+        unknown = [v for v in telemetry_schemas if v not in SCHEMA_VERSIONS]
+        if unknown or not telemetry_schemas:
+            raise ValueError(f"telemetry_schemas must be a non-empty subset of {SCHEMA_VERSIONS}, got {telemetry_schemas!r}")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.telemetry_schemas = tuple(telemetry_schemas)
+        self.concurrency = concurrency if self.mode is Mode.MANAGED_INSTANCES else 1
+        # How many runtime /next calls end init: the real runtime client forks one worker per
+        # concurrent request on Managed Instances; a custom runtime_cmd is one process unless told.
+        if runtime_workers is None:
+            runtime_workers = self.concurrency if (self.mode is Mode.MANAGED_INSTANCES and not runtime_cmd) else 1
+        self.runtime_workers = runtime_workers
+        self.instance_memory_mb = instance_memory_mb
+        self.lmi_runtime_done = lmi_runtime_done
         self.extensions_dir = extensions_dir
         self.handler = handler
         self.handler_dir = os.path.abspath(handler_dir) if handler_dir else (os.getcwd() if handler else None)
@@ -154,7 +178,7 @@ class Simulator(ApiHandlers, Lifecycle):
         self.timeout_s = timeout_s
         self.shutdown_budget_ms = shutdown_budget_ms
         self.init_timeout_s = init_timeout_s
-        self.freeze_enabled = freeze
+        self.freeze_enabled = freeze and self.mode is not Mode.MANAGED_INSTANCES  # Managed Instances never freeze
         self.region = region
         self.account_id = account_id
         self.lenient = lenient
@@ -256,7 +280,8 @@ class Simulator(ApiHandlers, Lifecycle):
         with self._cv:
             self._pending_work += 1
             self.invocations.append(result)
-        self._spawn_thread(lambda: self._drive(inv), f"sim-invoke-{result.request_id[:8]}")
+        drive = self._drive_concurrent if self.mode is Mode.MANAGED_INSTANCES else self._drive
+        self._spawn_thread(lambda: drive(inv), f"sim-invoke-{result.request_id[:8]}")
         return result
 
     def invoke(self, payload: Union[bytes, str, dict, list, None] = b"{}", timeout: Optional[float] = None,
@@ -284,6 +309,12 @@ class Simulator(ApiHandlers, Lifecycle):
             env = self._env
             if env is None or env.phase == "down":
                 return None
+            if self.mode is Mode.MANAGED_INSTANCES:  # Lambda drains an instance before shutting it down
+                with self._cv:
+                    drained = self._cv.wait_for(lambda: not env.active and not env.runtime_queue,
+                                                self.timeout_s + 2.0)
+                if not drained:
+                    log.warning("simulator: shutting down with %d invocation(s) still in flight", len(env.active))
             return self._teardown(env, reason, budget_ms)
         finally:
             self._work.release()
@@ -303,6 +334,8 @@ class Simulator(ApiHandlers, Lifecycle):
         for proc in procs:
             proc.kill(wait=2.0)
         if env is not None:
+            if env.worker_logs is not None:
+                env.worker_logs.close()
             for sub in env.subscribers():
                 sub.stop(timeout=1.0)
             with self._cv:
@@ -425,9 +458,11 @@ class Simulator(ApiHandlers, Lifecycle):
                 "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
                 "AWS_LAMBDA_FUNCTION_VERSION": self.function_version,
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": self.mode.initialization_type,
             }
         )
+        if role == "runtime" and self.mode is Mode.MANAGED_INSTANCES:
+            env["AWS_LAMBDA_MAX_CONCURRENCY"] = str(self.concurrency)
         if role == "runtime":
             task_root = self.handler_dir or os.getcwd()
             env.update(

@@ -24,9 +24,10 @@ from .results import BatchRecord, Instant
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSIONS = ("2022-07-01", "2022-12-13", "2025-01-29")
+SCHEMA_2025 = "2025-01-29"
+SCHEMA_VERSIONS = ("2022-07-01", "2022-12-13", SCHEMA_2025)  # all on the one path PUT /2022-07-01/telemetry
 CATEGORIES = ("platform", "function", "extension")
-LIMITS = {  # field: (default, min, max) — reference §1.3
+LIMITS = {  # field: (default, min, max), Lambda's documented buffering bounds
     "maxItems": (1000, 1000, 10000),
     "maxBytes": (262144, 262144, 1048576),
     "timeoutMs": (1000, 25, 30000),
@@ -46,6 +47,28 @@ def category_of(event_type: str) -> str:
     return "platform" if event_type.startswith("platform.") else event_type
 
 
+_MIB = 1024 * 1024
+_INIT_START_2022_07_01 = ("initializationType", "phase")
+
+
+def shape_event(event: dict, schema: str) -> dict:
+    """The event as a subscriber of `schema` receives it (the simulator generates the newest form).
+
+    What we model of the differences: 2025-01-29 gives `instanceMaxMemory` in bytes (what live
+    systems send); the older schemas give it in MB, as Lambda's documented example reads; and
+    2022-07-01's `platform.initStart` carries only the initialization type and phase, as real
+    captures of that schema do. Every other event is the same in all three.
+    """
+    if schema == SCHEMA_2025 or event["type"] not in ("platform.initStart", "platform.restoreStart"):
+        return event
+    record = dict(event["record"])
+    if isinstance(record.get("instanceMaxMemory"), int):
+        record["instanceMaxMemory"] = record["instanceMaxMemory"] // _MIB
+    if schema == "2022-07-01" and event["type"] == "platform.initStart":
+        record = {k: v for k, v in record.items() if k in _INIT_START_2022_07_01}
+    return {**event, "record": record}
+
+
 class ValidationError(ValueError):
     """A subscription request the Telemetry API answers with 400 ValidationError."""
 
@@ -63,8 +86,13 @@ class Subscription:
     path: str
 
 
-def parse_subscription(body: bytes, lenient: bool = False) -> Subscription:
-    """Validate a PUT /telemetry body (reference §1.3); raises ValidationError with a readable message."""
+def parse_subscription(body: bytes, lenient: bool = False, schemas: tuple[str, ...] = SCHEMA_VERSIONS) -> Subscription:
+    """Validate a PUT /telemetry body; raises ValidationError with a readable message.
+
+    `schemas` are the versions this environment accepts: every known one on a standard runtime,
+    fewer where Lambda refuses some (Managed Instances take only 2025-01-29, and some on-demand
+    runtimes answer 400 to it). A known version that is refused gets its own message.
+    """
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -74,6 +102,9 @@ def parse_subscription(body: bytes, lenient: bool = False) -> Subscription:
     schema = doc.get("schemaVersion")
     if schema not in SCHEMA_VERSIONS:
         raise ValidationError(f"schemaVersion must be one of {', '.join(SCHEMA_VERSIONS)}")
+    if schema not in schemas:
+        raise ValidationError(f"schemaVersion {schema} is not supported in this environment; "
+                              f"supported: {', '.join(schemas)}")
     types = doc.get("types")
     if not isinstance(types, list) or not types or any(t not in CATEGORIES for t in types):
         raise ValidationError("types must be a non-empty subset of platform, function, extension")
@@ -172,6 +203,7 @@ class Subscriber:
 
     def offer(self, event: dict) -> None:
         """Enqueue one event (non-blocking); on overflow the event is dropped and counted."""
+        event = shape_event(event, self.sub.schema_version)
         size = len(json.dumps(event, separators=(",", ":")))
         with self._cv:
             if self._stopped:
