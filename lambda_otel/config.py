@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
 import os
-import socket
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+# ipaddress, socket, threading and urllib.parse are imported where they are needed: this module
+# is on the path to the first /next, and most environments never need them there.
 
 STRATEGIES = ("default", "end", "periodic", "continuous")
 TELEMETRY_TYPES = ("platform", "function", "extension")
@@ -209,6 +208,8 @@ class Config:
 
 def redact_url(url: str) -> str:
     """``url`` with its user info and query values replaced by ``<redacted>``, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
     try:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]
@@ -231,18 +232,29 @@ def _unset(raw: Optional[str]) -> bool:
     return raw is None or raw.strip() == ""
 
 
-@dataclass(frozen=True)
+class Parser(Protocol):
+    """Turns one variable's raw text into its value, or raises ValueError saying what is allowed.
+
+    Parsers are small plain classes (not dataclasses): this module is imported before the first
+    ``/next``, and every dataclass costs start-up time to create.
+    """
+
+    allowed: str  # for messages and the reference
+
+    def __call__(self, raw: str, name: str) -> Any: ...
+
+    def show(self, value: Any) -> str: ...  # a default as a user would write it
+
+
 class Int:
-    lo: int
-    hi: int
-    reserved: Tuple[int, ...] = ()
+    __slots__ = ("lo", "hi", "reserved", "allowed")
 
-    @property
-    def allowed(self) -> str:
-        extra = f" except {', '.join(map(str, self.reserved))}" if self.reserved else ""
-        return f"{self.lo}..{self.hi}{extra}"
+    def __init__(self, lo: int, hi: int, reserved: Tuple[int, ...] = ()) -> None:
+        self.lo, self.hi, self.reserved = lo, hi, reserved
+        extra = f" except {', '.join(map(str, reserved))}" if reserved else ""
+        self.allowed = f"{lo}..{hi}{extra}"
 
-    def __call__(self, raw: str, name: str) -> int:
+    def __call__(self, raw: str, name: str) -> Any:
         try:
             value = int(raw)
         except ValueError:
@@ -257,34 +269,33 @@ class Int:
         return str(value)
 
 
-@dataclass(frozen=True)
 class Millis(Int):
     """Milliseconds in the environment, seconds in ``Config``."""
 
-    @property
-    def allowed(self) -> str:
-        return f"{self.lo}..{self.hi} ms"
+    __slots__ = ()
 
-    def __call__(self, raw: str, name: str) -> float:  # type: ignore[override]
-        return Int.__call__(self, raw, name) / 1000.0
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__(lo, hi)
+        self.allowed = f"{lo}..{hi} ms"
+
+    def __call__(self, raw: str, name: str) -> float:
+        return super().__call__(raw, name) / 1000.0
 
     def show(self, value: Any) -> str:
         return str(round(value * 1000))
 
 
-@dataclass(frozen=True)
 class Choice:
-    values: Tuple[str, ...]
-    aliases: Tuple[Tuple[str, str], ...] = ()  # (spelling, value it means)
-    unsupported: Tuple[str, ...] = ()  # valid elsewhere, not here
-    convert: Optional[Callable[[str], Any]] = None
+    __slots__ = ("values", "aliases", "unsupported", "convert", "allowed")
 
-    @property
-    def allowed(self) -> str:
-        return ", ".join(self.values + tuple(a for a, _ in self.aliases))
+    def __init__(self, values: Tuple[str, ...], aliases: Optional[Dict[str, str]] = None,
+                 unsupported: Tuple[str, ...] = (), convert: Optional[Callable[[str], Any]] = None) -> None:
+        self.values, self.aliases = values, aliases or {}  # aliases: spelling -> the value it means
+        self.unsupported, self.convert = unsupported, convert  # unsupported: valid elsewhere, not here
+        self.allowed = ", ".join(values + tuple(self.aliases))
 
     def __call__(self, raw: str, name: str) -> Any:
-        value = dict(self.aliases).get(raw.lower(), raw.lower())
+        value = self.aliases.get(raw.lower(), raw.lower())
         if value not in self.values:
             verb = "not supported by lambda-otel" if value in self.unsupported else "not allowed"
             raise ValueError(f"{raw!r} is {verb} (allowed: {self.allowed})")
@@ -294,9 +305,9 @@ class Choice:
         return value.value if isinstance(value, enum.Enum) else str(value)
 
 
-@dataclass(frozen=True)
 class Bool:
-    allowed: str = "true, false"
+    __slots__ = ()
+    allowed = "true, false"
 
     def __call__(self, raw: str, name: str) -> bool:
         value = raw.lower()
@@ -310,9 +321,9 @@ class Bool:
         return "true" if value else "false"
 
 
-@dataclass(frozen=True)
 class Text:
-    allowed: str = "any text"
+    __slots__ = ()
+    allowed = "any text"
 
     def __call__(self, raw: str, name: str) -> str:
         return raw
@@ -321,13 +332,12 @@ class Text:
         return str(value)
 
 
-@dataclass(frozen=True)
 class Subset:
-    values: Tuple[str, ...]
+    __slots__ = ("values", "allowed")
 
-    @property
-    def allowed(self) -> str:
-        return f"a comma-separated subset of {', '.join(self.values)}"
+    def __init__(self, values: Tuple[str, ...]) -> None:
+        self.values = values
+        self.allowed = f"a comma-separated subset of {', '.join(values)}"
 
     def __call__(self, raw: str, name: str) -> Tuple[str, ...]:
         requested = tuple(t.strip().lower() for t in raw.split(",") if t.strip())
@@ -339,14 +349,16 @@ class Subset:
         return ",".join(value)
 
 
-@dataclass(frozen=True)
 class KeyValues:
     """``k1=v1,k2=v2`` (percent-decoded, W3C baggage style), as OTEL_EXPORTER_OTLP_HEADERS and
     OTEL_RESOURCE_ATTRIBUTES are written. Never echoes the value: headers carry secrets."""
 
-    allowed: str = "key=value pairs separated by commas, percent-encoded, no control characters"
+    __slots__ = ()
+    allowed = "key=value pairs separated by commas, percent-encoded, no control characters"
 
     def __call__(self, raw: str, name: str) -> Dict[str, str]:
+        from urllib.parse import unquote
+
         result: Dict[str, str] = {}
         for part in raw.split(","):
             part = part.strip()
@@ -375,6 +387,8 @@ def parse_key_values(name: str, raw: str) -> Dict[str, str]:
 
 
 def _check_url(raw: str) -> None:
+    from urllib.parse import urlsplit
+
     shown = redact_url(raw)
     try:
         parts = urlsplit(raw)
@@ -385,14 +399,16 @@ def _check_url(raw: str) -> None:
         raise ValueError(f"{shown!r} is not an http:// or https:// URL")
 
 
-@dataclass(frozen=True)
 class Endpoint:
     """An OTLP/HTTP URL for one signal. A base endpoint (``*_EXPORTER_ENDPOINT``,
     ``OTEL_EXPORTER_OTLP_ENDPOINT``) gets ``/v1/<signal>`` appended to its path (before any query);
     a per-signal one is used as is, as the OTLP exporter specification says."""
 
-    signal: str
-    allowed: str = "an http:// or https:// URL"
+    __slots__ = ("signal",)
+    allowed = "an http:// or https:// URL"
+
+    def __init__(self, signal: str) -> None:
+        self.signal = signal
 
     def __call__(self, raw: str, name: str) -> str:
         _check_url(raw)
@@ -406,9 +422,9 @@ class Endpoint:
         return str(value)
 
 
-@dataclass(frozen=True)
 class CaFile:
-    allowed: str = "path to a PEM CA bundle"
+    __slots__ = ()
+    allowed = "path to a PEM CA bundle"
 
     def __call__(self, raw: str, name: str) -> str:
         if not os.path.isfile(raw):
@@ -425,18 +441,25 @@ BASE_ENDPOINTS = ("LAMBDA_OTEL_EXPORTER_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"
 # --- the table ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Setting:
-    """One configuration value: the variables that set it, first set wins."""
+    """One configuration value: the variables that set it, first set wins.
 
-    field: Optional[str]  # dotted path in Config ("flush.interval_s"); None: see read_by
-    names: Tuple[str, ...]  # precedence order: ours (LAMBDA_OTEL_*) first, then shared ones
-    parser: Any  # Int, Millis, Choice, ...: (raw, name) -> value, raises ValueError
-    doc: str
-    section: str
-    default_doc: Optional[str] = None  # when the default is computed, say how
-    read_by: Optional[str] = None  # for field=None rows: the module that reads the variable itself
-    unset_doc: Optional[str] = None  # what having no usable value means, for the warning
+    ``field``: dotted path in Config (``"flush.interval_s"``), or None for a variable another module
+    reads itself (``read_by``). ``names``: precedence order, ours (``LAMBDA_OTEL_*``) first.
+    ``default_doc``: how a computed default reads in the docs. ``unset_doc``: what having no usable
+    value means, for the warning.
+    """
+
+    __slots__ = ("field", "names", "parser", "doc", "section", "default_doc", "read_by", "unset_doc")
+
+    def __init__(self, field: Optional[str], names: Tuple[str, ...], parser: Parser, doc: str, section: str,
+                 default_doc: Optional[str] = None, read_by: Optional[str] = None,
+                 unset_doc: Optional[str] = None) -> None:
+        self.field, self.names, self.parser, self.doc, self.section = field, names, parser, doc, section
+        self.default_doc, self.read_by, self.unset_doc = default_doc, read_by, unset_doc
+
+    def __repr__(self) -> str:
+        return f"Setting({self.field!r}, {self.names!r})"
 
     def default(self) -> Any:
         if self.field is None:
@@ -513,7 +536,7 @@ SETTINGS: Tuple[Setting, ...] = (
             "PEM CA bundle to verify the backend. Verification is never turned off.", EXPORT,
             default_doc="system CAs"),
     Setting("metrics_temporality", _exporter_names("METRICS_TEMPORALITY_PREFERENCE"),
-            Choice(TEMPORALITIES, aliases=(("lowmemory", "delta"),)),
+            Choice(TEMPORALITIES, aliases={"lowmemory": "delta"}),
             "Temporality of lambda-otel's metrics. ``lowmemory`` means delta here (all our instruments are "
             "counters and histograms).", EXPORT),
     Setting("flush.strategy", ("LAMBDA_OTEL_FLUSH_STRATEGY",), Choice(STRATEGIES),
@@ -747,7 +770,11 @@ def is_loopback_host(host: str) -> bool:
     return ip is not None and _is_local_ip(ip)
 
 
-def _ip(text: str) -> Optional[ipaddress._BaseAddress]:
+def _ip(text: str) -> Any:
+    """An ``ipaddress`` address, or None when ``text`` is not an address."""
+    import ipaddress
+    import socket
+
     text = text.split("%", 1)[0]  # an IPv6 zone id
     try:
         return ipaddress.ip_address(text)
@@ -758,7 +785,7 @@ def _ip(text: str) -> Optional[ipaddress._BaseAddress]:
             return None
 
 
-def _is_local_ip(ip: ipaddress._BaseAddress) -> bool:
+def _is_local_ip(ip: Any) -> bool:
     mapped = getattr(ip, "ipv4_mapped", None)
     if mapped is not None:
         ip = mapped
@@ -770,6 +797,8 @@ def resolve_host(host: str, port: int, timeout: float = RESOLVE_TIMEOUT_S) -> Se
 
     ``getaddrinfo`` has no timeout of its own, so it runs on a daemon thread we stop waiting for.
     """
+    import socket
+    import threading
     found: List[str] = []
 
     def lookup() -> None:
@@ -785,6 +814,8 @@ def resolve_host(host: str, port: int, timeout: float = RESOLVE_TIMEOUT_S) -> Se
 
 
 def _is_own_receiver(url: str, receiver_port: int, resolve: Callable[[str, int], Sequence[str]]) -> bool:
+    from urllib.parse import urlsplit
+
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if port != receiver_port:
@@ -800,6 +831,8 @@ def _is_own_receiver(url: str, receiver_port: int, resolve: Callable[[str, int],
 
 def _check_self_export(values: Dict[str, Any], reader: _Reader, resolve: Callable[[str, int], Sequence[str]]) -> None:
     """An endpoint that is our own receiver would loop every record back to us forever."""
+    from urllib.parse import urlsplit
+
     if not values["receiver.enabled"]:
         return
     port = values["receiver.port"]
