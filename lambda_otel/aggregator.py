@@ -2,10 +2,10 @@
 
 One FIFO per signal, but one shared budget (bytes and records) for the whole extension:
 the extension lives inside the function's memory, so what matters is the total it holds,
-not how it is split between traces, metrics and logs. When the budget is full, producers
-choose: platform telemetry evicts the oldest items (``evict=True``, counted as
-``queue_full``), the OTLP receiver refuses instead (``evict=False``) and answers 503, so the
-function's SDK keeps its data and retries rather than us acknowledging and then dropping it.
+not how it is split between traces, metrics and logs. When the budget is full, the oldest
+items are evicted to make room (``evict=True``, counted as ``queue_full``): for platform
+telemetry and for the OTLP receiver alike (a refusal would make the function's SDK retry
+inside its invocation). ``evict=False`` returns False instead, for a caller that can wait.
 
 Items are protobuf ``ResourceSpans`` / ``ResourceMetrics`` / ``ResourceLogs`` messages. Sizes
 are ``ByteSize()`` (serialised, uncompressed); a "record" is one span, metric data point or

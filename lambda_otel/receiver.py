@@ -2,9 +2,12 @@
 
 The function's SDK exports here instead of to the backend, so its telemetry leaves with ours,
 on our freeze-safe schedule. A 200 is a promise: the data is in the aggregator (from there it
-is exported or counted as dropped with a reason). When the aggregator has no room we answer
-503 + Retry-After and keep nothing, so the SDK keeps and retries its data: never a 200
-followed by a silent drop (the Rust original's first bug).
+is exported or counted as dropped with a reason), never a 200 followed by a silent drop.
+Nothing we answer makes the SDK wait or retry inside an invocation (it would, with backoff, for
+its whole export timeout): a full queue makes room by its own policy (the oldest records are
+dropped and counted as ``queue_full``), and what we cannot keep at all (a resource batch larger
+than the whole budget, anything after the final flush started) is refused in a 200 with an OTLP
+``partial_success``, which clients must not retry, and counted.
 
 Everything a misbehaving client can make us spend is bounded: the body (Content-Length checked
 before reading), the decompressed size (inflated in bounded steps), the time a slow client may
@@ -32,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from lambda_otel import otlp
 from lambda_otel.aggregator import Aggregator
 from lambda_otel.config import ReceiverConfig
-from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, TRACES, LossCounter
+from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
 from lambda_otel.otlp import JSON, PATHS, PROTOBUF, count_records, encode_message
 
 log = logging.getLogger(__name__)
@@ -409,7 +412,8 @@ class OtlpReceiver:
         log.debug("OTLP receiver serving on %s", self.address)
 
     def close_intake(self) -> None:
-        """SHUTDOWN, before the final flush: from now on answer 503 and keep nothing.
+        """SHUTDOWN, before the final flush: from now on keep nothing (refused with a
+        ``partial_success`` and counted as ``shutdown_deadline``).
 
         When this returns, every request we answered (or will answer) 200 is already in the
         aggregator, so the final flush sends it or counts it; a 200 after the final flush
@@ -485,7 +489,7 @@ class OtlpReceiver:
             return
         del body
 
-        fits, rejected = [], 0
+        fits, too_big = [], 0
         for item in getattr(request, otlp.spec(signal).items_field):
             records = count_records(signal, item)
             if records == 0:
@@ -494,20 +498,23 @@ class OtlpReceiver:
             if self.aggregator.fits_budget(nbytes, records):
                 fits.append((item, records, nbytes))
             else:
-                rejected += records
+                too_big += records
         with self._intake_lock:
             closed = self._intake_closed
-            added = not closed and self.aggregator.add_many(signal, fits, evict=False)
-        if not added:
-            why = "the extension is shutting down" if closed else "the extension's queue is full; retry later"
-            h._error(503, why, content_type, headers={"Retry-After": str(self.retry_after_s)})
-            return
-        if rejected:
-            # Counted only now that the answer is final (a 503 above keeps nothing and counts nothing).
-            self.loss.add(signal, QUEUE_FULL, rejected)
-            response = otlp.build_response(
-                signal, rejected, "resource batch larger than lambda-otel's whole queue budget; send smaller batches")
+            if not closed:
+                # A full queue makes room by the queue's own policy (the oldest records go,
+                # counted as queue_full): never an answer that makes the SDK wait and retry.
+                self.aggregator.add_many(signal, fits, evict=True)
+        accepted = 0 if closed else sum(r for _, r, _ in fits)
+        if closed:
+            rejected = too_big + sum(r for _, r, _ in fits)
+            self.loss.add(signal, SHUTDOWN_DEADLINE, rejected)
+            message = "lambda-otel is shutting down: its final flush has started"
         else:
-            response = otlp.build_response(signal)
-        self._stats.accepted(signal, sum(r for _, r, _ in fits), rejected)
+            rejected = too_big
+            self.loss.add(signal, QUEUE_FULL, rejected)
+            message = "resource batch larger than lambda-otel's whole queue budget; send smaller batches"
+        # What was refused goes back in a 200 with partial_success: the spec forbids clients to retry it.
+        response = otlp.build_response(signal, rejected, message) if rejected else otlp.build_response(signal)
+        self._stats.accepted(signal, accepted, rejected)
         h._send(200, encode_message(response, content_type), content_type)

@@ -28,8 +28,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from lambda_otel.local.sink import attrs_to_dict
-from tests.support import ExtensionTestCase, counter_total
+from lambda_otel.aggregator import budget_from_memory
+from lambda_otel.config import FlushConfig
+from lambda_otel.flush import GATE_CLOSE_GRACE_S
+from lambda_otel.local.sink import OtlpSink, attrs_to_dict
+from tests.reliability_support import shutdown_summary
+from tests.support import ExtensionTestCase, counter_total, free_port
 
 SDK_SERVICE = "sdk-e2e-function"  # tests/fixtures/functions/sdk_handlers.py
 SDK_SCOPE = "sdk-e2e"
@@ -81,7 +85,9 @@ def sink_records(sink, signal: str, service: str) -> Counter:
     return found
 
 
-class FunctionSdkTest(ExtensionTestCase):
+class SdkFunctionCase(ExtensionTestCase):
+    """A function with the real SDK, and what it sent (the bodies the receiver answered 200 to)."""
+
     def capture_dir(self) -> str:
         path = tempfile.mkdtemp(prefix="sdk-e2e-capture-")
         self.addCleanup(shutil.rmtree, path, True)
@@ -100,6 +106,8 @@ class FunctionSdkTest(ExtensionTestCase):
                     sent.update(flatten(signal, REQUESTS[signal].FromString(fh.read())))
         return sent
 
+
+class FunctionSdkTest(SdkFunctionCase):
     def run_sdk_function(self, invocations: int, **env_extra):
         sink = self.make_sink()
         capture = self.capture_dir()
@@ -250,6 +258,15 @@ class _Client(threading.Thread):
             headers["Content-Encoding"] = "gzip"
         return body, headers
 
+    def refused(self, signal: str, data: bytes) -> bool:
+        """A 200 whose partial_success refuses records (after SHUTDOWN): not acknowledged."""
+        if self.json:
+            partial = json.loads(data or b"{}").get("partialSuccess", {})
+            return bool(int(partial.get("rejectedSpans", 0)) or int(partial.get("rejectedLogRecords", 0)))
+        if signal == "traces":
+            return trace_service_pb2.ExportTraceServiceResponse.FromString(data).partial_success.rejected_spans > 0
+        return logs_service_pb2.ExportLogsServiceResponse.FromString(data).partial_success.rejected_log_records > 0
+
     def run(self) -> None:
         conn = None
         refused = 0
@@ -264,7 +281,7 @@ class _Client(threading.Thread):
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 conn.request("POST", f"/v1/{signal}", body=body, headers=headers)
                 response = conn.getresponse()
-                response.read()
+                data = response.read()
                 refused = 0
             except (OSError, http.client.HTTPException):
                 self.errors += 1
@@ -275,7 +292,7 @@ class _Client(threading.Thread):
                 self.stop_event.wait(0.01)
                 continue
             self.statuses[response.status] += 1
-            if response.status == 200:
+            if response.status == 200 and not self.refused(signal, data):
                 (self.acked_spans if signal == "traces" else self.acked_logs).update(ids)
             self.stop_event.wait(0.003)
         if conn is not None:
@@ -326,6 +343,95 @@ class ReceiverUnderLoadTest(ExtensionTestCase):
         missing_logs = acked_logs - set(logs)
         self.assertLessEqual(len(missing_spans), dropped_spans + sum(unsent), sorted(missing_spans)[:5])
         self.assertLessEqual(len(missing_logs), dropped_logs + sum(unsent), sorted(missing_logs)[:5])
+
+
+# --- a dead backend never slows the function ----------------------------------------------------
+
+BURST_SPANS = 2000  # per invocation (plus the handler's root span)
+
+
+class DeadBackendTest(SdkFunctionCase):
+    """Backend down while a real SDK function (BatchSpanProcessor, 128 MB) exports 2000 spans per
+    invocation for more invocations than the queue holds, then the backend returns.
+
+    Nothing the receiver answers may make the SDK wait or retry (a 503 did: its exporter backs off
+    for up to its 10 s timeout, inside the invocation), and every span the SDK sent is delivered or
+    counted in ``lambda_otel.dropped``.
+    """
+
+    def test_sdk_never_waits_and_every_span_is_delivered_or_counted(self):
+        port = free_port()
+        sink = OtlpSink(port=port).start()
+        self.addCleanup(sink.stop)
+        capture = self.capture_dir()
+        sim = self.make_sim(self.sdk_env(sink, capture), handler="sdk_handlers.handler", memory_mb=128)
+        sim.start(timeout=30)
+        _, max_records = budget_from_memory(128)
+        down_invocations = max_records // BURST_SPANS + 3  # more than the whole queue holds
+        flush_budget_s = FlushConfig().flush_budget_s
+
+        results = [sim.invoke({"spans": 1, "logs": 0, "tag": "warm"}, timeout=30)]
+        # A first invocation is flushed at its end: what the platform made of init and of it, delivered.
+        self.assertTrue(sink.wait_for(lambda: len(sink_records(sink, "traces", SDK_SERVICE)) == 2, 10))
+        sink.stop()  # the backend is down: connection refused
+        for i in range(down_invocations):
+            results.append(sim.invoke({"spans": BURST_SPANS, "logs": 0, "tag": f"down-{i}"}, timeout=60))
+        sink.start()  # the backend is back, on the same address
+        for i in range(2):
+            results.append(sim.invoke({"spans": BURST_SPANS, "logs": 0, "tag": f"up-{i}"}, timeout=60))
+        down = sim.shutdown("spindown", timeout=30)
+        output = self.extension_output(sim)
+        self.assertEqual(down.extensions["lambda-otel"].exit_code, 0, output)
+
+        export_ms, overhead_ms = [], []
+        for res in results:
+            self.assertEqual(res.status, "success", f"{res.error_type}: {res.error_body}\n{output[-3000:]}")
+            answer = res.json()
+            export_ms.extend(answer["export_ms"])
+            overhead_ms.append(res.extension_overhead_ms or 0.0)
+        # The SDK never waited on us: no export call (its retries and backoff included) took long.
+        self.assertLess(max(export_ms), 1000.0, sorted(export_ms)[-5:])
+        # No invocation was held past the flush budget (the flush's own grace and scheduling slack on a
+        # shared machine aside): the outage costs at most one budget per invocation, never the SDK's retries.
+        self.assertLess(max(overhead_ms), (flush_budget_s + GATE_CLOSE_GRACE_S + 0.5) * 1000, overhead_ms)
+
+        sent = self.captured(capture, "traces")
+        self.assertGreaterEqual(sum(sent.values()), down_invocations * BURST_SPANS)
+        delivered = sink_records(sink, "traces", SDK_SERVICE)
+        self.assertEqual([k for k, n in delivered.items() if n > 1], [], "a span delivered twice")
+        self.assertLessEqual(set(delivered), set(sent))
+        missing = sum(sent.values()) - len(delivered)
+        self.assertGreater(missing, 0, "the outage was meant to overflow the queue")
+
+        # Every span missing at the backend is counted as dropped (traces), and what is counted beyond
+        # the SDK's spans is only the platform's own spans of the same invocations.
+        summary = shutdown_summary(output)
+        self.assertIsNotNone(summary, output[-3000:])
+        self.assertEqual(summary["unsent"], 0, output[-3000:])
+        dropped_traces = counter_total(sink.metrics(), "lambda_otel.dropped", signal="traces")
+        # The platform's spans: init's (delivered with the first invocation), and each invocation's
+        # (a report, so its extensionOverhead span, arrives during the next invocation).
+        init_spans = [i for i in platform_items(sink) if "faas.invocation_id" not in attrs_to_dict(i.span.attributes)]
+        self.assertTrue(init_spans)
+        platform_sent = len(init_spans) + sum(platform_spans_of(res) for res in results)
+        platform_delivered = len(platform_items(sink))
+        self.assertEqual(len(delivered) + platform_delivered + dropped_traces, sum(sent.values()) + platform_sent,
+                         f"delivered {len(delivered)}+{platform_delivered}, dropped {dropped_traces}, "
+                         f"sent {sum(sent.values())}+{platform_sent}; {summary}")
+
+
+def platform_items(sink) -> list:
+    """The spans the extension made of platform events (not the function's SDK's)."""
+    return [i for i in sink.span_items() if i.resource.get("service.name") != SDK_SERVICE]
+
+
+def platform_spans_of(res) -> int:
+    """The spans the extension makes of one invocation: the invocation's own span, one per
+    ``platform.runtimeDone`` span, and ``extensionOverhead`` when the report shows overhead."""
+    runtime_done, report = res.runtime_done or {}, res.report or {}
+    overhead = any(isinstance(s, dict) and s.get("name") == "extensionOverhead" for s in report.get("spans") or [])
+    overhead = overhead or report["metrics"]["durationMs"] > runtime_done["metrics"]["durationMs"]
+    return 1 + len(runtime_done.get("spans") or []) + int(overhead)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind
 
 from lambda_otel.aggregator import MiB, Aggregator
-from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, TRACES, LossCounter
+from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
 from lambda_otel.receiver import OtlpReceiver, build_status_class, inflate_bounded
 
 RESOURCE = Resource.create({"service.name": "my-function", "faas.name": "fn"})
@@ -431,24 +431,19 @@ class SlowClientTest(ReceiverTestBase):
 class BackpressureTest(ReceiverTestBase):
     max_records = 5
 
-    def test_full_aggregator_gives_503_and_loses_nothing(self):
+    def test_full_queue_is_never_a_503_the_oldest_records_make_room_counted(self):
+        """An SDK retries a 503 with backoff inside the invocation: a full queue must not answer one."""
         first = self.trace_request_bytes("first", 5)
         resp, _ = self.post("/v1/traces", first)
         self.assertEqual(resp.status, 200)
         second = self.trace_request_bytes("second", 2)
-        conn = self.conn()
-        resp, data = self.post("/v1/traces", second, conn=conn)
-        self.assertEqual(resp.status, 503)
-        self.assertEqual(resp.getheader("Retry-After"), "1")
-        status_pb2.Status.FromString(data)
-        self.assertEqual(self.loss.snapshot(), {})
-        # what was accepted is intact
-        self.assertEqual(self.take_all(TRACES), list(ExportTraceServiceRequest.FromString(first).resource_spans))
-        # room again: the retry (same connection) is accepted
-        resp, _ = self.post("/v1/traces", second, conn=conn)
+        resp, data = self.post("/v1/traces", second)
         self.assertEqual(resp.status, 200)
-        self.assertEqual(self.agg.pending_records(), 2)
-        self.assertEqual(self.loss.snapshot(), {})
+        self.assertIsNone(resp.getheader("Retry-After"))
+        self.assertFalse(ExportTraceServiceResponse.FromString(data).HasField("partial_success"))
+        # The queue's policy: the oldest item (all 5 of "first") went, counted; "second" is queued.
+        self.assertEqual(self.loss.snapshot(), {(TRACES, QUEUE_FULL): 5})
+        self.assertEqual(self.take_all(TRACES), list(ExportTraceServiceRequest.FromString(second).resource_spans))
 
     def test_item_larger_than_the_whole_budget_is_partial_success(self):
         request = ExportTraceServiceRequest()
@@ -464,7 +459,7 @@ class BackpressureTest(ReceiverTestBase):
 
 
 class CloseIntakeTest(ReceiverTestBase):
-    def test_after_close_intake_503_and_nothing_kept_before_it_everything_kept(self):
+    def test_after_close_intake_partial_success_counted_and_everything_before_it_kept(self):
         before = self.trace_request_bytes("before", 2)
         resp, _ = self.post("/v1/traces", before)
         self.assertEqual(resp.status, 200)
@@ -472,13 +467,15 @@ class CloseIntakeTest(ReceiverTestBase):
         conn = self.conn()
         for path, body in (("/v1/traces", self.trace_request_bytes("after", 3)), ("/v1/traces", before)):
             resp, data = self.post(path, body, conn=conn)
-            self.assertEqual(resp.status, 503)
-            self.assertEqual(resp.getheader("Retry-After"), "1")
-            self.assertIn("shutting down", status_pb2.Status.FromString(data).message)
-        # Only what got its 200 before close_intake() is queued; nothing was counted as lost.
+            self.assertEqual(resp.status, 200)  # a partial_success, which clients must not retry
+            self.assertIsNone(resp.getheader("Retry-After"))
+            response = ExportTraceServiceResponse.FromString(data)
+            self.assertEqual(response.partial_success.rejected_spans, 3 if b"after" in body else 2)
+            self.assertIn("shutting down", response.partial_success.error_message)
+        # Only what came before close_intake() is queued; what came after is counted, not lost silently.
         self.assertEqual(self.take_all(TRACES), list(ExportTraceServiceRequest.FromString(before).resource_spans))
         self.assertEqual(self.agg.pending_records(), 0)
-        self.assertEqual(self.loss.snapshot(), {})
+        self.assertEqual(self.loss.snapshot(), {(TRACES, SHUTDOWN_DEADLINE): 5})
 
     def test_every_200_is_in_the_queue_when_close_intake_returns(self):
         """Clients racing close_intake(): what was answered 200 was queued before it returned."""
@@ -495,14 +492,14 @@ class CloseIntakeTest(ReceiverTestBase):
                     c.request("POST", "/v1/logs", body=self.log_request(f"{n}-{i}"),
                               headers={"Content-Type": "application/x-protobuf"})
                     resp = c.getresponse()
-                    resp.read()
-                    if resp.status == 200:
-                        with lock:
-                            acked.append(f"{n}-{i}")
-                            if len(acked) >= 20:
-                                enough.set()
-                    elif resp.status == 503:
-                        return
+                    data = resp.read()
+                    self.assertEqual(resp.status, 200)
+                    if ExportLogsServiceResponse.FromString(data).partial_success.rejected_log_records:
+                        return  # refused (counted): intake is closed
+                    with lock:
+                        acked.append(f"{n}-{i}")
+                        if len(acked) >= 20:
+                            enough.set()
             finally:
                 c.close()
 
