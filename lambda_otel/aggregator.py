@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from lambda_otel.loss import QUEUE_FULL, SIGNALS, LossCounter
 from lambda_otel.otlp import count_records
@@ -87,7 +86,12 @@ class Batch:
 
 
 class Aggregator:
-    """Bounded per-signal FIFOs under one shared byte/record budget. Thread-safe."""
+    """Bounded per-signal FIFOs under one shared byte/record budget. Thread-safe.
+
+    ``set_on_data(callback)``: the exporter thread subscribes to be woken after every add, so a
+    full batch starts exporting as soon as it is queued. The callback runs after the queue's lock
+    is released (it may take the exporter's own lock) and must be quick.
+    """
 
     def __init__(self, max_bytes: int, max_records: int, loss: LossCounter) -> None:
         if max_bytes <= 0 or max_records <= 0:
@@ -95,7 +99,8 @@ class Aggregator:
         self.max_bytes = max_bytes
         self.max_records = max_records
         self._loss = loss
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._on_data: Optional[Callable[[], None]] = None
         self._queues: Dict[str, Deque[_Entry]] = {s: deque() for s in SIGNALS}
         self._bytes = 0
         self._records = 0
@@ -129,7 +134,7 @@ class Aggregator:
         for item, records, nbytes in entries:
             sized.append((item, records, item.ByteSize() if nbytes is None else nbytes))
         all_ok = True
-        with self._cond:
+        with self._lock:
             keep = []
             for item, records, nbytes in sized:
                 if not self.fits_budget(nbytes, records):
@@ -150,8 +155,15 @@ class Aggregator:
                 self._queues[signal].append(_Entry(next(self._seq), item, records, nbytes))
                 self._bytes += nbytes
                 self._records += records
-            self._cond.notify_all()
+            on_data = self._on_data
+        if on_data is not None:
+            on_data()
         return all_ok
+
+    def set_on_data(self, callback: Optional[Callable[[], None]]) -> None:
+        """Call ``callback()`` after every add that queued something (None: stop calling)."""
+        with self._lock:
+            self._on_data = callback
 
     def fits_budget(self, nbytes: int, records: int) -> bool:
         """Could this ever fit (in an empty queue)?"""
@@ -159,7 +171,7 @@ class Aggregator:
 
     def has_room(self, nbytes: int, records: int) -> bool:
         """Would this fit now without evicting anything?"""
-        with self._cond:
+        with self._lock:
             return self._has_room_locked(nbytes, records)
 
     # -- the exporter ----------------------------------------------------------------------
@@ -167,7 +179,7 @@ class Aggregator:
     def take_batch(self, signal: str, max_bytes: int, max_records: int) -> Optional[Batch]:
         """Up to max_bytes/max_records of the oldest items of one signal (at least one item)."""
         self._check_signal(signal)
-        with self._cond:
+        with self._lock:
             queue = self._queues[signal]
             if not queue:
                 return None
@@ -196,7 +208,7 @@ class Aggregator:
         hand_made = len(entries) != len(batch.items)
         if hand_made:  # a Batch built by hand: size it now, age it as older than anything queued
             entries = [_Entry(0, it, count_records(batch.signal, it), it.ByteSize()) for it in batch.items]
-        with self._cond:
+        with self._lock:
             queue = self._queues[batch.signal]
             for entry in reversed(entries):
                 entry.attempts = batch.attempts
@@ -207,27 +219,10 @@ class Aggregator:
                 self._bytes += entry.nbytes
                 self._records += entry.records
             self._evict_until_fits_locked(0, 0)
-            self._cond.notify_all()
-
-    def wait_for_data(self, timeout: float) -> bool:
-        """Block until some signal has data (True) or the timeout passes (False)."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            while not any(self._queues.values()):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
-
-    def wake(self) -> None:
-        """Wake wait_for_data() callers (e.g. at shutdown) without adding data."""
-        with self._cond:
-            self._cond.notify_all()
 
     def discard_all(self, reason: str) -> int:
         """Drop everything still queued, counting it under ``reason``; returns the records dropped."""
-        with self._cond:
+        with self._lock:
             dropped = 0
             for signal, queue in self._queues.items():
                 n = sum(e.records for e in queue)
@@ -241,18 +236,18 @@ class Aggregator:
     # -- observation -----------------------------------------------------------------------
 
     def pending_records(self, signal: Optional[str] = None) -> int:
-        with self._cond:
+        with self._lock:
             if signal is None:
                 return self._records
             self._check_signal(signal)
             return sum(e.records for e in self._queues[signal])
 
     def pending_bytes(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._bytes
 
     def pending_items(self, signal: Optional[str] = None) -> int:
-        with self._cond:
+        with self._lock:
             if signal is None:
                 return sum(len(q) for q in self._queues.values())
             return len(self._queues[signal])

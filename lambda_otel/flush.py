@@ -1,26 +1,32 @@
 """When to export, and making sure no export is open when Lambda freezes us.
 
-Four pieces, each small enough to test on its own:
+The pieces, each small enough to test on its own:
 
-* ``FlushManager``: pure decisions (which strategy is in effect, is a flush due,
-  is the invocation deadline near). Injectable clock, no threads, no I/O.
+* ``decide(now, state) -> Decision``: the one flush decision, a pure function over a
+  ``FlushState`` snapshot (strategy, gate, budget, Retry-After, breaker, timer, what is
+  pending). The exporter thread asks it what to do next, the events thread asks it at
+  INVOKE whether a flush should start while the function runs, and a requested flush
+  asks it whether it may run. Tested with a fake clock, no threads.
+* ``FlushManager``: what the decision remembers about the past (the invocation
+  pattern, consecutive failures, the last flush), and ``effective_strategy``.
 * ``CircuitBreaker``: stops exporting inside invocations while the backend is down,
   and probes it again with jittered exponential backoff.
 * ``ExportGate``: the freeze-safety gate. The exporter thread may only *start* an
   HTTP request while the gate is open; the events thread closes it right before
   ``/next`` and waits (bounded) for the request in flight.
-* ``ExportWorker``: the one exporter thread. ``FlushCoordinator``: what the events
-  thread calls (``on_invoke``, ``on_runtime_done``, ``before_next``,
+* ``ExportWorker``: the one exporter thread, woken by its queue (``on_data``), by the
+  events thread and by flush requests; it never polls. ``FlushCoordinator``: what the
+  events thread calls (``on_invoke``, ``on_runtime_done``, ``before_next``,
   ``on_shutdown_event``).
 
-Strategies (``FlushConfig.strategy``):
+Strategies (``FlushConfig.strategy``, ``Strategy``):
 
 ==========  ===================================================================
-default     Adaptive, as the Rust original. *Infrequent* functions (fewer than 2
-            invocations seen, or average interval over the last 20 > 120 s) are
-            flushed at the end of every invocation (``end``); *frequent* ones are
-            flushed by the ``periodic`` timer, so busy functions do not pay a hold
-            of ``/next`` on every invocation.
+default     Adaptive. *Infrequent* functions (fewer than 2 invocations seen, or
+            average interval over the last 20 > 120 s) are flushed at the end of
+            every invocation (``end``); *frequent* ones are flushed by the
+            ``periodic`` timer, so busy functions do not pay a hold of ``/next`` on
+            every invocation.
 end         Flush at the end of every invocation: ``before_next`` holds ``/next``
             until this invocation's ``platform.runtimeDone`` is in the aggregator,
             then flushes (bounded). Nothing waits in memory across a freeze.
@@ -31,16 +37,16 @@ periodic    A real timer: every ``interval_s`` (while thawed, gate open) flush
             for runtimeDone. Data may sit across a freeze until the next invocation
             or SHUTDOWN.
 continuous  As ``periodic`` (the timer still drives metrics-only flushes), and in
-            addition pending data is exported as soon as it is seen while the gate
-            is open (checked every ``CONTINUOUS_TICK_S``). Lowest latency, most
-            requests.
+            addition pending data is exported as soon as it arrives while the gate
+            is open (at most one data-driven flush per ``CONTINUOUS_MIN_GAP_S``).
+            Lowest latency, most requests.
 ==========  ===================================================================
 
-In every strategy: a full buffer (``max_batch_records``/``max_batch_bytes``
-pending) is flushed while the gate is open, an invocation whose deadline is within
-``deadline_margin_s`` flushes at INVOKE, and after ``ESCALATION_FAILURES``
-consecutive failed flushes the effective strategy is ``continuous`` (as in the
-Rust original; a success resets it). With the breaker (default 3 failures) this
+In every strategy: a full batch (``max_batch_records``/``max_batch_bytes``
+pending) starts exporting as soon as it is queued while the gate is open, an
+invocation whose deadline is within ``deadline_margin_s`` flushes at INVOKE, and
+after ``ESCALATION_FAILURES`` consecutive failed flushes the effective strategy is
+``continuous`` (a success resets it). With the breaker (default 3 failures) this
 only matters while the breaker is open, i.e. it removes the hold of ``/next``.
 
 Outages (what a dead or slow backend may cost an invocation):
@@ -58,147 +64,317 @@ Outages (what a dead or slow backend may cost an invocation):
   ``Retry-After`` longer than a request's deadline holds every request until it passed.
 
 So the flush part of a hold is at most ``flush_budget_s`` (+ ``GATE_CLOSE_GRACE_S``).
+Every wait in this module is bounded, and never longer than ``MAX_WAIT_S`` at a time.
 
 Shutdown: everything pending is sent in batches, every request's deadline being
 ``deadlineMs - shutdown_margin_s`` (even with the breaker open: it is the last
 chance); what is left at that instant is counted as ``shutdown_deadline``.
+
+Lock order (a thread holding one may take only those after it; never the reverse):
+
+1. ``FlushCoordinator._cond`` (never held while calling the worker or the gate)
+2. ``ExportWorker._cond`` (held while building a ``FlushState`` snapshot)
+3. the leaf locks, each held only for a read or an update and never while calling out:
+   ``FlushManager._lock``, ``CircuitBreaker._lock``, ``ExportGate._cond``,
+   ``Aggregator._cond``.
+
+The aggregator calls its ``on_data`` callback (``ExportWorker.wake``) after releasing its
+own lock, so a producer never holds ``Aggregator._cond`` while taking ``ExportWorker._cond``.
+No HTTP request is ever made while holding any of these locks. The RWLock of app.py is
+outside all of them: telemetry threads hold its read lock while they add to the aggregator.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Sequence, Tuple
 
 from lambda_otel import loss as loss_mod
 from lambda_otel.config import STRATEGIES
+from lambda_otel.exporter import ExportKind
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
+
+    from lambda_otel.aggregator import Batch
     from lambda_otel.config import FlushConfig
+    from lambda_otel.exporter import ExportOutcome
 
 log = logging.getLogger("lambda_otel.flush")
 
 Clock = Callable[[], float]
 
-HISTORY_SIZE = 20  # invocations remembered for the frequency decision (seed)
-FREQUENT_THRESHOLD_S = 120.0  # average interval above this = infrequent (seed)
-ESCALATION_FAILURES = 20  # consecutive failed flushes before forcing continuous (seed)
+HISTORY_SIZE = 20  # invocations remembered for the frequency decision
+FREQUENT_THRESHOLD_S = 120.0  # average interval above this = infrequent
+ESCALATION_FAILURES = 20  # consecutive failed flushes before forcing continuous
 MAX_BATCH_ATTEMPTS = 5  # a batch that failed this often is dropped (retries_exhausted)
-CONTINUOUS_TICK_S = 0.1  # how often continuous looks for pending data while thawed
-DATA_CHECK_S = 0.5  # how often other strategies look for a full buffer while thawed
+CONTINUOUS_MIN_GAP_S = 0.1  # continuous: at most one data-driven flush per this interval
+MIN_REQUEST_S = 0.01  # a request is not started with less time than this before its deadline
 RUNTIME_DONE_WAIT_FLOOR_S = 0.05  # the adaptive runtimeDone wait never shrinks below this
 PROBE_MAX_RECORDS = 100  # a breaker probe is one small batch ...
 PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_s)
 BREAKER_INITIAL_BACKOFF_S = 1.0
 GATE_CLOSE_GRACE_S = 0.25  # slack on top of the in-flight request's own deadline
 MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
+# The longest single wait: an idle worker re-decides at least this often, and no computed
+# wait (a Retry-After, a far deadline) can reach threading.TIMEOUT_MAX.
+MAX_WAIT_S = 5.0
+
+
+def bounded(seconds: float) -> float:
+    """A wait in [0, MAX_WAIT_S]: safe for ``Condition.wait`` whatever it was computed from."""
+    if not seconds > 0.0:  # also catches NaN
+        return 0.0
+    return min(seconds, MAX_WAIT_S)
+
+
+# --- the vocabulary -------------------------------------------------------------------------
+
+
+class Strategy(enum.Enum):
+    """The configured strategy; ``effective_strategy`` resolves DEFAULT and escalation."""
+
+    DEFAULT = "default"
+    END = "end"
+    PERIODIC = "periodic"
+    CONTINUOUS = "continuous"
+
+
+
+class Occasion(enum.Enum):
+    """Who asks ``decide``, and why."""
+
+    BACKGROUND = "background"  # the exporter thread, looking for work on its own
+    INVOKE = "invoke"  # the events thread at INVOKE: should a flush start while the function runs?
+    REQUEST = "request"  # a flush someone asked for (end of invocation, deadline near)
+    FINAL = "final"  # the SHUTDOWN flush
+
+
+class Action(enum.Enum):
+    WAIT = "wait"  # nothing to do now; look again after ``Decision.wait_s`` or when woken
+    FLUSH = "flush"  # drain the queues until ``Decision.until``
+    PROBE = "probe"  # breaker open: one small batch to see whether the backend is back
+    DEFER = "defer"  # a requested flush may not run now (budget spent, Retry-After, breaker)
+    FINAL = "final"  # send everything that fits before ``Decision.until``, count the rest
+
+
+class DrainStatus(enum.Enum):
+    """How draining one signal's queue ended."""
+
+    EMPTY = "empty"  # everything was sent (or dropped and counted)
+    FAILED = "failed"  # a retryable failure: the batch is back in the queue
+    STOPPED = "stopped"  # gate closed, out of time or budget, Retry-After
+
+
+# --- collaborators ----------------------------------------------------------------------------
+
+
+class BatchQueue(Protocol):
+    """What the worker needs of the aggregator."""
+
+    def add(self, signal: str, item: object, records: int, nbytes: Optional[int] = None,
+            evict: bool = True) -> bool: ...
+
+    def take_batch(self, signal: str, max_bytes: int, max_records: int) -> Optional["Batch"]: ...
+
+    def requeue(self, batch: "Batch") -> None: ...
+
+    def pending_records(self, signal: Optional[str] = None) -> int: ...
+
+    def pending_bytes(self) -> int: ...
+
+    def discard_all(self, reason: str) -> int: ...
+
+    def set_on_data(self, callback: Optional[Callable[[], None]]) -> None: ...
+
+
+class Exporter(Protocol):
+    def export(self, signal: str, items: Sequence[object], deadline: float) -> "ExportOutcome": ...
+
+
+class MetricsSource(Protocol):
+    def collect(self, now_ns: int) -> Optional["ResourceMetrics"]: ...
+
+
+# --- the one flush decision -------------------------------------------------------------------
+
+
+def effective_strategy(configured: Strategy, average_interval: Optional[float], failures: int) -> Strategy:
+    """``END``, ``PERIODIC`` or ``CONTINUOUS``: ``DEFAULT`` and escalation resolved.
+
+    ``average_interval`` is the mean gap between the last ``HISTORY_SIZE`` invocations
+    (None with fewer than 2); ``failures`` the consecutive failed flushes.
+    """
+    if failures >= ESCALATION_FAILURES:
+        return Strategy.CONTINUOUS
+    if configured is Strategy.DEFAULT:
+        infrequent = average_interval is None or average_interval > FREQUENT_THRESHOLD_S
+        return Strategy.END if infrequent else Strategy.PERIODIC
+    return configured
+
+
+@dataclass(frozen=True)
+class FlushState:
+    """Everything ``decide`` looks at, taken at one instant (all times on the monotonic clock)."""
+
+    occasion: Occasion
+    strategy: Strategy  # effective: END, PERIODIC or CONTINUOUS
+    config: "FlushConfig"
+    gate_open: bool = False
+    budget_spent: bool = False  # failed requests used flush_budget_s in this invocation
+    cap: Optional[float] = None  # no request of this invocation may end later (None: no invocation cap)
+    invocation_deadline: Optional[float] = None  # the invocation's own deadline (INVOKE)
+    not_before: float = 0.0  # Retry-After: no request before this instant
+    breaker_open: bool = False
+    next_probe_at: Optional[float] = None
+    timer_due: Optional[float] = None  # when the strategy's timer flushes next (None: no timer)
+    pending_records: int = 0
+    pending_bytes: int = 0
+    last_flush_end: float = float("-inf")
+    request_deadline: Optional[float] = None  # REQUEST / FINAL: the deadline the asker gave
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    until: float = 0.0  # FLUSH / PROBE / FINAL: when the flush must be over
+    wait_s: Optional[float] = None  # WAIT: look again after this long at the latest (None: when woken)
+
+
+def decide(now: float, s: FlushState) -> Decision:
+    """What to do now. Pure: the same snapshot always gives the same decision.
+
+    The checks, in order: a final flush always runs; nothing starts from the background
+    while the gate is closed, once this invocation's export budget is spent, too close to
+    the invocation's cap, or before a Retry-After has passed; while the breaker is open only
+    a probe runs, once it is due; a requested flush then runs; otherwise a flush starts when
+    the deadline is near (INVOKE), the timer is due, a full batch is pending, or (continuous)
+    anything is pending.
+    """
+    cfg = s.config
+    if s.occasion is Occasion.FINAL:
+        return Decision(Action.FINAL, until=_or(s.request_deadline, now))
+    asked = s.occasion is Occasion.REQUEST
+    background = s.occasion is Occasion.BACKGROUND
+    base_until = _or(s.request_deadline, now + cfg.flush_budget_s) if asked else now + cfg.flush_budget_s
+    if s.cap is not None and not asked:
+        base_until = min(base_until, s.cap)
+
+    if background and not s.gate_open:
+        return Decision(Action.WAIT)  # woken when /next returns
+    if s.budget_spent:
+        return _not_now(asked)  # woken by the next invocation
+    if background and s.cap is not None and now >= s.cap - MIN_REQUEST_S:
+        return Decision(Action.WAIT)  # too close to the invocation deadline to start anything
+    if now < s.not_before:
+        return _not_now(asked, s.not_before - now)
+    if s.breaker_open:
+        probe_due = s.next_probe_at is not None and now >= s.next_probe_at
+        if probe_due and (not background or s.pending_records > 0):
+            probe_until = min(base_until, now + min(PROBE_TIMEOUT_S, cfg.flush_budget_s))
+            return Decision(Action.PROBE, until=probe_until)
+        # Probe due but nothing to probe with: woken by the next data.
+        return _not_now(asked, None if probe_due or s.next_probe_at is None else s.next_probe_at - now)
+    if asked:
+        return Decision(Action.FLUSH, until=base_until)
+    if (s.occasion is Occasion.INVOKE and s.invocation_deadline is not None
+            and s.invocation_deadline - now < cfg.deadline_margin_s and s.cap is not None):
+        return Decision(Action.FLUSH, until=s.cap)  # there is no later chance in this invocation
+
+    timer_due = s.timer_due is not None and now >= s.timer_due
+    full = s.pending_records > 0 and (s.pending_records >= cfg.max_batch_records
+                                      or s.pending_bytes >= cfg.max_batch_bytes)
+    if timer_due or full:
+        return Decision(Action.FLUSH, until=base_until)
+    wait_s = None if s.timer_due is None else s.timer_due - now
+    if s.strategy is Strategy.CONTINUOUS and s.pending_records > 0:
+        next_at = s.last_flush_end + CONTINUOUS_MIN_GAP_S
+        if not background or now >= next_at:
+            return Decision(Action.FLUSH, until=base_until)
+        wait_s = next_at - now if wait_s is None else min(wait_s, next_at - now)
+    return Decision(Action.WAIT, wait_s=wait_s)
+
+
+def holds_next(strategy: Strategy, breaker_open: bool) -> bool:
+    """Whether ``before_next`` holds ``/next`` for runtimeDone and flushes (``end``, breaker closed)."""
+    return strategy is Strategy.END and not breaker_open
+
+
+def request_deadline(now: float, flush_until: float, final: bool, budget_s: float, cap: Optional[float]) -> float:
+    """The deadline of one request of a flush: the flush's, and inside an invocation also at most
+    ``budget_s`` away and never past the invocation's cap."""
+    if final:
+        return flush_until
+    d = min(flush_until, now + budget_s)
+    return d if cap is None else min(d, cap)
+
+
+def _not_now(asked: bool, wait_s: Optional[float] = None) -> Decision:
+    return Decision(Action.DEFER) if asked else Decision(Action.WAIT, wait_s=wait_s)
+
+
+def _or(value: Optional[float], default: float) -> float:
+    return default if value is None else value
+
+
+# --- what the decision remembers ---------------------------------------------------------------
 
 
 class FlushManager:
-    """Pure flush decisions, following the Rust ``FlushManager`` (anchor §7).
+    """The invocation pattern, consecutive failures and the last flush: the decision's memory.
 
-    Thread-safe (the events thread records invocations, the worker records
-    flushes). All times are ``clock()`` instants (monotonic seconds).
+    Thread-safe (the events thread records invocations, the worker records flushes).
+    All times are ``clock()`` instants (monotonic seconds).
     """
 
     def __init__(self, config: "FlushConfig", clock: Clock = time.monotonic) -> None:
         if config.strategy not in STRATEGIES:
             raise ValueError(f"unknown flush strategy {config.strategy!r}; allowed: {', '.join(STRATEGIES)}")
         self._config = config
+        self._strategy = Strategy(config.strategy)
         self._clock = clock
         self._lock = threading.Lock()
         self._history: Deque[float] = deque(maxlen=HISTORY_SIZE)
         self._failures = 0
         self._last_flush: Optional[float] = None
-        self._escalated_logged = False
 
-    # -- invocation pattern -------------------------------------------------
     def record_invocation(self, now: Optional[float] = None) -> None:
         with self._lock:
             self._history.append(self._now(now))
 
-    def history_len(self) -> int:
-        with self._lock:
-            return len(self._history)
-
-    def average_interval(self) -> Optional[float]:
-        """Mean gap between the remembered invocations, None with fewer than 2."""
-        with self._lock:
-            return self._average_interval()
-
-    def _average_interval(self) -> Optional[float]:
-        if len(self._history) < 2:
-            return None
-        return (self._history[-1] - self._history[0]) / (len(self._history) - 1)
-
-    def is_infrequent(self) -> bool:
-        with self._lock:
-            return self._is_infrequent()
-
-    def _is_infrequent(self) -> bool:
-        avg = self._average_interval()
-        return avg is None or avg > FREQUENT_THRESHOLD_S
-
-    # -- strategy -------------------------------------------------------------
     @property
     def consecutive_failures(self) -> int:
         with self._lock:
             return self._failures
 
-    @property
-    def escalated(self) -> bool:
+    def effective_strategy(self) -> Strategy:
         with self._lock:
-            return self._failures >= ESCALATION_FAILURES
+            return self._effective_locked()
 
-    def effective_strategy(self) -> str:
-        """``end``, ``periodic`` or ``continuous``: ``default`` and escalation resolved."""
-        with self._lock:
-            return self._effective()
-
-    def _effective(self) -> str:
-        if self._failures >= ESCALATION_FAILURES:
-            return "continuous"
-        strategy = self._config.strategy
-        if strategy == "default":
-            return "end" if self._is_infrequent() else "periodic"
-        return strategy
-
-    def flush_at_invocation_end(self) -> bool:
-        """True when ``before_next`` should hold ``/next`` and flush."""
-        return self.effective_strategy() == "end"
-
-    def flushes_on_new_data(self) -> bool:
-        """True for ``continuous``: export pending data as soon as it is seen."""
-        return self.effective_strategy() == "continuous"
-
-    def deadline_near(self, deadline: float, now: Optional[float] = None) -> bool:
-        """The invocation ends within ``deadline_margin_s``: flush now, there is no later."""
-        return deadline - self._now(now) < self._config.deadline_margin_s
-
-    def buffer_full(self, pending_records: int, pending_bytes: int) -> bool:
-        c = self._config
-        return pending_records > 0 and (
-            pending_records >= c.max_batch_records or pending_bytes >= c.max_batch_bytes
-        )
+    def _effective_locked(self) -> Strategy:
+        h = self._history
+        average = (h[-1] - h[0]) / (len(h) - 1) if len(h) >= 2 else None
+        return effective_strategy(self._strategy, average, self._failures)
 
     def next_timer_due(self, now: Optional[float] = None) -> Optional[float]:
         """When the timer should next flush, or None when the strategy has no timer.
 
-        Before the first flush the timer is due at once (as the seed: "no flush yet").
+        Before the first flush the timer is due at once.
         """
         now = self._now(now)
         with self._lock:
-            if self._effective() == "end":
+            if self._effective_locked() is Strategy.END:
                 return None
             if self._last_flush is None:
                 return now
             return self._last_flush + self._config.interval_s
 
-    # -- outcomes -------------------------------------------------------------
     def record_flush(self, success: Optional[bool], now: Optional[float] = None) -> None:
         """Record a finished flush. ``None`` = nothing was sent (only restarts the timer)."""
         now = self._now(now)
@@ -241,7 +417,6 @@ class CircuitBreaker:
         self._open = False
         self._backoff = initial_backoff_s
         self._next_probe: Optional[float] = None
-        self.opened_count = 0
 
     @property
     def is_open(self) -> bool:
@@ -272,7 +447,6 @@ class CircuitBreaker:
                     self._backoff = min(self._backoff * 2, self._max_backoff)
                 elif self._failures >= self._threshold:
                     self._open = True
-                    self.opened_count += 1
                 if self._open:
                     self._next_probe = now + self._backoff * (0.5 + 0.5 * self._rng())
             failures = self._failures
@@ -322,11 +496,11 @@ class ExportGate:
             end = time.monotonic() + max(0.0, timeout)
             while self._in_flight:
                 remaining = end - time.monotonic()
-                if remaining <= 0:
+                if not remaining > 0:
                     self.close_timeouts += 1
                     first = self.close_timeouts == 1
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(bounded(remaining))
             else:
                 return True
         if first:
@@ -365,9 +539,6 @@ class ExportGate:
             self._deadlines.pop(token, None)
             self._cond.notify_all()
 
-    def wait_open(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._open, timeout)
 
 
 @dataclass
@@ -391,7 +562,13 @@ class FlushTicket:
         self._done = threading.Event()
 
     def wait(self, timeout: float) -> bool:
-        return self._done.wait(max(0.0, timeout))
+        end = time.monotonic() + max(0.0, timeout)
+        while not self._done.is_set():
+            remaining = end - time.monotonic()
+            if not remaining > 0:
+                return False
+            self._done.wait(bounded(remaining))
+        return True
 
     @property
     def done(self) -> bool:
@@ -405,17 +582,17 @@ class FlushTicket:
 class ExportWorker(threading.Thread):
     """The exporter thread: the only one that does HTTP.
 
-    Like the OTel SDK's BatchSpanProcessor: one thread, one condition variable,
-    flushes with a deadline. Triggers: the strategy's timer, a full buffer,
-    ``request_flush`` (end of invocation, deadline near) and the final flush.
-    Every request starts only through the ``ExportGate`` and its deadline is
-    capped by the flush deadline, the invocation deadline (``begin_invocation``)
-    and ``flush_budget_s``. ``clock`` must be ``time.monotonic`` or share its epoch:
-    request deadlines go to the exporter and the gate, which use ``time.monotonic``.
+    Like the OTel SDK's BatchSpanProcessor: one thread, one condition variable, woken by
+    its queue (``on_data``), by ``request_flush``, ``begin_invocation`` and ``wake``; what
+    it does each time it wakes is ``decide``'s answer, so it never polls. Every request
+    starts only through the ``ExportGate`` and its deadline is capped by the flush deadline,
+    the invocation's cap (``begin_invocation``) and ``flush_budget_s``. ``clock`` must be
+    ``time.monotonic`` or share its epoch: request deadlines go to the exporter and the
+    gate, which use ``time.monotonic``.
     """
 
-    def __init__(self, aggregator: Any, exporter: Any, metrics_state: Any, manager: FlushManager,
-                 gate: ExportGate, loss: loss_mod.LossCounter, config: "FlushConfig",
+    def __init__(self, aggregator: BatchQueue, exporter: Exporter, metrics_state: Optional[MetricsSource],
+                 manager: FlushManager, gate: ExportGate, loss: loss_mod.LossCounter, config: "FlushConfig",
                  clock: Clock = time.monotonic, breaker: Optional[CircuitBreaker] = None,
                  wall_ns: Callable[[], int] = time.time_ns) -> None:
         super().__init__(name="lambda-otel-export", daemon=True)
@@ -433,15 +610,15 @@ class ExportWorker(threading.Thread):
         self._tickets: Deque[FlushTicket] = deque()
         self._stopping = False
         self._cap: Optional[float] = None  # latest allowed request deadline in this invocation
+        self._invocation_deadline: Optional[float] = None
         self._failing_spent = 0.0  # seconds spent on failed requests in this invocation
         self._not_before = 0.0  # Retry-After: no request before this instant
-        self._in_flight_deadline: Optional[float] = None
         self._warned_no_endpoint: set = set()
-        self._warned_error = False
-        self.sent_records: Dict[str, int] = {s: 0 for s in loss_mod.SIGNALS}
-        self.requests_made = 0
+        self._warned_export_error = False
+        self._warned_metrics_error = False
         self.flushes = 0
         self._last_flush_end = float("-inf")
+        aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
 
     # -- called from other threads ------------------------------------------------
     def request_flush(self, deadline: float, final: bool = False) -> FlushTicket:
@@ -454,10 +631,11 @@ class ExportWorker(threading.Thread):
             self._cond.notify_all()
         return ticket
 
-    def begin_invocation(self, cap: Optional[float]) -> None:
+    def begin_invocation(self, cap: Optional[float], deadline: Optional[float] = None) -> None:
         """A new invocation (or SHUTDOWN, cap None): fresh export budget, new deadline cap."""
         with self._cond:
             self._cap = cap
+            self._invocation_deadline = deadline
             self._failing_spent = 0.0
             self._cond.notify_all()
 
@@ -465,38 +643,11 @@ class ExportWorker(threading.Thread):
         with self._cond:
             self._cond.notify_all()
 
-    @property
-    def in_flight_deadline(self) -> Optional[float]:
-        """The deadline of the request in flight (None when idle): bounds ``ExportGate.close``."""
+    def decision(self, occasion: Occasion) -> Decision:
+        """``decide`` over the current state (the events thread asks with ``Occasion.INVOKE``)."""
         with self._cond:
-            return self._in_flight_deadline
-
-    @property
-    def budget_exhausted(self) -> bool:
-        with self._cond:
-            return self._failing_spent >= self.config.flush_budget_s
-
-    def flush_due(self, now: Optional[float] = None) -> bool:
-        """Whether the strategy wants an export now: timer due, full buffer, continuous with
-        data pending, or (breaker open) a probe due.
-
-        The events thread asks this at INVOKE: the gate is open only until it calls ``/next``
-        again (at once, unless it holds), so a due flush that is not waited for there never
-        gets a window and everything would wait for SHUTDOWN.
-        """
-        now = self._clock() if now is None else now
-        with self._cond:
-            if self._stopping or self._failing_spent >= self.config.flush_budget_s or now < self._not_before:
-                return False
-        if self.breaker.is_open:
-            return self.breaker.probe_due(now)
-        pending = self.aggregator.pending_records()
-        if self.manager.buffer_full(pending, self.aggregator.pending_bytes()):
-            return True
-        if pending and self.manager.flushes_on_new_data():
-            return True
-        due = self.manager.next_timer_due(now)
-        return due is not None and now >= due
+            now = self._clock()
+            return decide(now, self._state_locked(now, occasion))
 
     def stop(self, timeout: float) -> bool:
         """Stop after the current request; True if the thread ended within ``timeout``."""
@@ -507,7 +658,7 @@ class ExportWorker(threading.Thread):
         for t in tickets:
             t._finish(FlushResult(deferred=True))
         if self.is_alive():
-            self.join(max(0.0, timeout))
+            self.join(bounded(timeout))
         return not self.is_alive()
 
     # -- the thread -----------------------------------------------------------------
@@ -516,95 +667,76 @@ class ExportWorker(threading.Thread):
             with self._cond:
                 if self._stopping:
                     return
-                action, arg, wait_s = self._next_action_locked(self._clock())
-                if action is None:
-                    self._cond.wait(wait_s)
-                    continue
+                ticket = self._tickets.popleft() if self._tickets else None
+                now = self._clock()
+                if ticket is None:
+                    decision = decide(now, self._state_locked(now, Occasion.BACKGROUND))
+                    if decision.action is Action.WAIT:
+                        self._cond.wait(bounded(MAX_WAIT_S if decision.wait_s is None else decision.wait_s))
+                        continue
+                else:
+                    occasion = Occasion.FINAL if ticket.final else Occasion.REQUEST
+                    decision = decide(now, self._state_locked(now, occasion, ticket.deadline))
             try:
-                if action == "ticket":
-                    arg._finish(self._serve_ticket(arg))
-                elif action == "probe":
-                    self._probe()
-                else:  # "flush": timer, continuous or buffer full
-                    now = self._clock()
-                    self._flush(now + self.config.flush_budget_s, final=False)
+                result = self._act(decision)
             except Exception:  # never let the exporter thread die silently
                 log.exception("export worker: unexpected error (continuing)")
-                if action == "ticket" and not arg.done:
-                    arg._finish(FlushResult(success=False))
+                result = FlushResult(success=False)
+            if ticket is not None:
+                ticket._finish(result)
 
-    def _next_action_locked(self, now: float):
-        """(action, argument, wait) where action is None when there is nothing to do yet."""
-        if self._tickets:
-            return "ticket", self._tickets.popleft(), 0.0
-        if not self.gate.is_open:
-            return None, None, 5.0  # woken by begin_invocation/wake when /next returns
-        if self._failing_spent >= self.config.flush_budget_s:
-            return None, None, 5.0  # this invocation's export budget is spent
-        if self._cap is not None and now >= self._cap - 0.01:
-            return None, None, 5.0  # too close to the invocation deadline to start anything
-        if now < self._not_before:
-            return None, None, self._not_before - now
-        if self.breaker.is_open:
-            probe_at = self.breaker.next_probe_at
-            if probe_at is not None and now >= probe_at:
-                if self.aggregator.pending_records() > 0:
-                    return "probe", None, 0.0
-                return None, None, DATA_CHECK_S  # nothing to probe with yet
-            return None, None, max(0.005, min(5.0, (probe_at or now + 5.0) - now))
-        due = self.manager.next_timer_due(now)
-        if due is not None and now >= due:
-            return "flush", None, 0.0
-        pending = self.aggregator.pending_records()
-        if self.manager.buffer_full(pending, self.aggregator.pending_bytes()):
-            return "flush", None, 0.0
-        continuous = self.manager.flushes_on_new_data()
-        if pending and continuous and now - self._last_flush_end >= CONTINUOUS_TICK_S:
-            return "flush", None, 0.0  # coalesced: at most one data-driven flush per tick
-        tick = CONTINUOUS_TICK_S if continuous else DATA_CHECK_S
-        wait_s = tick if due is None else min(tick, due - now)
-        return None, None, max(0.005, wait_s)
+    def _state_locked(self, now: float, occasion: Occasion, request_deadline: Optional[float] = None) -> FlushState:
+        return FlushState(
+            occasion=occasion,
+            strategy=self.manager.effective_strategy(),
+            config=self.config,
+            gate_open=self.gate.is_open,
+            budget_spent=self._failing_spent >= self.config.flush_budget_s,
+            cap=self._cap,
+            invocation_deadline=self._invocation_deadline,
+            not_before=self._not_before,
+            breaker_open=self.breaker.is_open,
+            next_probe_at=self.breaker.next_probe_at,
+            timer_due=self.manager.next_timer_due(now),
+            pending_records=self.aggregator.pending_records(),
+            pending_bytes=self.aggregator.pending_bytes(),
+            last_flush_end=self._last_flush_end,
+            request_deadline=request_deadline,
+        )
 
-    def _serve_ticket(self, ticket: FlushTicket) -> FlushResult:
-        if ticket.final:
-            return self._final_flush(ticket.deadline)
-        now = self._clock()
-        if self.breaker.is_open:
-            if self.breaker.probe_due(now):
-                return self._probe(ticket.deadline)
-            return FlushResult(deferred=True)
-        with self._cond:
-            spent = self._failing_spent >= self.config.flush_budget_s
-        if spent or now < self._not_before:
-            return FlushResult(deferred=True)
-        return self._flush(ticket.deadline, final=False)
+    def _act(self, decision: Decision) -> FlushResult:
+        if decision.action is Action.FLUSH:
+            return self._flush(decision.until)
+        if decision.action is Action.PROBE:
+            return self._probe(decision.until)
+        if decision.action is Action.FINAL:
+            return self._final_flush(decision.until)
+        return FlushResult(deferred=True)  # DEFER (a WAIT never reaches here)
 
     # -- flushing -------------------------------------------------------------------
-    def _flush(self, deadline: float, final: bool) -> FlushResult:
+    def _flush(self, until: float) -> FlushResult:
         """Drain the queues once (the periodic/explicit flush)."""
         self._collect_metrics()
         result = FlushResult()
         for signal in loss_mod.SIGNALS:
-            status = self._drain_signal(signal, deadline, result, final=final)
-            if status != "empty":
+            status = self._drain_signal(signal, until, result, final=False)
+            if status is not DrainStatus.EMPTY:
                 result.deferred = True
-                if status == "failed":
+                if status is DrainStatus.FAILED:
                     result.success = False
                 break
         self._record(result)
         return result
 
-    def _probe(self, deadline: float = float("inf")) -> FlushResult:
+    def _probe(self, until: float) -> FlushResult:
         """One small batch with a short deadline, to see whether the backend is back."""
         self._collect_metrics()
-        now = self._clock()
-        deadline = min(deadline, now + min(PROBE_TIMEOUT_S, self.config.flush_budget_s))
         result = FlushResult()
         for signal in loss_mod.SIGNALS:
             if self.aggregator.pending_records(signal):
-                status = self._drain_signal(signal, deadline, result, final=False, max_records=PROBE_MAX_RECORDS,
+                status = self._drain_signal(signal, until, result, final=False, max_records=PROBE_MAX_RECORDS,
                                             max_batches=1)
-                if status == "failed":  # feeds the breaker: the next probe waits a longer backoff
+                if status is DrainStatus.FAILED:  # feeds the breaker: the next probe waits a longer backoff
                     result.success = False
                 break
         result.deferred = self.aggregator.pending_records() > 0
@@ -614,23 +746,25 @@ class ExportWorker(threading.Thread):
         self._record(result)
         return result
 
-    def _final_flush(self, deadline: float) -> FlushResult:
-        """SHUTDOWN: send everything that fits before ``deadline``; count the rest."""
+    def _final_flush(self, until: float) -> FlushResult:
+        """SHUTDOWN: send everything that fits before ``until``; count the rest."""
         self._collect_metrics()
         result = FlushResult()
         for _ in range(MAX_BATCH_ATTEMPTS):  # passes: a signal that failed is retried next pass
-            if self.aggregator.pending_records() == 0 or self._clock() >= deadline:
+            if self.aggregator.pending_records() == 0 or self._clock() >= until:
                 break
-            if self._not_before >= deadline:
+            with self._cond:
+                not_before = self._not_before
+            if not_before >= until:
                 break  # the backend asked us to wait past the deadline
             with self._cond:  # honour Retry-After (bounded: it ends before the deadline)
-                self._cond.wait_for(lambda: self._clock() >= self._not_before,
-                                    max(0.0, self._not_before - self._clock()))
+                self._cond.wait_for(lambda: self._stopping or self._clock() >= not_before,
+                                    bounded(not_before - self._clock()))
             for signal in loss_mod.SIGNALS:
-                status = self._drain_signal(signal, deadline, result, final=True)
-                if status == "failed":
+                status = self._drain_signal(signal, until, result, final=True)
+                if status is DrainStatus.FAILED:
                     result.success = False
-                elif status == "stopped":
+                elif status is DrainStatus.STOPPED:
                     break
         unsent = self.aggregator.discard_all(loss_mod.SHUTDOWN_DEADLINE)
         result.shutdown_dropped = unsent
@@ -638,90 +772,70 @@ class ExportWorker(threading.Thread):
         self._record(result)
         return result
 
-    def _drain_signal(self, signal: str, deadline: float, result: FlushResult, final: bool,
-                      max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH) -> str:
-        """Send batches of one signal until its queue is empty.
-
-        Returns "empty" (all sent or dropped), "failed" (a retryable failure: the batch
-        is back in the queue), or "stopped" (gate closed, out of time or budget).
-        """
+    def _drain_signal(self, signal: str, until: float, result: FlushResult, final: bool,
+                      max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH) -> DrainStatus:
+        """Send batches of one signal until its queue is empty, the gate closes, or time runs out."""
         cfg = self.config
         for _ in range(max_batches):
             now = self._clock()
-            req_deadline = self._request_deadline(deadline, final, now)
-            if req_deadline - now < 0.01 or now < self._not_before:
-                return "stopped"
-            if not final and self.budget_exhausted:
-                return "stopped"
+            with self._cond:
+                cap, not_before = self._cap, self._not_before
+                spent = self._failing_spent >= cfg.flush_budget_s
+            req_deadline = request_deadline(now, until, final, cfg.flush_budget_s, cap)
+            if req_deadline - now < MIN_REQUEST_S or now < not_before or (spent and not final):
+                return DrainStatus.STOPPED
             token = self.gate.try_begin(req_deadline)
             if token is None:
-                return "stopped"
-            batch = None
+                return DrainStatus.STOPPED
             try:
-                batch = self.aggregator.take_batch(signal, cfg.max_batch_bytes,
-                                                   max_records or cfg.max_batch_records)
+                batch = self.aggregator.take_batch(signal, cfg.max_batch_bytes, max_records or cfg.max_batch_records)
                 if batch is None:
-                    return "empty"
-                with self._cond:
-                    self._in_flight_deadline = req_deadline
+                    return DrainStatus.EMPTY
                 started = self._clock()
-                try:
-                    outcome = self.exporter.export(signal, batch.items, req_deadline)
-                except Exception as exc:  # the exporter should not raise; treat as retryable
-                    if not self._warned_error:
-                        self._warned_error = True
-                        log.warning("export of %s raised %r; treating as retryable", signal, exc)
-                    outcome = None
+                outcome = self._export(signal, batch, req_deadline)
                 elapsed = self._clock() - started
             finally:
-                with self._cond:
-                    self._in_flight_deadline = None
                 self.gate.end(token)
             result.requests += 1
-            self.requests_made += 1
-            kind = getattr(outcome, "kind", "RETRYABLE")
-            kind = getattr(kind, "name", kind)
-            if kind == "SUCCESS":
+            kind = ExportKind.RETRYABLE if outcome is None else outcome.kind
+            if kind is ExportKind.SUCCESS:
                 # Partial-success rejections are counted by the exporter itself.
-                rejected = min(batch.records, max(0, int(getattr(outcome, "rejected_records", 0) or 0)))
-                self._sent(result, signal, batch.records - rejected)
+                rejected = min(batch.records, max(0, outcome.rejected_records))
+                result.sent[signal] = result.sent.get(signal, 0) + batch.records - rejected
                 if result.success is None:
                     result.success = True
-            elif kind == "REJECTED":  # the backend answered: it is up, the data is bad
+            elif kind is ExportKind.REJECTED:  # the backend answered: it is up, the data is bad
                 self.loss.add(signal, loss_mod.EXPORT_REJECTED, batch.records)
                 if result.success is None:
                     result.success = True
-            elif kind == "NO_ENDPOINT":
+            elif kind is ExportKind.NO_ENDPOINT:
                 self.loss.add(signal, loss_mod.NO_ENDPOINT, batch.records)
                 if signal not in self._warned_no_endpoint:
                     self._warned_no_endpoint.add(signal)
                     log.warning("no endpoint configured for %s: dropping them (counted as no_endpoint)", signal)
             else:  # RETRYABLE (or an exception)
+                retry_after = None if outcome is None else outcome.retry_after
                 with self._cond:
                     self._failing_spent += elapsed
-                retry_after = getattr(outcome, "retry_after", None)
-                if retry_after:
-                    with self._cond:
-                        self._not_before = max(self._not_before, self._clock() + float(retry_after))
+                    if retry_after:
+                        self._not_before = max(self._not_before, self._clock() + retry_after)
                 batch.attempts += 1
                 if batch.attempts >= MAX_BATCH_ATTEMPTS:
                     self.loss.add(signal, loss_mod.RETRIES_EXHAUSTED, batch.records)
                 else:
                     self.aggregator.requeue(batch)  # keeps batch.attempts
-                return "failed"
-        return "stopped" if self.aggregator.pending_records(signal) else "empty"
+                return DrainStatus.FAILED
+        return DrainStatus.STOPPED if self.aggregator.pending_records(signal) else DrainStatus.EMPTY
 
-    def _request_deadline(self, deadline: float, final: bool, now: float) -> float:
-        if final:
-            return deadline
-        with self._cond:
-            cap = self._cap
-        d = min(deadline, now + self.config.flush_budget_s)
-        return d if cap is None else min(d, cap)
-
-    def _sent(self, result: FlushResult, signal: str, records: int) -> None:
-        result.sent[signal] = result.sent.get(signal, 0) + records
-        self.sent_records[signal] += records
+    def _export(self, signal: str, batch: "Batch", deadline: float) -> Optional["ExportOutcome"]:
+        """One export; None when the exporter raised (it should not; treated as retryable)."""
+        try:
+            return self.exporter.export(signal, batch.items, deadline)
+        except Exception as exc:
+            if not self._warned_export_error:
+                self._warned_export_error = True
+                log.warning("export of %s raised %r; treating as retryable", signal, exc)
+            return None
 
     def _collect_metrics(self) -> None:
         """Metrics ride along with every flush (including ``lambda_otel.dropped``)."""
@@ -730,8 +844,8 @@ class ExportWorker(threading.Thread):
         try:
             rm = self.metrics_state.collect(self._wall_ns())
         except Exception as exc:
-            if not self._warned_error:
-                self._warned_error = True
+            if not self._warned_metrics_error:
+                self._warned_metrics_error = True
                 log.warning("metrics collection failed: %r", exc)
             return
         if rm is not None:
@@ -742,7 +856,8 @@ class ExportWorker(threading.Thread):
     def _record(self, result: FlushResult) -> None:
         self.flushes += 1
         now = self._clock()
-        self._last_flush_end = now
+        with self._cond:
+            self._last_flush_end = now
         self.manager.record_flush(result.success, now)
         if result.success is not None:
             self.breaker.record(result.success, now)
@@ -790,7 +905,7 @@ class FlushCoordinator:
         self._wall = wall
         self._cond = threading.Condition()
         self._done: "OrderedDict[str, float]" = OrderedDict()
-        self._current: Optional[tuple] = None  # (request_id, monotonic deadline)
+        self._current: Optional[Tuple[str, float]] = None  # (request_id, monotonic deadline)
         self._rd_wait = config.runtime_done_wait_s
         self._rd_degraded = False
         self._gave_up: "OrderedDict[str, float]" = OrderedDict()  # holds that missed runtimeDone
@@ -816,17 +931,16 @@ class FlushCoordinator:
         # Requests may run until the deadline minus the margin; for a very short
         # remaining time, until half of it (there is no later chance to flush).
         cap = deadline - min(self.config.deadline_margin_s, max(0.0, deadline - now) / 2)
-        self.worker.begin_invocation(cap)
+        self.worker.begin_invocation(cap, deadline)
         self.gate.open()
         self.worker.wake()
         self.manager.record_invocation(now)
         # A flush due now (deadline near, timer, full buffer, continuous data, breaker probe)
         # starts here, while the function runs; before_next waits for it (bounded by the budget).
+        decision = self.worker.decision(Occasion.INVOKE)
         ticket = None
-        if self.manager.deadline_near(deadline, now) and not self.worker.breaker.is_open:
-            ticket = self.worker.request_flush(cap)
-        elif self.worker.flush_due(now):
-            ticket = self.worker.request_flush(min(now + self.config.flush_budget_s, cap))
+        if decision.action in (Action.FLUSH, Action.PROBE):
+            ticket = self.worker.request_flush(decision.until)
         with self._cond:
             self._invoke_flush = ticket
 
@@ -863,7 +977,7 @@ class FlushCoordinator:
         with self._cond:
             current, self._current = self._current, None
         report = HoldReport()
-        if current is not None and self.manager.flush_at_invocation_end() and not self.worker.breaker.is_open:
+        if current is not None and holds_next(self.manager.effective_strategy(), self.worker.breaker.is_open):
             request_id, deadline = current
             limit = deadline - self.config.deadline_margin_s
             if limit > t0:
@@ -916,16 +1030,14 @@ class FlushCoordinator:
                  summary.sent or "{}", unsent, dropped or "{}", summary.elapsed_s)
         return summary
 
-    shutdown = on_shutdown_event  # the name design.md uses
-
     # -- helpers ------------------------------------------------------------------------
     def _wait_runtime_done(self, request_id: str, until: float) -> bool:
         with self._cond:
             while request_id not in self._done:
                 remaining = until - self._clock()
-                if remaining <= 0:
+                if not remaining > 0:
                     return False
-                self._cond.wait(remaining)
+                self._cond.wait(bounded(remaining))
             return True
 
     def _adapt(self, timely: bool) -> None:

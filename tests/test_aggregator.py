@@ -159,16 +159,24 @@ class AggregatorTest(unittest.TestCase):
         self.assertEqual(agg.pending_records(), 3)
         self.assertEqual(names(agg.take_batch(TRACES, 10 * MiB, 100)), ["retry-0", "retry-1", "queued-0"])
 
-    def test_wait_for_data_and_discard(self):
+    def test_on_data_is_called_after_each_add_outside_the_lock(self):
         agg = Aggregator(10 * MiB, 100, self.loss)
-        self.assertFalse(agg.wait_for_data(0.01))
-        results = []
-        waiter = threading.Thread(target=lambda: results.append(agg.wait_for_data(10)))
-        waiter.start()
-        self.addCleanup(waiter.join, 10)
+        seen = []
+        # The callback may use the aggregator (the lock is released): a deadlock would hang here.
+        agg.set_on_data(lambda: seen.append(agg.pending_records()))
         agg.add(LOGS, logs("x", 3), 3)
-        waiter.join(10)
-        self.assertEqual(results, [True])
+        agg.add_many(TRACES, [(spans("a"), 1, None), (spans("b"), 1, None)])
+        self.assertEqual(seen, [3, 5], "once per add, after the data is queued")
+        self.assertFalse(agg.add(TRACES, spans("big", 200), 200))  # never fits: nothing queued, no call
+        self.assertEqual(len(seen), 2)
+        agg.set_on_data(None)
+        agg.add(LOGS, logs("y"), 1)
+        self.assertEqual(len(seen), 2)
+        agg.take_batch(TRACES, MiB, 100)
+
+    def test_discard_all(self):
+        agg = Aggregator(10 * MiB, 100, self.loss)
+        agg.add(LOGS, logs("x", 3), 3)
         self.assertEqual(agg.discard_all(SHUTDOWN_DEADLINE), 3)
         self.assertEqual(self.loss.snapshot(), {(LOGS, SHUTDOWN_DEADLINE): 3})
         self.assertEqual((agg.pending_records(), agg.pending_bytes()), (0, 0))
@@ -180,6 +188,8 @@ class AggregatorTest(unittest.TestCase):
         taken, refused = [], []
         requeues = [0]
         done = threading.Event()
+        data = threading.Event()
+        agg.set_on_data(data.set)
 
         def produce(k):
             mine = 0
@@ -203,7 +213,8 @@ class AggregatorTest(unittest.TestCase):
                         agg.requeue(batch)
                     elif batch:
                         taken.append(batch.records)
-                agg.wait_for_data(0.01)
+                data.wait(0.01)
+                data.clear()
 
         threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
         consumer = threading.Thread(target=consume)

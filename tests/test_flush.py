@@ -1,7 +1,5 @@
-"""FlushManager and CircuitBreaker decisions (fake clock) and the ExportGate (real threads).
-
-The FlushManager scenarios mirror the Rust original's adaptive_export tests (anchor §11.2).
-"""
+"""The flush decision (``decide``, fake clock), FlushManager and CircuitBreaker (fake clock), and
+the ExportGate (real threads)."""
 
 from __future__ import annotations
 
@@ -10,13 +8,26 @@ import time
 import unittest
 from dataclasses import replace
 
+from lambda_otel.config import STRATEGIES as CONFIG_STRATEGIES
 from lambda_otel.config import FlushConfig
 from lambda_otel.flush import (
+    CONTINUOUS_MIN_GAP_S,
     ESCALATION_FAILURES,
-    HISTORY_SIZE,
+    MAX_WAIT_S,
+    PROBE_TIMEOUT_S,
+    Action,
     CircuitBreaker,
     ExportGate,
     FlushManager,
+    FlushResult,
+    FlushState,
+    FlushTicket,
+    Occasion,
+    Strategy,
+    bounded,
+    decide,
+    effective_strategy,
+    holds_next,
 )
 
 
@@ -41,71 +52,74 @@ class FlushManagerTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "bogus"):
             FlushManager(replace(FlushConfig(), strategy="bogus"))
 
-    def test_end_strategy_flushes_at_invocation_end_and_has_no_timer(self):  # ADAPT-001 / 003
+    def test_strategies_are_the_ones_config_accepts(self):
+        self.assertEqual({s.value for s in Strategy}, set(CONFIG_STRATEGIES))
+
+    def test_end_strategy_flushes_at_invocation_end_and_has_no_timer(self):
         m, clock = manager("end")
         for _ in range(5):
             m.record_invocation()
             clock.advance(1)
-        self.assertTrue(m.flush_at_invocation_end())
+        self.assertIs(m.effective_strategy(), Strategy.END)
+        self.assertTrue(holds_next(m.effective_strategy(), breaker_open=False))
+        self.assertFalse(holds_next(m.effective_strategy(), breaker_open=True))
         self.assertIsNone(m.next_timer_due())
-        self.assertFalse(m.flushes_on_new_data())
 
-    def test_empty_history_is_infrequent_so_default_flushes_at_end(self):  # ADAPT-001 / 020
+    def test_empty_history_is_infrequent_so_default_flushes_at_end(self):
         m, clock = manager("default")
-        self.assertTrue(m.is_infrequent())
-        self.assertTrue(m.flush_at_invocation_end())
+        self.assertIs(m.effective_strategy(), Strategy.END)
         m.record_invocation()
-        self.assertTrue(m.is_infrequent(), "one invocation is still infrequent")
+        self.assertIs(m.effective_strategy(), Strategy.END, "one invocation is still infrequent")
         self.assertIsNone(m.next_timer_due())
 
-    def test_frequent_pattern_detection(self):  # ADAPT-021
+    def test_frequent_pattern_detection(self):
         m, clock = manager("default")
         for _ in range(5):
             m.record_invocation()
             clock.advance(1.0)
-        self.assertFalse(m.is_infrequent())
-        self.assertAlmostEqual(m.average_interval(), 1.0)
+        self.assertIs(m.effective_strategy(), Strategy.PERIODIC)
 
     def test_average_over_120s_is_infrequent(self):
         m, clock = manager("default")
         for _ in range(3):
             m.record_invocation()
             clock.advance(121.0)
-        self.assertTrue(m.is_infrequent())
-        self.assertTrue(m.flush_at_invocation_end())
+        self.assertIs(m.effective_strategy(), Strategy.END)
         m2, clock2 = manager("default")
         for _ in range(3):
             m2.record_invocation()
             clock2.advance(120.0)
-        self.assertFalse(m2.is_infrequent(), "exactly 120 s is not above the threshold")
+        self.assertIs(m2.effective_strategy(), Strategy.PERIODIC, "exactly 120 s is not above the threshold")
+        self.assertIs(effective_strategy(Strategy.DEFAULT, 120.0, 0), Strategy.PERIODIC)
+        self.assertIs(effective_strategy(Strategy.DEFAULT, 120.001, 0), Strategy.END)
+        self.assertIs(effective_strategy(Strategy.DEFAULT, None, 0), Strategy.END)
 
-    def test_default_adapts_to_pattern(self):  # ADAPT-022
+    def test_default_adapts_to_pattern(self):
         m, clock = manager("default", interval_s=20.0)
-        self.assertEqual(m.effective_strategy(), "end")
+        self.assertIs(m.effective_strategy(), Strategy.END)
         for _ in range(5):
             m.record_invocation()
             clock.advance(0.5)
-        self.assertEqual(m.effective_strategy(), "periodic")
-        self.assertFalse(m.flush_at_invocation_end())
+        self.assertIs(m.effective_strategy(), Strategy.PERIODIC)
         m.record_flush(True)
         self.assertEqual(m.next_timer_due(), clock.t + 20.0)
         clock.advance(20.0)
         self.assertLessEqual(m.next_timer_due(), clock.t, "due once the interval has passed")
 
-    def test_history_bounded_at_20(self):  # ADAPT-025
+    def test_history_bounded_at_20(self):
         m, clock = manager()
         for _ in range(30):
             m.record_invocation()
             clock.advance(200.0)
-        self.assertEqual(m.history_len(), HISTORY_SIZE)
-        # Only the last 20 count: 10 more rapid invocations bring the average under 120 s.
+        self.assertIs(m.effective_strategy(), Strategy.END)
+        # Only the last 20 count: 10 more rapid invocations bring the average under 120 s
+        # ((10 x 200 + 9 x 1) / 19 = 105.7 s); with all 40 remembered it would stay above.
         for _ in range(10):
             m.record_invocation()
             clock.advance(1.0)
-        self.assertAlmostEqual(m.average_interval(), (10 * 200 + 9 * 1) / 19)
-        self.assertFalse(m.is_infrequent())
+        self.assertIs(m.effective_strategy(), Strategy.PERIODIC)
 
-    def test_periodic_and_continuous_timer_due_times(self):  # ADAPT-002
+    def test_periodic_and_continuous_timer_due_times(self):
         for strategy in ("periodic", "continuous"):
             m, clock = manager(strategy, interval_s=10.0)
             self.assertLessEqual(m.next_timer_due(), clock.t, "no flush yet: due at once")
@@ -114,39 +128,23 @@ class FlushManagerTest(unittest.TestCase):
             clock.advance(4.0)
             m.record_flush(None)  # an empty flush also restarts the timer
             self.assertEqual(m.next_timer_due(), clock.t + 10.0)
-            self.assertFalse(m.flush_at_invocation_end())
-        self.assertTrue(manager("continuous")[0].flushes_on_new_data())
-        self.assertFalse(manager("periodic")[0].flushes_on_new_data())
+            self.assertFalse(holds_next(m.effective_strategy(), breaker_open=False))
+        self.assertIs(manager("continuous")[0].effective_strategy(), Strategy.CONTINUOUS)
 
-    def test_deadline_buffer(self):  # ADAPT-006
-        m, clock = manager("end", deadline_margin_s=0.5)
-        self.assertTrue(m.deadline_near(clock.t + 0.2))
-        self.assertFalse(m.deadline_near(clock.t + 60.0))
-        self.assertFalse(m.deadline_near(clock.t + 0.5))
-
-    def test_buffer_full(self):  # ADAPT-005
-        m, _ = manager("end", max_batch_records=10, max_batch_bytes=1000)
-        self.assertFalse(m.buffer_full(0, 0))
-        self.assertFalse(m.buffer_full(9, 999))
-        self.assertTrue(m.buffer_full(10, 1))
-        self.assertTrue(m.buffer_full(1, 1000))
-
-    def test_escalation_to_continuous_after_20_failures(self):  # ADAPT-023
+    def test_escalation_to_continuous_after_20_failures(self):
         m, clock = manager("end")
         with self.assertLogs("lambda_otel.flush", "WARNING") as logs:
             for i in range(ESCALATION_FAILURES):
-                self.assertEqual(m.effective_strategy(), "end", f"not yet after {i} failures")
+                self.assertIs(m.effective_strategy(), Strategy.END, f"not yet after {i} failures")
                 m.record_flush(False)
         self.assertEqual(len(logs.output), 1, "one line per state change")
-        self.assertTrue(m.escalated)
-        self.assertEqual(m.effective_strategy(), "continuous")
-        self.assertFalse(m.flush_at_invocation_end())
+        self.assertIs(m.effective_strategy(), Strategy.CONTINUOUS)
         self.assertIsNotNone(m.next_timer_due())
         m.record_flush(None)  # nothing sent: no evidence either way
-        self.assertTrue(m.escalated)
+        self.assertIs(m.effective_strategy(), Strategy.CONTINUOUS)
         m.record_flush(True)
         self.assertEqual(m.consecutive_failures, 0)
-        self.assertEqual(m.effective_strategy(), "end")
+        self.assertIs(m.effective_strategy(), Strategy.END)
 
     def test_success_resets_failure_count(self):
         m, _ = manager("end")
@@ -155,6 +153,116 @@ class FlushManagerTest(unittest.TestCase):
         self.assertEqual(m.consecutive_failures, 3)
         m.record_flush(True)
         self.assertEqual(m.consecutive_failures, 0)
+
+
+NOW = 1000.0
+CFG = replace(FlushConfig(), flush_budget_s=1.0, deadline_margin_s=0.5, max_batch_records=10,
+              max_batch_bytes=1000, interval_s=20.0)
+
+
+def state(occasion: Occasion = Occasion.BACKGROUND, strategy: Strategy = Strategy.END, **kw) -> FlushState:
+    kw.setdefault("gate_open", True)
+    return FlushState(occasion=occasion, strategy=strategy, config=CFG, **kw)
+
+
+class DecideTest(unittest.TestCase):
+    """The one flush decision, over snapshots: every branch, no threads, no clock."""
+
+    def test_background_waits_while_the_gate_is_closed_whatever_is_pending(self):
+        d = decide(NOW, state(gate_open=False, pending_records=10_000, timer_due=NOW - 1))
+        self.assertEqual((d.action, d.wait_s), (Action.WAIT, None))
+
+    def test_a_full_batch_flushes_at_once_in_every_strategy(self):
+        for strategy in (Strategy.END, Strategy.PERIODIC, Strategy.CONTINUOUS):
+            for records, nbytes in ((10, 1), (1, 1000)):
+                d = decide(NOW, state(strategy=strategy, pending_records=records, pending_bytes=nbytes,
+                                      last_flush_end=NOW))
+                self.assertIs(d.action, Action.FLUSH, (strategy, records, nbytes))
+                self.assertEqual(d.until, NOW + CFG.flush_budget_s)
+        d = decide(NOW, state(pending_records=9, pending_bytes=999))
+        self.assertEqual((d.action, d.wait_s), (Action.WAIT, None), "end, not full: nothing until woken")
+
+    def test_the_timer(self):
+        d = decide(NOW, state(strategy=Strategy.PERIODIC, timer_due=NOW + 3.0))
+        self.assertEqual((d.action, d.wait_s), (Action.WAIT, 3.0))
+        self.assertIs(decide(NOW, state(strategy=Strategy.PERIODIC, timer_due=NOW)).action, Action.FLUSH)
+
+    def test_continuous_flushes_pending_data_at_most_once_per_gap(self):
+        s = dict(strategy=Strategy.CONTINUOUS, pending_records=1, timer_due=NOW + 10)
+        self.assertIs(decide(NOW, state(last_flush_end=NOW - CONTINUOUS_MIN_GAP_S, **s)).action, Action.FLUSH)
+        d = decide(NOW, state(last_flush_end=NOW - 0.04, **s))
+        self.assertIs(d.action, Action.WAIT)
+        self.assertAlmostEqual(d.wait_s, CONTINUOUS_MIN_GAP_S - 0.04)
+        # At INVOKE the gap does not apply: the gate may close right after.
+        self.assertIs(decide(NOW, state(Occasion.INVOKE, last_flush_end=NOW, **s)).action, Action.FLUSH)
+        self.assertIs(decide(NOW, state(strategy=Strategy.CONTINUOUS, timer_due=NOW + 10)).action, Action.WAIT)
+
+    def test_the_invocation_budget_and_cap_stop_background_and_requested_flushes(self):
+        full = dict(pending_records=100, timer_due=NOW)
+        self.assertIs(decide(NOW, state(budget_spent=True, **full)).action, Action.WAIT)
+        self.assertIs(decide(NOW, state(Occasion.REQUEST, budget_spent=True, request_deadline=NOW + 1)).action,
+                      Action.DEFER)
+        self.assertIs(decide(NOW, state(cap=NOW + 0.005, **full)).action, Action.WAIT)
+        d = decide(NOW, state(cap=NOW + 0.3, **full))
+        self.assertEqual((d.action, d.until), (Action.FLUSH, NOW + 0.3), "a flush never runs past the cap")
+
+    def test_retry_after(self):
+        d = decide(NOW, state(not_before=NOW + 2.0, pending_records=100))
+        self.assertEqual((d.action, d.wait_s), (Action.WAIT, 2.0))
+        self.assertIs(decide(NOW, state(Occasion.REQUEST, not_before=NOW + 2.0)).action, Action.DEFER)
+        self.assertIs(decide(NOW, state(Occasion.INVOKE, not_before=NOW + 2.0, timer_due=NOW)).action, Action.WAIT)
+        # A huge Retry-After is only a (bounded) wait: the worker re-decides every MAX_WAIT_S.
+        d = decide(NOW, state(not_before=NOW + 1e10, pending_records=100))
+        self.assertEqual(bounded(d.wait_s), MAX_WAIT_S)
+
+    def test_breaker_open_only_probes_when_due_and_with_something_to_send(self):
+        s = dict(breaker_open=True, next_probe_at=NOW + 1.5, pending_records=100, timer_due=NOW)
+        d = decide(NOW, state(**s))
+        self.assertEqual((d.action, d.wait_s), (Action.WAIT, 1.5))
+        self.assertIs(decide(NOW, state(Occasion.REQUEST, request_deadline=NOW + 1, **s)).action, Action.DEFER)
+        s["next_probe_at"] = NOW
+        d = decide(NOW, state(**s))
+        self.assertEqual((d.action, d.until), (Action.PROBE, NOW + PROBE_TIMEOUT_S))
+        self.assertIs(decide(NOW, state(Occasion.REQUEST, request_deadline=NOW + 1, **s)).action, Action.PROBE)
+        s["pending_records"] = 0
+        self.assertEqual(decide(NOW, state(**s)).action, Action.WAIT, "nothing to probe with: until data comes")
+        self.assertIs(decide(NOW, state(Occasion.INVOKE, **s)).action, Action.PROBE, "metrics may ride along")
+
+    def test_requested_flush_runs_to_its_deadline_final_always_runs(self):
+        d = decide(NOW, state(Occasion.REQUEST, gate_open=False, request_deadline=NOW + 0.7))
+        self.assertEqual((d.action, d.until), (Action.FLUSH, NOW + 0.7))
+        d = decide(NOW, state(Occasion.FINAL, gate_open=False, budget_spent=True, breaker_open=True,
+                              not_before=NOW + 99, request_deadline=NOW + 1.8))
+        self.assertEqual((d.action, d.until), (Action.FINAL, NOW + 1.8))
+
+    def test_at_invoke_a_near_deadline_flushes_up_to_the_cap(self):
+        d = decide(NOW, state(Occasion.INVOKE, invocation_deadline=NOW + 0.4, cap=NOW + 0.2))
+        self.assertEqual((d.action, d.until), (Action.FLUSH, NOW + 0.2))
+        d = decide(NOW, state(Occasion.INVOKE, invocation_deadline=NOW + 60, cap=NOW + 59.5))
+        self.assertIs(d.action, Action.WAIT, "far deadline, nothing due: no flush at INVOKE")
+        d = decide(NOW, state(Occasion.INVOKE, invocation_deadline=NOW + 60, cap=NOW + 59.5, timer_due=NOW))
+        self.assertEqual((d.action, d.until), (Action.FLUSH, NOW + CFG.flush_budget_s))
+        d = decide(NOW, state(Occasion.INVOKE, invocation_deadline=NOW + 0.4, cap=NOW + 0.2, breaker_open=True,
+                              next_probe_at=NOW + 5))
+        self.assertIs(d.action, Action.WAIT, "breaker open: no flush at a near deadline either")
+
+    def test_bounded(self):
+        self.assertEqual([bounded(x) for x in (-1.0, 0.0, 0.5, 1e10, float("inf"), float("nan"))],
+                         [0.0, 0.0, 0.5, MAX_WAIT_S, MAX_WAIT_S, 0.0])
+
+    def test_waits_past_timeout_max_are_safe(self):
+        # A deadline computed from a hostile Retry-After or a far deadlineMs must never reach
+        # Condition.wait unbounded (OverflowError past threading.TIMEOUT_MAX).
+        huge = threading.TIMEOUT_MAX * 2
+        gate = ExportGate()
+        gate.open()
+        token = gate.try_begin(time.monotonic() + huge)
+        ticket = FlushTicket(NOW)
+        ender = threading.Timer(0.1, lambda: (gate.end(token), ticket._finish(FlushResult())))
+        ender.start()
+        self.addCleanup(ender.cancel)
+        self.assertTrue(gate.close(huge))
+        self.assertTrue(ticket.wait(huge))
 
 
 class CircuitBreakerTest(unittest.TestCase):
@@ -263,7 +371,7 @@ class ExportGateTest(unittest.TestCase):
         gate.open()
         self.assertTrue(gate.close(0.1))
         gate.open()
-        self.assertTrue(gate.wait_open(0.1))
+        self.assertTrue(gate.is_open)
         self.assertIsNotNone(gate.try_begin())
 
 

@@ -7,12 +7,14 @@ import threading
 import time
 import unittest
 from dataclasses import replace
+from unittest import mock
 
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from lambda_otel import flush as flush_mod
 from lambda_otel import loss as L
 from lambda_otel.aggregator import Aggregator
 from lambda_otel.config import ExporterConfig, FlushConfig
@@ -167,6 +169,19 @@ class ExportWorkerTest(unittest.TestCase):
         h.worker.wake()
         h.add_spans(5)
         self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 5, 5.0))
+
+    def test_a_full_batch_wakes_the_worker_instead_of_waiting_for_a_poll(self):
+        # The idle worker would sleep for a minute: only the queue's on_data wake can start
+        # this export within the bound (a fixed poll interval used to delay it).
+        with mock.patch.object(flush_mod, "MAX_WAIT_S", 60.0):
+            h = Harness(self, strategy="end", max_batch_records=5)
+            h.gate.open()
+            h.worker.wake()
+            threading.Event().wait(0.1)  # let it go idle
+            h.add_spans(4)
+            self.assertFalse(h.sink.wait_for(lambda: len(h.sink.requests) > 0, 0.3), "not a full batch yet")
+            h.add_spans(1, "fifth")
+            self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 5, 10.0))
 
     def test_503_requeues_then_succeeds_later(self):
         h = Harness(self, strategy="end", flush_budget_s=0.3)
