@@ -1,8 +1,8 @@
 """A small client for AWS's JSON 1.1 APIs (Secrets Manager, SSM), SigV4-signed, over http.client.
 
 Why not an SDK: it would cost ~10 MB and seconds of cold start for two calls. Why not
-``requests``: two calls at start-up do not need a connection pool, and http.client keeps this
-path free of the exporter's import cost.
+``requests``: two calls at start-up do not need a connection pool. ``http.client`` and ``ssl`` are
+imported on the first call (on the resolver's thread), so importing this module costs almost nothing.
 
 A call is ``POST /`` with ``X-Amz-Target: <prefix>.<Operation>`` and a JSON body, answered with
 JSON; an error answer carries ``__type`` (e.g. ``ResourceNotFoundException``) and ``message``.
@@ -18,11 +18,9 @@ turns the overrides off.
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
 import re
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
@@ -116,7 +114,7 @@ class AwsJsonClient:
         self._parts = parts
         self._signer = SigV4Signer(credentials, region, service.signing_name)
         self._timeout_s = timeout_s
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._tls: Any = None
 
     def call(self, operation: str, payload: Mapping[str, Any], deadline: float) -> Dict[str, Any]:
         """One API call, bounded by ``deadline`` (a ``time.monotonic()`` instant). Raises AwsApiError."""
@@ -153,7 +151,13 @@ class AwsJsonClient:
             signed = dict(headers, **self._signer.sign("POST", url, headers, body))
         except CredentialsError as exc:
             raise AwsApiError("MissingCredentials", str(exc)) from None
-        if self._tls is not None:
+        import http.client  # here, not at import: start-up should not pay for it
+
+        if parts.scheme == "https":
+            if self._tls is None:
+                import ssl
+
+                self._tls = ssl.create_default_context()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
                                                                             context=self._tls)
         else:

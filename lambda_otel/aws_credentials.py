@@ -14,12 +14,10 @@ answers that the token has expired. Nothing here logs or raises with a secret in
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import threading
 import time
-from datetime import datetime
 from typing import Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -93,6 +91,8 @@ class EnvironmentCredentials:
         return (self._env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN") or "").strip() or None
 
     def _from_container(self, url: str, variable: str) -> "tuple[Credentials, Optional[float]]":
+        import http.client  # only SnapStart-style environments need it
+
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CredentialsError(f"{variable}: not an http:// or https:// URL")
@@ -126,6 +126,8 @@ class EnvironmentCredentials:
     def _renew_at(self, expiration: object) -> Optional[float]:
         now = self._clock()
         if isinstance(expiration, str) and expiration:
+            from datetime import datetime
+
             try:
                 when = datetime.fromisoformat(expiration.replace("Z", "+00:00")).timestamp()
             except ValueError:

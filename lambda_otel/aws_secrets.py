@@ -34,10 +34,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from lambda_otel.aws_api import SECRETS_MANAGER, SSM, AwsApiError, AwsJsonClient, Service
-from lambda_otel.sigv4 import CredentialsProvider
+if TYPE_CHECKING:  # pragma: no cover - typing only; the client is imported when resolution starts
+    from lambda_otel.aws_api import AwsJsonClient, Service
+    from lambda_otel.sigv4 import CredentialsProvider
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class SecretReference:
 
     text: str  # the whole "${...}", as it appears in the header value
     arn: str  # without "#jsonKey"
-    service: Service
+    service: str  # "secretsmanager" or "ssm"
     region: str
     lookup: str  # SecretId (the ARN) or parameter Name
     json_key: Optional[str] = None
@@ -77,7 +78,7 @@ class SecretReference:
     @property
     def fetch_key(self) -> Tuple[str, str]:
         """References to one secret with different JSON keys share one call."""
-        return (self.service.signing_name, self.arn)
+        return (self.service, self.arn)
 
 
 def parse_reference(text: str, variable: str) -> SecretReference:
@@ -94,7 +95,7 @@ def parse_reference(text: str, variable: str) -> SecretReference:
             raise SecretReferenceError(
                 f"{variable}: {_shown(arn)} is not a Secrets Manager secret ARN "
                 "(allowed: ${arn:aws:secretsmanager:<region>:<12-digit account>:secret:<name>[#<jsonKey>]})")
-        return SecretReference(text, arn, SECRETS_MANAGER, m["region"], arn, json_key or None)
+        return SecretReference(text, arn, "secretsmanager", m["region"], arn, json_key or None)
     if service == "ssm":
         m = _PARAMETER_ARN.match(arn)
         if m is None:
@@ -104,7 +105,7 @@ def parse_reference(text: str, variable: str) -> SecretReference:
         name = m["name"]
         # A hierarchical name ("/team/key") keeps its leading slash; the ARN shares it with "parameter/".
         lookup = "/" + name if "/" in name else name
-        return SecretReference(text, arn, SSM, m["region"], lookup, json_key or None)
+        return SecretReference(text, arn, "ssm", m["region"], lookup, json_key or None)
     raise SecretReferenceError(
         f"{variable}: {_shown(arn)} names service {service or '(none)'!r}; "
         "references are resolved from secretsmanager or ssm only")
@@ -143,7 +144,7 @@ class ResolveError(Exception):
 
 def _value_of(ref: SecretReference, answer: Mapping) -> str:
     """The value a reference stands for, from a GetSecretValue / GetParameter answer."""
-    if ref.service is SSM:
+    if ref.service == "ssm":
         raw = (answer.get("Parameter") or {}).get("Value")
     else:
         raw = answer.get("SecretString")
@@ -171,34 +172,40 @@ def _value_of(ref: SecretReference, answer: Mapping) -> str:
 class SecretResolver:
     """Fetches references with SigV4-signed calls; one client per (service, region)."""
 
-    def __init__(self, credentials: CredentialsProvider, env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S,
-                 client_factory: Optional[Callable[[Service, str], AwsJsonClient]] = None) -> None:
+    def __init__(self, credentials: "CredentialsProvider", env: Mapping[str, str], timeout_s: float = DEFAULT_TIMEOUT_S,
+                 client_factory: "Optional[Callable[[Service, str], AwsJsonClient]]" = None) -> None:
         self._credentials = credentials
         self._env = env
         self._timeout_s = timeout_s
-        self._factory = client_factory or (lambda service, region: AwsJsonClient(service, region, credentials, env))
-        self._clients: Dict[Tuple[str, str], AwsJsonClient] = {}
+        self._factory = client_factory
+        self._clients: "Dict[Tuple[str, str], AwsJsonClient]" = {}
 
-    def _client(self, service: Service, region: str) -> AwsJsonClient:
-        key = (service.signing_name, region)
+    def _client(self, service_name: str, region: str) -> "AwsJsonClient":
+        from lambda_otel.aws_api import SECRETS_MANAGER, SSM, AwsJsonClient
+
+        key = (service_name, region)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = self._factory(service, region)
+            service = SSM if service_name == "ssm" else SECRETS_MANAGER
+            factory = self._factory or (lambda svc, reg: AwsJsonClient(svc, reg, self._credentials, self._env))
+            client = self._clients[key] = factory(service, region)
         return client
 
     def resolve(self, refs: Iterable[SecretReference], deadline: float) -> Tuple[Dict[str, str], Dict[str, ResolveError]]:
         """(values by reference text, errors by reference text). One call per distinct secret."""
+        from lambda_otel.aws_api import AwsApiError
+
         answers: Dict[Tuple[str, str], object] = {}
         values: Dict[str, str] = {}
         errors: Dict[str, ResolveError] = {}
         for ref in refs:
             if ref.fetch_key not in answers:
                 try:
-                    if ref.service is SSM:
-                        answers[ref.fetch_key] = self._client(SSM, ref.region).call(
+                    if ref.service == "ssm":
+                        answers[ref.fetch_key] = self._client("ssm", ref.region).call(
                             "GetParameter", {"Name": ref.lookup, "WithDecryption": True}, deadline)
                     else:
-                        answers[ref.fetch_key] = self._client(SECRETS_MANAGER, ref.region).call(
+                        answers[ref.fetch_key] = self._client("secretsmanager", ref.region).call(
                             "GetSecretValue", {"SecretId": ref.lookup}, deadline)
                 except AwsApiError as exc:
                     answers[ref.fetch_key] = ResolveError(exc.code, exc.message)
@@ -223,13 +230,16 @@ class SecretHeaders:
 
     ``templates`` maps a signal to its headers as configured (values may hold references);
     ``sources`` maps a signal to the variable its headers came from (for messages). Headers
-    without references are returned as they are, at once.
+    without references are returned as they are, at once. A ``held`` signal (its headers variable
+    was unusable) gets None for ever: nothing is sent without the headers it was meant to carry.
     """
 
     def __init__(self, templates: Mapping[str, Mapping[str, str]], sources: Mapping[str, str],
                  resolver: SecretResolver, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 refresh_s: Optional[float] = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 refresh_s: Optional[float] = None, clock: Callable[[], float] = time.monotonic,
+                 held: Iterable[str] = ()) -> None:
         self._templates = {s: dict(h) for s, h in templates.items()}
+        self._held = frozenset(held)  # signals whose headers could not be parsed: never exported
         self._sources = dict(sources)
         self._refs: Dict[str, SecretReference] = {}
         self._ref_variables: Dict[str, str] = {}
@@ -261,6 +271,8 @@ class SecretHeaders:
     def headers(self, signal: Optional[str] = None) -> Optional[Dict[str, str]]:
         """The headers to send for ``signal`` (all signals share one set when None), or None while
         a reference is unresolved (do not export; keep the data)."""
+        if signal in self._held:
+            return None
         if signal is None:
             template = next(iter(self._templates.values()), {})
         else:

@@ -45,7 +45,7 @@ def assert_nowhere(test, value, *texts):
 class ReferenceParsing(unittest.TestCase):
     def test_secrets_manager_plain_and_json_key(self):
         ref = parse_reference(f"${{arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:otlp/key-AbCdEf}}", "V")
-        self.assertEqual((ref.service, ref.region, ref.json_key), (SECRETS_MANAGER, REGION, None))
+        self.assertEqual((ref.service, ref.region, ref.json_key), ("secretsmanager", REGION, None))
         self.assertEqual(ref.lookup, f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:otlp/key-AbCdEf")
         ref = parse_reference(f"${{arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:otlp#apiKey}}", "V")
         self.assertEqual(ref.json_key, "apiKey")
@@ -60,7 +60,7 @@ class ReferenceParsing(unittest.TestCase):
     def test_several_references_and_surrounding_text(self):
         value = (f"Bearer ${{arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:a}} and "
                  f"${{arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/b}}")
-        self.assertEqual([r.service for r in find_references(value, "V")], [SECRETS_MANAGER, SSM])
+        self.assertEqual([r.service for r in find_references(value, "V")], ["secretsmanager", "ssm"])
         self.assertEqual(find_references("no references here ${HOME} $", "V"), [])
 
     def test_malformed_references_name_the_variable_and_not_the_value(self):
