@@ -102,9 +102,21 @@ class ExporterConfig:
     metrics_protocol: OtlpProtocol = OtlpProtocol.HTTP_PROTOBUF
     logs_protocol: OtlpProtocol = OtlpProtocol.HTTP_PROTOBUF
     headers: Dict[str, str] = field(default_factory=dict)
+    # Per-signal headers (None: the signal uses ``headers``); which variable each signal's headers
+    # came from, and the signals whose headers variable is unusable (nothing is exported for them).
+    traces_headers: Optional[Dict[str, str]] = None
+    metrics_headers: Optional[Dict[str, str]] = None
+    logs_headers: Optional[Dict[str, str]] = None
+    header_sources: Dict[str, Optional[str]] = field(default_factory=dict)
+    held_signals: Dict[str, str] = field(default_factory=dict)
     compression: str = "gzip"
     timeout_s: float = 10.0
     certificate: Optional[str] = None
+
+    def headers_for(self, signal: str) -> Dict[str, str]:
+        """The headers configured for ``signal``: its own variable's, else the general ones."""
+        own = {"traces": self.traces_headers, "metrics": self.metrics_headers, "logs": self.logs_headers}[signal]
+        return dict(self.headers if own is None else own)
 
     def endpoint(self, signal: str) -> Optional[str]:
         return {"traces": self.traces_endpoint, "metrics": self.metrics_endpoint, "logs": self.logs_endpoint}[signal]
@@ -182,6 +194,30 @@ class FunctionConfig:
     version: Optional[str] = None
     region: Optional[str] = None
     log_stream_name: Optional[str] = None
+    log_group_name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    """Exporting straight to AWS (CloudWatch, X-Ray) and secret header values (see aws_export.py).
+
+    After load_config the optional fields hold the effective values: the SigV4 service of each
+    signal (from its endpoint's host unless set), the region, the CloudWatch Logs group and stream.
+    """
+
+    auth: str = "none"
+    region: Optional[str] = None
+    traces_service: Optional[str] = None
+    metrics_service: Optional[str] = None
+    logs_service: Optional[str] = None
+    log_group: Optional[str] = None
+    log_stream: Optional[str] = None
+    secrets_timeout_s: float = 3.0
+    secrets_refresh_s: float = 0.0  # 0: resolved once for the environment's life
+    cloudwatch: bool = False  # an endpoint is CloudWatch's: its per-request limits apply
+
+    def service(self, signal: str) -> Optional[str]:
+        return {"traces": self.traces_service, "metrics": self.metrics_service, "logs": self.logs_service}[signal]
 
 
 @dataclass(frozen=True)
@@ -193,6 +229,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     receiver: ReceiverConfig = field(default_factory=ReceiverConfig)
     function: FunctionConfig = field(default_factory=FunctionConfig)
+    aws: AwsConfig = field(default_factory=AwsConfig)
     service_name: Optional[str] = None
     resource_attributes: Dict[str, str] = field(default_factory=dict)
     metrics_temporality: str = "cumulative"
@@ -504,7 +541,8 @@ RESOURCE = "Resource"
 EXTENSION = "Extension"
 LAMBDA = "Set by Lambda"
 AWS = "AWS credentials and endpoints"
-SECTIONS = (EXPORT, FLUSH, BUFFER, TELEMETRY, RECEIVER, RESOURCE, EXTENSION, LAMBDA, AWS)
+AWS_EXPORT = "Exporting to AWS and secret headers"
+SECTIONS = (EXPORT, AWS_EXPORT, FLUSH, BUFFER, TELEMETRY, RECEIVER, RESOURCE, EXTENSION, LAMBDA, AWS)
 
 SETTINGS: Tuple[Setting, ...] = (
     *(
@@ -527,6 +565,14 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("exporter.headers", _exporter_names("HEADERS"), KeyValues(),
             "``key=value,key2=value2`` (percent-decoded) sent with every export. Values never appear in logs "
             "or errors.", EXPORT, default_doc="(none)", unset_doc="sends no extra headers"),
+    *(
+        Setting(f"exporter.{signal}_headers", (f"LAMBDA_OTEL_EXPORTER_{signal.upper()}_HEADERS",
+                                               f"OTEL_EXPORTER_OTLP_{signal.upper()}_HEADERS"), KeyValues(),
+                f"Headers for {signal} exports only, instead of the general ones (which a "
+                "``LAMBDA_OTEL_EXPORTER_HEADERS`` keeps winning over the shared per-signal variable).", EXPORT,
+                default_doc="the general headers", unset_doc="sends the general headers")
+        for signal in SIGNALS
+    ),
     Setting("exporter.compression", _exporter_names("COMPRESSION"), Choice(("gzip", "none")),
             "Compression of export bodies.", EXPORT),
     Setting("exporter.timeout_s", _exporter_names("TIMEOUT"), Millis(1, 600_000),
@@ -539,6 +585,30 @@ SETTINGS: Tuple[Setting, ...] = (
             Choice(TEMPORALITIES, aliases={"lowmemory": "delta"}),
             "Temporality of lambda-otel's metrics. ``lowmemory`` means delta here (all our instruments are "
             "counters and histograms).", EXPORT),
+    Setting("aws.auth", ("LAMBDA_OTEL_EXPORTER_AUTH",), Choice(("none", "sigv4")),
+            "``sigv4`` signs every export with the function's credentials (AWS Signature Version 4), as "
+            "CloudWatch's and X-Ray's OTLP endpoints require (see docs/aws.md).", AWS_EXPORT),
+    Setting("aws.region", ("LAMBDA_OTEL_EXPORTER_SIGV4_REGION",), Text(),
+            "Region in the signature. Allowed: an AWS region name.", AWS_EXPORT,
+            default_doc="the endpoint host's region, else ``AWS_REGION``"),
+    *(
+        Setting(f"aws.{signal}_service", (f"LAMBDA_OTEL_EXPORTER_{signal.upper()}_SIGV4_SERVICE",
+                                          "LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE"), Text(),
+                f"SigV4 service name for {signal} exports (``xray``, ``monitoring``, ``logs``...). Allowed: "
+                "lower-case letters, digits and ``-``.", AWS_EXPORT, default_doc="from the endpoint's host")
+        for signal in SIGNALS
+    ),
+    Setting("aws.log_group", ("LAMBDA_OTEL_EXPORTER_LOGS_LOG_GROUP",), Text(),
+            "CloudWatch Logs group for logs sent to CloudWatch's OTLP endpoint (``x-aws-log-group``); it must "
+            "exist.", AWS_EXPORT, default_doc="the function's log group"),
+    Setting("aws.log_stream", ("LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM",), Text(),
+            "Its log stream (``x-aws-log-stream``); it must exist.", AWS_EXPORT, default_doc="``lambda-otel``"),
+    Setting("aws.secrets_timeout_s", ("LAMBDA_OTEL_SECRETS_TIMEOUT_MS",), Millis(100, 60_000),
+            "Longest one resolution of the ``${arn:...}`` references in header values may take, all calls "
+            "included.", AWS_EXPORT),
+    Setting("aws.secrets_refresh_s", ("LAMBDA_OTEL_SECRETS_REFRESH_MS",), Millis(0, 7 * 24 * 3_600_000),
+            "Re-resolve secret header values this often, in the background (``0``: once per environment).",
+            AWS_EXPORT),
     Setting("flush.strategy", ("LAMBDA_OTEL_FLUSH_STRATEGY",), Choice(STRATEGIES),
             "When to export (see Flushing).", FLUSH),
     Setting("flush.interval_s", ("LAMBDA_OTEL_FLUSH_INTERVAL_MS",), Millis(100, 3_600_000),
@@ -611,6 +681,9 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("function.region", ("AWS_REGION", "AWS_DEFAULT_REGION"), Text(), "``cloud.region``.", LAMBDA),
     Setting("function.log_stream_name", ("AWS_LAMBDA_LOG_STREAM_NAME",), Text(),
             "``faas.instance`` when present.", LAMBDA, default_doc="a random id per environment"),
+    Setting("function.log_group_name", ("AWS_LAMBDA_LOG_GROUP_NAME",), Text(),
+            "The function's log group: the default CloudWatch Logs group of OTLP logs sent to CloudWatch.",
+            LAMBDA, default_doc="``/aws/lambda/<function name>``"),
     Setting(None, ("AWS_LAMBDA_RUNTIME_API",), Text(), "Host and port of the Lambda APIs.", LAMBDA,
             read_by="app.py"),
     # Read where they are used, never copied into Config: credentials must not sit in an object that
@@ -705,6 +778,7 @@ def load_config(env: Mapping[str, str] | None = None,
     _check_ports(values)
     _check_limits(values)
     _check_self_export(values, reader, resolve or resolve_host)
+    _check_aws(values, reader, env)
     return _build(values, reader.warnings)
 
 
@@ -861,8 +935,96 @@ def _check_self_export(values: Dict[str, Any], reader: _Reader, resolve: Callabl
                             "LAMBDA_OTEL_EXPORTER_ENDPOINT to your backend (it takes precedence).")
 
 
+def _check_aws(values: Dict[str, Any], reader: _Reader, env: Mapping[str, str]) -> None:
+    """Per-signal headers and their secret references, SigV4 service and region, CloudWatch's limits."""
+    from . import aws_export
+
+    general, general_source = values["exporter.headers"], reader.sources["exporter.headers"]
+    sources: Dict[str, Optional[str]] = {}
+    held: Dict[str, str] = {}
+    for signal in SIGNALS:
+        key = f"exporter.{signal}_headers"
+        own, own_source = values[key], reader.sources[key]
+        if own is not None and own_source is not None and (is_ours(own_source) or not is_ours(general_source or "")):
+            headers, source = own, own_source
+        else:
+            values[key] = None
+            headers, source = general, general_source
+        sources[signal] = source
+        if source is None or not any("${arn:" in v for v in headers.values()):
+            continue
+        from .aws_secrets import SecretReferenceError, check_references
+
+        try:
+            check_references(headers, source)
+        except SecretReferenceError as exc:
+            problem = str(exc).split(": ", 1)[-1]
+            if is_ours(source):
+                raise ConfigError(source, problem) from None
+            held[signal] = problem
+            reader.warn(source, f"{problem}; ignored: lambda-otel exports no {signal} until it is fixed")
+    values["exporter.header_sources"] = {signal: src for signal, src in sources.items() if src}
+    values["exporter.held_signals"] = held
+
+    endpoints = {signal: values[f"exporter.{signal}_endpoint"] for signal in SIGNALS}
+    hosts = {signal: (urlsplit(url).hostname or "") if url else "" for signal, url in endpoints.items()}
+    values["aws.cloudwatch"] = any(aws_export.service_from_host(h) in aws_export.CLOUDWATCH_SERVICES
+                                   for h in hosts.values() if h)
+    if values["aws.cloudwatch"]:
+        for key, name, limit in (
+            ("flush.max_batch_bytes", "LAMBDA_OTEL_MAX_BATCH_BYTES", aws_export.CLOUDWATCH_MAX_BATCH_BYTES),
+            ("flush.max_batch_records", "LAMBDA_OTEL_MAX_BATCH_RECORDS", aws_export.CLOUDWATCH_MAX_REQUEST_RECORDS),
+        ):
+            if values[key] > limit:
+                raise ConfigError(name, f"{values[key]} is above what CloudWatch's OTLP endpoints accept per request "
+                                        f"(allowed with a CloudWatch endpoint: up to {limit})")
+
+    to_logs = bool(hosts["logs"]) and aws_export.service_from_host(hosts["logs"]) == "logs"
+    if to_logs or values["aws.log_group"] or values["aws.log_stream"]:
+        values["aws.log_group"] = (values["aws.log_group"] or values["function.log_group_name"]
+                                   or f"/aws/lambda/{values['function.name'] or 'unknown_function'}")
+        values["aws.log_stream"] = values["aws.log_stream"] or aws_export.DEFAULT_LOG_STREAM
+
+    if values["aws.auth"] != "sigv4":
+        return
+    for signal in SIGNALS:
+        key = f"aws.{signal}_service"
+        if not endpoints[signal]:
+            continue
+        service = values[key]
+        if service is not None:
+            if not aws_export.is_service_name(service):
+                raise ConfigError(reader.sources[key] or "LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE",
+                                  f"{service!r} is not an AWS service signing name (allowed: lower-case letters, "
+                                  "digits and '-', e.g. xray, logs, monitoring)")
+            continue
+        service = aws_export.service_from_host(hosts[signal])
+        if service is None:
+            raise ConfigError("LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE",
+                              f"LAMBDA_OTEL_EXPORTER_AUTH=sigv4, but the AWS service of the {signal} endpoint's host "
+                              f"{hosts[signal]!r} is unknown; set it (or LAMBDA_OTEL_EXPORTER_{signal.upper()}"
+                              "_SIGV4_SERVICE): allowed: a signing name such as xray, logs, monitoring")
+        values[key] = service
+    region = values["aws.region"]
+    if region is not None and not aws_export.is_region(region):
+        raise ConfigError("LAMBDA_OTEL_EXPORTER_SIGV4_REGION", f"{region!r} is not an AWS region (allowed: e.g. us-east-1)")
+    if region is None:
+        region = next((r for r in map(aws_export.region_from_host, hosts.values()) if r), None) or values["function.region"]
+    if region is None and any(endpoints.values()):
+        raise ConfigError("LAMBDA_OTEL_EXPORTER_SIGV4_REGION",
+                          "LAMBDA_OTEL_EXPORTER_AUTH=sigv4 needs a region: AWS_REGION is not set and no endpoint host "
+                          "names one (allowed: an AWS region name, e.g. us-east-1)")
+    values["aws.region"] = region
+    if not any(env.get(n) for n in ("AWS_ACCESS_KEY_ID", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")) \
+            and values["init_type"] is not InitType.SNAP_START:
+        reader.warn("AWS_ACCESS_KEY_ID", "LAMBDA_OTEL_EXPORTER_AUTH=sigv4 but no AWS credentials are set "
+                                         "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN): exports fail "
+                                         "until they are")
+
+
 __all__ = [
-    "Config", "ConfigError", "ExporterConfig", "FlushConfig", "FunctionConfig", "InitType", "OtlpProtocol",
+    "AwsConfig", "Config", "ConfigError", "ExporterConfig", "FlushConfig", "FunctionConfig", "InitType", "OtlpProtocol",
     "QueueConfig", "ReceiverConfig", "SETTINGS", "Setting", "TelemetryConfig", "VARIABLES", "is_loopback_host",
     "is_ours", "load_config", "parse_key_values", "redact_url", "resolve_host",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,18 +42,6 @@ UNSIGNED_HEADERS = frozenset(
 # Services whose APIs want the payload hash as a header too (S3 and its relatives); the others
 # (xray, logs, monitoring, secretsmanager, ssm) take it in the canonical request only.
 CONTENT_SHA256_SERVICES = frozenset({"s3", "s3-object-lambda", "glacier"})
-
-# Known service names by the first label of an AWS endpoint host (``xray.us-east-1.amazonaws.com``).
-SERVICE_BY_HOST_PREFIX = {
-    "xray": "xray",
-    "logs": "logs",
-    "monitoring": "monitoring",
-    "secretsmanager": "secretsmanager",
-    "ssm": "ssm",
-    "aps-workspaces": "aps",
-    "sts": "sts",
-}
-
 
 @dataclass(frozen=True)
 class Credentials:
@@ -217,28 +204,6 @@ def authorization_header(access_key_id: str, scope: str, signed_names: str, sig:
 
 
 # --- the signer --------------------------------------------------------------------------------
-
-
-def service_from_host(host: str) -> Optional[str]:
-    """``xray.us-east-1.amazonaws.com`` -> ``xray``; None for a host that is not a known AWS endpoint."""
-    host = (host or "").lower().rstrip(".")
-    if not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn") or host.endswith(".api.aws")):
-        return None
-    first = host.split(".", 1)[0]
-    if first.endswith("-fips"):
-        first = first[: -len("-fips")]
-    return SERVICE_BY_HOST_PREFIX.get(first)
-
-
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-
-
-def region_from_host(host: str) -> Optional[str]:
-    """``logs.eu-west-1.amazonaws.com`` -> ``eu-west-1`` (None when the host does not name one)."""
-    labels = (host or "").lower().rstrip(".").split(".")
-    if len(labels) >= 4 and _REGION.match(labels[1]):
-        return labels[1]
-    return None
 
 
 class SigV4Signer:

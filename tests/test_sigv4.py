@@ -153,16 +153,6 @@ class SignerBehaviour(unittest.TestCase):
         self.assertIn("x-amz-content-sha256", s3.sign("PUT", "https://b.s3.amazonaws.com/k", {}, body)["Authorization"])
         self.assertNotIn("x-amz-content-sha256", xray.sign("POST", "https://xray.us-east-1.amazonaws.com/v1/traces", {}, body))
 
-    def test_service_and_region_from_host(self):
-        self.assertEqual(sigv4.service_from_host("xray.us-east-1.amazonaws.com"), "xray")
-        self.assertEqual(sigv4.service_from_host("logs.eu-west-1.amazonaws.com"), "logs")
-        self.assertEqual(sigv4.service_from_host("monitoring.ap-southeast-2.amazonaws.com"), "monitoring")
-        self.assertEqual(sigv4.service_from_host("logs-fips.us-gov-west-1.amazonaws.com"), "logs")
-        self.assertIsNone(sigv4.service_from_host("otlp.example.com"))
-        self.assertIsNone(sigv4.service_from_host("127.0.0.1"))
-        self.assertEqual(sigv4.region_from_host("logs.eu-west-1.amazonaws.com"), "eu-west-1")
-        self.assertIsNone(sigv4.region_from_host("otlp.example.com"))
-
     def test_expired_token_answers(self):
         self.assertTrue(sigv4.is_expired_credentials_answer(
             403, b'{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}'))
