@@ -19,20 +19,14 @@ client are imported by ``build_auth``, on the startup thread.
 
 from __future__ import annotations
 
-import logging
 import os
-import re
-import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from lambda_otel.aws_secrets import SecretHeaders
     from lambda_otel.config import Config
     from lambda_otel.sigv4 import CredentialsProvider, SigV4Signer
-
-log = logging.getLogger(__name__)
 
 SIGNALS = ("traces", "metrics", "logs")
 
@@ -57,8 +51,7 @@ SERVICE_BY_HOST_PREFIX = {
     "ssm": "ssm",
     "aps-workspaces": "aps",
 }
-_SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_SERVICE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 
 
@@ -76,17 +69,21 @@ def service_from_host(host: str) -> Optional[str]:
 def region_from_host(host: str) -> Optional[str]:
     """``logs.eu-west-1.amazonaws.com`` -> ``eu-west-1`` (None when the host names none)."""
     labels = (host or "").lower().rstrip(".").split(".")
-    if len(labels) >= 4 and (host or "").lower().rstrip(".").endswith(_AWS_SUFFIXES) and _REGION.match(labels[1]):
+    if len(labels) >= 4 and (host or "").lower().rstrip(".").endswith(_AWS_SUFFIXES) and is_region(labels[1]):
         return labels[1]
     return None
 
 
 def is_service_name(name: str) -> bool:
-    return bool(_SERVICE_NAME.match(name))
+    """A SigV4 signing name: lower-case letters, digits and '-', not starting with '-'."""
+    return 0 < len(name) <= 63 and name[0] != "-" and set(name) <= _SERVICE_CHARS
 
 
 def is_region(name: str) -> bool:
-    return bool(_REGION.match(name))
+    """``us-east-1``, ``eu-central-2``, ``us-gov-west-1``: letters-...-digits."""
+    parts = name.split("-")
+    return (len(parts) >= 3 and len(parts[0]) == 2 and parts[0].isalpha() and parts[0].islower()
+            and all(p.isalpha() and p.islower() for p in parts[1:-1]) and parts[-1].isdigit())
 
 
 # --- the exporter's hooks --------------------------------------------------------------------------
@@ -106,6 +103,8 @@ class ExportSigner:
         self._credentials = credentials
         self._signers: Dict[str, "SigV4Signer"] = {
             url: SigV4Signer(credentials, region, service, clock=clock) for url, service in services_by_url.items()}
+        import threading
+
         self._lock = threading.Lock()
         self._last_refresh = float("-inf")
 
@@ -126,7 +125,9 @@ class ExportSigner:
             if now - self._last_refresh < EXPIRED_REFRESH_MIN_S:
                 return False
             self._last_refresh = now
-        log.info("AWS answered that the credentials have expired: re-reading them")
+        import logging
+
+        logging.getLogger(__name__).info("AWS answered that the credentials have expired: re-reading them")
         self.renew_after_restore()
         return True
 
@@ -137,12 +138,12 @@ class ExportSigner:
             signer.refresh_credentials()
 
 
-@dataclass
 class ExportAuth:
     """What ``build_auth`` gives the pipeline: pass ``signer`` and ``header_source`` to OtlpExporter."""
 
-    signer: Optional[ExportSigner]
-    header_source: "SecretHeaders"
+    def __init__(self, signer: Optional[ExportSigner], header_source: "SecretHeaders") -> None:
+        self.signer = signer
+        self.header_source = header_source
 
     def start(self) -> None:
         """Begin resolving secret references (non-blocking). Call it off the /next path."""

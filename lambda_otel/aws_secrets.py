@@ -244,6 +244,8 @@ class SecretHeaders:
         self._refs: Dict[str, SecretReference] = {}
         self._ref_variables: Dict[str, str] = {}
         for signal, headers in self._templates.items():
+            if signal in self._held:
+                continue
             for value in headers.values():
                 for ref in find_references(value, self._sources.get(signal, "headers")):
                     self._refs.setdefault(ref.text, ref)

@@ -937,6 +937,8 @@ def _check_self_export(values: Dict[str, Any], reader: _Reader, resolve: Callabl
 
 def _check_aws(values: Dict[str, Any], reader: _Reader, env: Mapping[str, str]) -> None:
     """Per-signal headers and their secret references, SigV4 service and region, CloudWatch's limits."""
+    from urllib.parse import urlsplit
+
     from . import aws_export
 
     general, general_source = values["exporter.headers"], reader.sources["exporter.headers"]

@@ -1,0 +1,196 @@
+"""Exporting to AWS: the configuration checks (SigV4 service and region, per-signal headers and
+their references, CloudWatch's limits and log headers) and the exporter's hooks."""
+
+import calendar
+import unittest
+
+from lambda_otel import aws_export
+from lambda_otel.aws_export import ExportSigner, build_auth, header_templates
+from lambda_otel.config import ConfigError, load_config
+from lambda_otel.sigv4 import Credentials, StaticCredentials
+
+XRAY = "https://xray.eu-west-1.amazonaws.com/v1/traces"
+LOGS = "https://logs.eu-west-1.amazonaws.com/v1/logs"
+METRICS = "https://monitoring.eu-west-1.amazonaws.com/v1/metrics"
+SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:otlp-key"
+CREDS = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token"}
+
+
+def config(**env):
+    return load_config({"AWS_REGION": "us-east-1", "AWS_LAMBDA_FUNCTION_NAME": "my-fn", **CREDS, **env})
+
+
+class HostFacts(unittest.TestCase):
+    def test_service_and_region_from_host(self):
+        self.assertEqual(aws_export.service_from_host("xray.us-east-1.amazonaws.com"), "xray")
+        self.assertEqual(aws_export.service_from_host("logs.eu-west-1.amazonaws.com"), "logs")
+        self.assertEqual(aws_export.service_from_host("monitoring.ap-southeast-2.amazonaws.com"), "monitoring")
+        self.assertEqual(aws_export.service_from_host("logs-fips.us-gov-west-1.amazonaws.com"), "logs")
+        self.assertEqual(aws_export.service_from_host("XRAY.cn-north-1.amazonaws.com.cn."), "xray")
+        self.assertIsNone(aws_export.service_from_host("xray.example.com"))
+        self.assertIsNone(aws_export.service_from_host("127.0.0.1"))
+        self.assertEqual(aws_export.region_from_host("logs.eu-west-1.amazonaws.com"), "eu-west-1")
+        self.assertIsNone(aws_export.region_from_host("logs.notaregion.amazonaws.com"))
+        self.assertIsNone(aws_export.region_from_host("a.eu-west-1.example.com"))
+
+
+class AwsConfiguration(unittest.TestCase):
+    def test_default_is_no_signing_and_no_aws_headers(self):
+        c = config(LAMBDA_OTEL_EXPORTER_ENDPOINT="https://otlp.example.com")
+        self.assertEqual(c.aws.auth, "none")
+        self.assertFalse(c.aws.cloudwatch)
+        self.assertIsNone(c.aws.log_group)
+        self.assertIsNone(build_auth(c, env={}).signer)
+
+    def test_services_and_region_from_the_endpoints(self):
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
+                   LAMBDA_OTEL_EXPORTER_METRICS_ENDPOINT=METRICS, LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)
+        self.assertEqual((c.aws.traces_service, c.aws.metrics_service, c.aws.logs_service), ("xray", "monitoring", "logs"))
+        self.assertEqual(c.aws.region, "eu-west-1", "the endpoint's region wins over AWS_REGION")
+        self.assertTrue(c.aws.cloudwatch)
+        self.assertEqual(c.warnings, ())
+
+    def test_explicit_service_and_region(self):
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_ENDPOINT="https://collector.example.com",
+                   LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE="aps", LAMBDA_OTEL_EXPORTER_LOGS_SIGV4_SERVICE="logs",
+                   LAMBDA_OTEL_EXPORTER_SIGV4_REGION="ap-south-1")
+        self.assertEqual((c.aws.traces_service, c.aws.logs_service, c.aws.region), ("aps", "logs", "ap-south-1"))
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_ENDPOINT="https://collector.example.com",
+                   LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE="xray")
+        self.assertEqual(c.aws.region, "us-east-1", "AWS_REGION when no host names a region")
+
+    def test_unknown_service_is_a_clear_error(self):
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_ENDPOINT="https://collector.example.com")
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE")
+        self.assertIn("collector.example.com", str(ctx.exception))
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
+                   LAMBDA_OTEL_EXPORTER_TRACES_SIGV4_SERVICE="X Ray!")
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_TRACES_SIGV4_SERVICE")
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_AUTH="bearer")
+        self.assertIn("allowed: none, sigv4", str(ctx.exception))
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
+                   LAMBDA_OTEL_EXPORTER_SIGV4_REGION="mars-1")
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_SIGV4_REGION")
+
+    def test_missing_region_is_a_clear_error(self):
+        with self.assertRaises(ConfigError) as ctx:
+            load_config({"LAMBDA_OTEL_EXPORTER_AUTH": "sigv4", "LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE": "xray",
+                         "LAMBDA_OTEL_EXPORTER_ENDPOINT": "https://collector.example.com", **CREDS})
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_SIGV4_REGION")
+
+    def test_missing_credentials_are_a_warning_not_an_init_failure(self):
+        c = load_config({"LAMBDA_OTEL_EXPORTER_AUTH": "sigv4", "LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT": XRAY})
+        self.assertEqual(len(c.warnings), 1)
+        self.assertIn("AWS_ACCESS_KEY_ID", c.warnings[0])
+        snap = load_config({"LAMBDA_OTEL_EXPORTER_AUTH": "sigv4", "LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT": XRAY,
+                            "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"})
+        self.assertEqual(snap.warnings, (), "a SnapStart snapshot has no credentials until restore")
+
+    def test_cloudwatch_limits_on_batches(self):
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY, LAMBDA_OTEL_MAX_BATCH_BYTES=str(8 * 1024 * 1024),
+                   LAMBDA_OTEL_QUEUE_MAX_BYTES=str(64 * 1024 * 1024))
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_MAX_BATCH_BYTES")
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS, LAMBDA_OTEL_MAX_BATCH_RECORDS="20000",
+                   LAMBDA_OTEL_QUEUE_MAX_RECORDS="100000")
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_MAX_BATCH_RECORDS")
+        self.assertIn("10000", str(ctx.exception))
+        c = config(LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY)
+        self.assertLessEqual(c.flush.max_batch_bytes, aws_export.CLOUDWATCH_MAX_BATCH_BYTES)
+        self.assertLessEqual(c.flush.max_batch_records, aws_export.CLOUDWATCH_MAX_REQUEST_RECORDS)
+        # Not CloudWatch: the general limits apply.
+        config(LAMBDA_OTEL_EXPORTER_ENDPOINT="https://otlp.example.com", LAMBDA_OTEL_MAX_BATCH_BYTES=str(8 * 1024 * 1024),
+               LAMBDA_OTEL_QUEUE_MAX_BYTES=str(64 * 1024 * 1024))
+
+    def test_log_group_and_stream(self):
+        c = config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)
+        self.assertEqual((c.aws.log_group, c.aws.log_stream), ("/aws/lambda/my-fn", "lambda-otel"))
+        self.assertEqual(header_templates(c)["logs"], {"x-aws-log-group": "/aws/lambda/my-fn", "x-aws-log-stream": "lambda-otel"})
+        self.assertEqual(header_templates(c)["traces"], {})
+        c = config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS, AWS_LAMBDA_LOG_GROUP_NAME="/custom/group")
+        self.assertEqual(c.aws.log_group, "/custom/group")
+        c = config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS, LAMBDA_OTEL_EXPORTER_LOGS_LOG_GROUP="/otel/logs",
+                   LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM="stream-1")
+        self.assertEqual(header_templates(c)["logs"], {"x-aws-log-group": "/otel/logs", "x-aws-log-stream": "stream-1"})
+        # A header the user sets wins.
+        c = config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS, LAMBDA_OTEL_EXPORTER_LOGS_HEADERS="X-AWS-Log-Group=/mine")
+        self.assertEqual(header_templates(c)["logs"], {"X-AWS-Log-Group": "/mine", "x-aws-log-stream": "lambda-otel"})
+        self.assertIsNone(config(LAMBDA_OTEL_EXPORTER_ENDPOINT="https://otlp.example.com").aws.log_group)
+
+    def test_per_signal_headers_and_their_precedence(self):
+        c = config(OTEL_EXPORTER_OTLP_HEADERS="a=general", OTEL_EXPORTER_OTLP_TRACES_HEADERS="a=traces")
+        self.assertEqual(c.exporter.headers_for("traces"), {"a": "traces"})
+        self.assertEqual(c.exporter.headers_for("logs"), {"a": "general"})
+        self.assertEqual(c.exporter.header_sources["traces"], "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        # Ours beats the function's, even the function's per-signal one.
+        c = config(LAMBDA_OTEL_EXPORTER_HEADERS="a=ours", OTEL_EXPORTER_OTLP_TRACES_HEADERS="a=theirs")
+        self.assertEqual(c.exporter.headers_for("traces"), {"a": "ours"})
+        c = config(LAMBDA_OTEL_EXPORTER_HEADERS="a=ours", LAMBDA_OTEL_EXPORTER_LOGS_HEADERS="a=ours-logs")
+        self.assertEqual(c.exporter.headers_for("logs"), {"a": "ours-logs"})
+        self.assertEqual(c.exporter.header_sources["logs"], "LAMBDA_OTEL_EXPORTER_LOGS_HEADERS")
+
+    def test_malformed_reference_in_ours_is_fatal_and_names_the_variable(self):
+        with self.assertRaises(ConfigError) as ctx:
+            config(LAMBDA_OTEL_EXPORTER_HEADERS="authorization=Bearer%20${arn:aws:secretsmanager:eu-west-1:12:secret:x},k=v")
+        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_HEADERS")
+        self.assertIn("12-digit account", str(ctx.exception))
+        self.assertNotIn("Bearer", str(ctx.exception))
+
+    def test_malformed_reference_in_shared_is_a_warning_and_holds_that_signal(self):
+        c = config(OTEL_EXPORTER_OTLP_TRACES_HEADERS="authorization=${arn:aws:s3:::bucket}",
+                   OTEL_EXPORTER_OTLP_HEADERS=f"authorization=${{{SECRET}}}")
+        self.assertEqual(list(c.exporter.held_signals), ["traces"])
+        self.assertEqual(len(c.warnings), 1)
+        self.assertIn("OTEL_EXPORTER_OTLP_TRACES_HEADERS", c.warnings[0])
+        self.assertIn("exports no traces until it is fixed", c.warnings[0])
+        source = build_auth(c, env={}).header_source
+        self.assertIsNone(source.headers("traces"), "held: never sent without its headers")
+
+
+class SignerHooks(unittest.TestCase):
+    WHEN = calendar.timegm((2026, 12, 1, 12, 0, 0))
+
+    def test_each_endpoint_is_signed_for_its_own_service(self):
+        signer = ExportSigner(StaticCredentials(Credentials("AKID", "secret", "tok")), "eu-west-1",
+                              {XRAY: "xray", LOGS: "logs"}, clock=lambda: self.WHEN)
+        traces = signer.sign("POST", XRAY, {"Content-Type": "application/x-protobuf"}, b"x")
+        logs = signer.sign("POST", LOGS, {"Content-Type": "application/x-protobuf"}, b"x")
+        self.assertIn("/20261201/eu-west-1/xray/aws4_request", traces["Authorization"])
+        self.assertIn("/20261201/eu-west-1/logs/aws4_request", logs["Authorization"])
+        self.assertEqual(traces["X-Amz-Security-Token"], "tok")
+        self.assertEqual(signer.sign("POST", "https://elsewhere.example.com/v1/traces", {}, b"x"), {},
+                         "no credentials for a URL that is not a configured endpoint")
+
+    def test_expired_token_answer_rereads_credentials_once(self):
+        class Counting(StaticCredentials):
+            refreshes = 0
+
+            def refresh(self):
+                Counting.refreshes += 1
+
+        signer = ExportSigner(Counting(Credentials("AKID", "s")), "eu-west-1", {XRAY: "xray"})
+        expired = b'{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}'
+        self.assertFalse(signer.on_rejected(403, b'{"__type":"AccessDeniedException"}'))
+        self.assertTrue(signer.on_rejected(403, expired))
+        self.assertFalse(signer.on_rejected(403, expired), "not again right away: no resend loop")
+        self.assertGreaterEqual(Counting.refreshes, 1)
+
+    def test_build_auth_wires_config(self):
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
+                   LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)
+        auth = build_auth(c, env=CREDS)
+        self.assertIsNotNone(auth.signer)
+        added = auth.signer.sign("POST", LOGS, {}, b"body")
+        self.assertIn("/eu-west-1/logs/aws4_request", added["Authorization"])
+        self.assertEqual(auth.header_source.headers("logs"),
+                         {"x-aws-log-group": "/aws/lambda/my-fn", "x-aws-log-stream": "lambda-otel"})
+        self.assertEqual(auth.header_source.headers("traces"), {})
+
+
+if __name__ == "__main__":
+    unittest.main()
