@@ -116,7 +116,7 @@ class Extension:
 
         self.restores += 1
         pipeline = self.pipeline
-        renew_resource(pipeline.resource_attributes, pipeline.resource, self.config)
+        renew_resource(pipeline.resource_attributes, pipeline.resource)
         self.last_request_id = None
 
     # -- the events loop ---------------------------------------------------------------------

@@ -51,25 +51,6 @@ def build_resource(env: Mapping[str, str], config: Config, account_id: Optional[
     return attrs
 
 
-def renew_after_restore(attrs: Dict[str, AttrValue], resource, config: Config) -> str:
-    """A SnapStart restore: this copy of the snapshot is its own execution environment, so it gets
-    its own ``faas.instance`` (in ``attrs`` and, in place, in the shared ``Resource`` proto), unless
-    the user set one. Returns the value in effect."""
-    if "faas.instance" in config.resource_attributes:
-        return str(attrs["faas.instance"])
-    instance = uuid.uuid4().hex
-    attrs["faas.instance"] = instance
-    for kv in resource.attributes:
-        if kv.key == "faas.instance":
-            kv.value.string_value = instance
-            break
-    else:
-        kv = resource.attributes.add()
-        kv.key = "faas.instance"
-        kv.value.string_value = instance
-    return instance
-
-
 def to_proto(attrs: Mapping[str, AttrValue]):
     """Protobuf ``Resource``; imported lazily so start-up does not pay for protobuf."""
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource

@@ -89,12 +89,6 @@ class RenewAfterRestoreTest(unittest.TestCase):
         self.assertEqual(resource_value(restored.resource_spans.resource, "faas.instance"), after)
         self.assertEqual(ext.restores, 1)
 
-    def test_a_faas_instance_the_user_set_is_kept(self):
-        ext = self.make_extension(OTEL_RESOURCE_ATTRIBUTES="faas.instance=mine")
-        ext.renew_after_restore()
-        self.assertEqual(ext.pipeline.resource_attributes["faas.instance"], "mine")
-        self.assertEqual(resource_value(ext.pipeline.resource, "faas.instance"), "mine")
-
 
 if __name__ == "__main__":
     unittest.main()
