@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import socket
 import ssl
 import struct
@@ -102,6 +103,7 @@ class SinkRequest:
     decode_error: Optional[str] = None
     status: Optional[int] = None  # None when no answer was sent
     outcome: str = "open"  # open | answered | reset | closed | hung | error
+    auth_error: Optional[str] = None  # why the sink's ``verify`` refused the request (answered 403)
 
     @property
     def signal(self) -> Optional[str]:
@@ -264,6 +266,15 @@ class _Handler(BaseHTTPRequestHandler):
             sink._close_request(rec, outcome="closed")
             return
 
+        if sink._verify is not None:
+            # As an AWS endpoint would: check the request's authentication before reading it.
+            rec.auth_error = sink._verify(self.command, self.path, rec.headers, raw)
+            if rec.auth_error is not None:
+                body = json.dumps({"__type": "InvalidSignatureException", "message": rec.auth_error}).encode()
+                self._send(rec, 403, body, "application/json", None)
+                sink._close_request(rec, outcome="answered", status=403)
+                return
+
         signal = PATHS.get(path)
         if signal is None:
             self._send(rec, 404, b"unknown path; use /v1/traces, /v1/metrics or /v1/logs\n", "text/plain", None)
@@ -362,6 +373,9 @@ class OtlpSink:
 
     ``tls=(certfile, keyfile)`` serves HTTPS instead (for certificate tests).
     ``on_request`` is called (from the handler thread) with each finished :class:`SinkRequest`.
+    ``verify(method, path, headers, body) -> None | reason`` checks each request's authentication
+    (e.g. its SigV4 signature) over the bytes received; a reason is answered 403 and recorded in
+    ``SinkRequest.auth_error``.
     """
 
     def __init__(
@@ -369,10 +383,12 @@ class OtlpSink:
         port: int = 0,
         tls: Optional[Tuple[str, str]] = None,
         on_request: Optional[Callable[[SinkRequest], None]] = None,
+        verify: Optional[Callable[[str, str, Dict[str, str], bytes], Optional[str]]] = None,
     ) -> None:
         self._port = port
         self._tls = tls
         self._on_request = on_request
+        self._verify = verify
         self._cond = threading.Condition()
         self._requests: List[SinkRequest] = []
         self._default = OK
