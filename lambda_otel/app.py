@@ -1,40 +1,72 @@
 """The one place where lambda-otel's threads are wired together.
 
-Start-up: Lambda's init (its cold start) lasts until every extension's first ``/event/next``,
-so only what must happen during init happens before it: register → read config → bind the
-listening sockets → subscribe to the Telemetry API (with the bound port). The rest (importing
-protobuf, readerwriterlock and our pipeline, building it and starting the servers on the
-already bound sockets) runs on a "startup" thread while the first ``/next`` is pending; Lambda's
-POSTs and the function's OTLP requests wait in the sockets' backlog meanwhile, and the events
-thread waits for that thread (bounded) before handling the first event.
-Then the main thread is the events thread: it long-polls ``/event/next`` and, around
-each call, lets the FlushCoordinator decide whether to hold ``/next`` for an
-end-of-invocation flush. On SHUTDOWN it waits for in-flight telemetry (RWLock write
-lock), runs the final flush inside the deadline and exits 0.
+Start-up. Lambda's init (its cold start) lasts until every extension's first ``/event/next``, and
+since INIT is billed and shares the sandbox's CPU with the function, start-up is judged by its
+total CPU and by the first invocation, not only by the instant of the first ``/next``. So:
 
-Threads: main (events), telemetry listener (+ one per connection), OTLP receiver
-(+ one per connection), exporter worker. All but main are daemons: nothing we start
-can keep the process alive past SHUTDOWN.
+* before the first ``/next``, only what must happen during init: register, read the config,
+  bind the listening sockets, subscribe to the Telemetry API (with the bound port). Its log
+  lines are kept and written once logging is set up.
+* on-demand and provisioned concurrency: a "startup" thread then sets up logging, builds the
+  pipeline and starts the servers on the already bound sockets while the first ``/next`` is
+  pending (Lambda's POSTs and the function's OTLP requests wait in the sockets' backlog), and
+  finally warms the export client (``requests``) so that the first flush does not pay for it.
+  The events thread waits for the pipeline (bounded) before handling the first event.
+* SnapStart: init runs once, when the snapshot is taken, and restores are what users wait
+  for. So everything is built on the main thread before the first ``/next`` (the snapshot
+  point) and no thread of ours runs across the snapshot. The first ``/next`` returning is the
+  restore: ``Extension.renew_after_restore`` renews what must be unique per environment, then
+  the threads start (fresh timers, no pooled connection from the snapshot) and anything that
+  needs AWS credentials starts only then.
+* Managed Instances: register SHUTDOWN only (INVOKE is refused there); the per-invocation
+  lifecycle comes from the Telemetry API, and there is no freeze, so nothing is held.
+
+Then the main thread is the events thread: it long-polls ``/event/next`` and, around each call,
+lets the FlushCoordinator decide whether to hold ``/next`` for an end-of-invocation flush. On
+SHUTDOWN it waits for in-flight telemetry (RWLock write lock), runs the final flush inside the
+deadline and exits 0.
+
+Threads: main (events), startup (ends after start-up), telemetry listener (+ one per
+connection), OTLP receiver (+ one per connection), exporter worker. All but main are daemons:
+nothing we start can keep the process alive past SHUTDOWN.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import threading
 import time
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence, Tuple
 
-from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .config import LOG_LEVELS, Config, ConfigError, InitType, load_config
 from .extensions_api import Event, ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
-from .telemetry_api import bind_socket, listener_host, subscribe
 
-log = logging.getLogger("lambda_otel")
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import socket
 
+    from .pipeline import Pipeline
+
+LOGGER_NAME = "lambda_otel"
 # Our own log lines come back to us as `extension` telemetry records; this prefix is how
 # the converter recognises them (and how a user greps for them).
 LOG_FORMAT = "[lambda-otel] %(levelname)s %(name)s: %(message)s"
+
+# How long the events thread waits for the startup thread when the first event needs no
+# pipeline deadline of its own (never reached in practice: building takes ~100 ms).
+STARTUP_WAIT_FLOOR_S = 1.0
+
+USAGE = """\
+usage: lambda-otel [--help]
+
+lambda-otel is an AWS Lambda extension: Lambda starts it from the layer's
+/opt/extensions/lambda-otel beside the function. It registers with the Extensions
+API (AWS_LAMBDA_RUNTIME_API), turns the Telemetry API's platform, function and
+extension events and the function's own OTLP (received on 127.0.0.1:4318) into
+OpenTelemetry traces, metrics and logs, and exports them over OTLP/HTTP.
+
+It is configured by environment variables (LAMBDA_OTEL_* and the standard OTEL_*),
+listed in the README, which also shows how to run it on a workstation.
+"""
 
 
 class StartupError(Exception):
@@ -43,6 +75,14 @@ class StartupError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
+
+
+def registration_events(init_type: InitType) -> Tuple[str, ...]:
+    """The events to register for: Managed Instances refuse INVOKE (there is none to give: invocations
+    overlap and never freeze), and refusing it would fail the environment's init."""
+    if init_type is InitType.MANAGED_INSTANCES:
+        return ("SHUTDOWN",)
+    return ("INVOKE", "SHUTDOWN")
 
 
 class Extension:
@@ -55,13 +95,29 @@ class Extension:
 
         self.config = config
         self.client = client
-        self.pipeline = Pipeline(config, build_resource(env, config, registration.account_id))
+        self.pipeline: Pipeline = Pipeline(config, build_resource(env, config, registration.account_id))
         self.last_request_id: Optional[str] = None
+        self.restores = 0
 
     # -- start-up ----------------------------------------------------------------------------
 
-    def start_servers(self, telemetry_sock, receiver_sock) -> None:
+    def start_servers(self, telemetry_sock: "socket.socket", receiver_sock: Optional["socket.socket"]) -> None:
+        """Start every thread of the pipeline on the already bound sockets."""
         self.pipeline.start(telemetry_sock, receiver_sock)
+
+    def renew_after_restore(self) -> None:
+        """A SnapStart restore: every copy of the snapshot must be its own environment.
+
+        The ONE place where per-environment state is renewed, on the events thread, before any
+        thread of ours runs again. (Span and trace ids are drawn from ``os.urandom`` per id, so
+        they differ between copies without a reseed.)
+        """
+        from .resource import renew_after_restore as renew_resource
+
+        self.restores += 1
+        pipeline = self.pipeline
+        renew_resource(pipeline.resource_attributes, pipeline.resource)
+        self.last_request_id = None
 
     # -- the events loop ---------------------------------------------------------------------
 
@@ -75,7 +131,7 @@ class Extension:
                 try:
                     event = self.client.next_event()
                 except ExtensionsApiError as exc:
-                    log.error("event/next failed, exiting: %s", exc)
+                    _logger().error("event/next failed, exiting: %s", exc)
                     report_exit_error(self.client, "Extension.NextEventFailed", str(exc))
                     return 1
             if isinstance(event, InvokeEvent):
@@ -88,6 +144,7 @@ class Extension:
                 return self.shutdown(event)
 
     def shutdown(self, event: ShutdownEvent) -> int:
+        log = _logger()
         started = time.monotonic()
         remaining_s = max(0.0, event.deadline_ms / 1000.0 - time.time())
         log.info("SHUTDOWN (%s), %.0f ms to the deadline", event.reason, remaining_s * 1000)
@@ -113,6 +170,39 @@ class Extension:
         return 0
 
 
+# --- logging -------------------------------------------------------------------------------------
+#
+# Importing and configuring ``logging`` costs several ms, which the first /next need not wait
+# for: lines from before it are kept here and written, in order, once logging is set up.
+
+_early_lines: List[Tuple[str, str, tuple]] = []
+
+
+def _early(level: str, message: str, *args: object) -> None:
+    _early_lines.append((level, message, args))
+
+
+def _logger():
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
+
+
+def setup_logging(level: str = "info") -> None:
+    """Our handler on stderr (Lambda sends it back to us as `extension` records), then the kept lines."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger(LOGGER_NAME)
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper() if level in LOG_LEVELS else "INFO")
+    root.propagate = False
+    lines, _early_lines[:] = list(_early_lines), []
+    for line_level, message, args in lines:
+        root.log(getattr(logging, line_level.upper()), message, *args)
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 
@@ -129,22 +219,25 @@ def report_init_error(client: ExtensionsApiClient, error_type: str, message: str
     try:
         client.init_error(error_type, message)
     except ExtensionsApiError as exc:
-        log.error("could not report init error: %s", exc)
+        _logger().error("could not report init error: %s", exc)
 
 
 def report_exit_error(client: ExtensionsApiClient, error_type: str, message: str) -> None:
     try:
         client.exit_error(error_type, message)
     except ExtensionsApiError as exc:
-        log.error("could not report exit error: %s", exc)
+        _logger().error("could not report exit error: %s", exc)
 
 
 def _install_thread_watchdog(client: ExtensionsApiClient) -> None:
     """A worker thread that dies leaves the extension half-alive: report it and exit instead."""
+    import logging
+    import threading
 
     def hook(args: threading.ExceptHookArgs) -> None:
         name = args.thread.name if args.thread else "?"
-        log.critical("thread %s died: %s: %s", name, args.exc_type.__name__, args.exc_value, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        _logger().critical("thread %s died: %s: %s", name, args.exc_type.__name__, args.exc_value,
+                           exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
         report_exit_error(client, "Extension.ThreadDied", f"lambda-otel thread {name} died: {args.exc_type.__name__}")
         logging.shutdown()
         os._exit(1)
@@ -152,22 +245,50 @@ def _install_thread_watchdog(client: ExtensionsApiClient) -> None:
     threading.excepthook = hook
 
 
-def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger("lambda_otel")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def wants_help(args: Sequence[str]) -> bool:
+    return any(a in ("-h", "--help", "help") for a in args)
+
+
+# --- start-up -----------------------------------------------------------------------------------
+
+
+class Prepared:
+    """What start-up did before the first /next: the config, the bound sockets, the subscription."""
+
+    def __init__(self, client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str],
+                 config: Config, telemetry_sock: "socket.socket", receiver_sock: Optional["socket.socket"]) -> None:
+        self.client = client
+        self.registration = registration
+        self.env = env
+        self.config = config
+        self.telemetry_sock = telemetry_sock
+        self.receiver_sock = receiver_sock
+
+    def build(self) -> Extension:
+        """Set up logging and build the pipeline (the heavy imports); starts no thread."""
+        setup_logging(self.config.log_level)
+        return Extension(self.config, self.registration, self.client, self.env)
+
+    def start(self, extension: Extension) -> None:
+        extension.start_servers(self.telemetry_sock, self.receiver_sock)
+
+
+def warm_export_client() -> None:
+    """Import the exporter's HTTP stack (~100 ms of CPU here) off every critical path, so that the
+    first flush, often held at the end of the first invocation, does not pay for it."""
+    try:
+        import requests  # noqa: F401
+    except ImportError:  # pragma: no cover - a broken install fails at the first export instead
+        pass
 
 
 class Startup:
-    """Builds the Extension on its own thread, so the first /next need not wait for it."""
+    """Builds and starts the Extension on its own thread, so the first /next need not wait for it."""
 
-    def __init__(self, config: Config, registration: Registration, client: ExtensionsApiClient,
-                 env: Mapping[str, str], telemetry_sock, receiver_sock) -> None:
-        self._args = (config, registration, client, env)
-        self._socks = (telemetry_sock, receiver_sock)
+    def __init__(self, prepared: Prepared) -> None:
+        import threading
+
+        self._prepared = prepared
         self._done = threading.Event()
         self.extension: Optional[Extension] = None
         self.error: Optional[BaseException] = None
@@ -179,21 +300,15 @@ class Startup:
 
     def _build(self) -> None:
         try:
-            extension = Extension(*self._args)
-            extension.start_servers(*self._socks)
+            extension = self._prepared.build()
+            self._prepared.start(extension)
             self.extension = extension
         except BaseException as exc:  # handed to the events thread, which reports it
             self.error = exc
         finally:
             self._done.set()
         if self.error is None:
-            # Warm the exporter's HTTP stack now, off every critical path, so the first
-            # flush (often held at the end of the first invocation) does not pay ~60-150 ms
-            # of imports. The events thread does not wait for this.
-            try:
-                import requests  # noqa: F401
-            except ImportError:  # pragma: no cover - a broken install fails at the first export instead
-                pass
+            warm_export_client()  # the events thread does not wait for this
 
     def wait(self, timeout: float) -> Extension:
         """The built Extension; raise StartupError if building failed or took longer than timeout."""
@@ -206,16 +321,17 @@ class Startup:
         return self.extension
 
 
-def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str]) -> Startup:
-    """Do what must happen before the first /next and start building the rest in the background;
-    raise StartupError on a fatal problem."""
+def prepare(client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str]) -> Prepared:
+    """What must happen before the first /next: config, bind, subscribe. Raise StartupError on a
+    fatal problem."""
+    from .telemetry_api import bind_socket, listener_host, subscribe
+
     try:
         config = load_config(env)
     except ConfigError as exc:
         raise StartupError("Extension.ConfigInvalid", f"lambda-otel configuration error: {exc}") from None
-    setup_logging(config.log_level)
     for warning in config.warnings:  # shared OTEL_*/AWS_* values we cannot use: said once, never fatal
-        log.warning("%s", warning)
+        _early("warning", "%s", warning)
 
     host = listener_host()
     try:
@@ -238,13 +354,11 @@ def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[
             ) from None
 
     if receiver_sock is not None:
-        log.info("OTLP receiver listening on http://127.0.0.1:%d", receiver_sock.getsockname()[1])
-
+        _early("info", "OTLP receiver listening on http://127.0.0.1:%d", receiver_sock.getsockname()[1])
     if not config.exporter.any_endpoint:
-        log.warning(
-            "no OTLP endpoint configured (set LAMBDA_OTEL_EXPORTER_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT): "
-            "telemetry will be counted as dropped, not exported"
-        )
+        _early("warning",
+               "no OTLP endpoint configured (set LAMBDA_OTEL_EXPORTER_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT): "
+               "telemetry will be counted as dropped, not exported")
 
     try:
         subscribe(client.runtime_api, registration.extension_id, config.telemetry, telemetry_sock.getsockname()[1])
@@ -253,43 +367,88 @@ def start(client: ExtensionsApiClient, registration: Registration, env: Mapping[
         if receiver_sock is not None:
             receiver_sock.close()
         raise StartupError("Extension.TelemetrySubscribeFailed", f"Telemetry API subscription failed: {exc}") from None
-    return Startup(config, registration, client, env, telemetry_sock, receiver_sock).begin()
+    return Prepared(client, registration, env, config, telemetry_sock, receiver_sock)
 
 
-def main(argv: Optional[list] = None) -> int:
-    argv = sys.argv if argv is None else argv
-    env = os.environ
+def _fail_init(client: Optional[ExtensionsApiClient], level: str, error_type: str, message: str,
+               exc_info: bool = False) -> int:
+    """Log a fatal start-up problem (setting up logging on the spot) and report it to init/error."""
+    setup_logging(level)
+    _logger().error("%s", message, exc_info=exc_info)
+    if client is not None:
+        report_init_error(client, error_type, message)
+    return 1
+
+
+def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
+         at_snapshot: Optional[Callable[[Extension], None]] = None) -> int:
+    """Run the extension until SHUTDOWN; the process exit code.
+
+    ``at_snapshot`` (SnapStart only) is called at the snapshot point, right before the first
+    ``/next``, with nothing of ours running: the local simulator's restore emulation forks there.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if wants_help(argv[1:]):
+        sys.stdout.write(USAGE)
+        return 0
+    env = os.environ if env is None else env
     level = (env.get("LAMBDA_OTEL_LOG_LEVEL") or "info").strip().lower()
-    setup_logging(level if level in LOG_LEVELS else "info")
     try:
         client = ExtensionsApiClient(env.get("AWS_LAMBDA_RUNTIME_API", ""))
-        registration = client.register(extension_name(env, argv[0] if argv else ""))
+        init_type = InitType.from_env(env.get("AWS_LAMBDA_INITIALIZATION_TYPE"))
+        registration = client.register(extension_name(env, argv[0] if argv else ""), registration_events(init_type))
     except ExtensionsApiError as exc:
-        log.error("cannot register with the Extensions API: %s", exc)
-        return 1
+        return _fail_init(None, level, "", f"cannot register with the Extensions API: {exc}")
     try:
-        startup = start(client, registration, env)
+        prepared = prepare(client, registration, env)
     except StartupError as exc:
-        log.error("%s", exc)
-        report_init_error(client, exc.error_type, str(exc))
-        return 1
+        return _fail_init(client, level, exc.error_type, str(exc))
     except Exception as exc:  # a bug of ours must still be reported, not look like a hang
-        log.exception("start-up failed")
-        report_init_error(client, "Extension.StartupFailed", f"lambda-otel start-up failed: {type(exc).__name__}: {exc}")
-        return 1
+        return _fail_init(client, level, "Extension.StartupFailed",
+                          f"lambda-otel start-up failed: {type(exc).__name__}: {exc}", exc_info=True)
+
+    if prepared.config.init_type is InitType.SNAP_START:
+        return _run_snap_start(prepared, at_snapshot)
+
+    startup = Startup(prepared).begin()
     # The first /next ends our part of init; the pipeline is finished meanwhile on the startup thread.
     try:
         first = client.next_event()
     except ExtensionsApiError as exc:
-        log.error("event/next failed, exiting: %s", exc)
+        setup_logging(prepared.config.log_level)
+        _logger().error("event/next failed, exiting: %s", exc)
         report_exit_error(client, "Extension.NextEventFailed", str(exc))
         return 1
     try:
         # Bounded by the event's deadline: past it Lambda gives up on this environment anyway.
-        extension = startup.wait(max(1.0, first.deadline_ms / 1000.0 - time.time()))
+        extension = startup.wait(max(STARTUP_WAIT_FLOOR_S, first.deadline_ms / 1000.0 - time.time()))
     except StartupError as exc:
-        log.error("%s", exc, exc_info=exc.__cause__)
+        setup_logging(prepared.config.log_level)
+        _logger().error("%s", exc, exc_info=exc.__cause__)
         report_exit_error(client, exc.error_type, str(exc))
         return 1
+    _install_thread_watchdog(client)
+    return extension.run(first)
+
+
+def _run_snap_start(prepared: Prepared, at_snapshot: Optional[Callable[[Extension], None]]) -> int:
+    """SnapStart: build everything before the snapshot (this thread only), renew after the restore."""
+    client = prepared.client
+    try:
+        extension = prepared.build()
+        warm_export_client()
+    except Exception as exc:
+        return _fail_init(client, prepared.config.log_level, "Extension.StartupFailed",
+                          f"lambda-otel start-up failed: {type(exc).__name__}: {exc}", exc_info=True)
+    if at_snapshot is not None:
+        at_snapshot(extension)
+    try:
+        first = client.next_event()  # returns in a restored copy of this process
+    except ExtensionsApiError as exc:
+        _logger().error("event/next failed, exiting: %s", exc)
+        report_exit_error(client, "Extension.NextEventFailed", str(exc))
+        return 1
+    extension.renew_after_restore()
+    prepared.start(extension)
     _install_thread_watchdog(client)
     return extension.run(first)

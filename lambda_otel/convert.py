@@ -56,6 +56,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 import lambda_otel
 from lambda_otel import loss as loss_mod
+from lambda_otel import resource as resource_mod
 from lambda_otel.config import XRAY_LINK, XRAY_MODES, XRAY_PARENT
 from lambda_otel.loss import LossCounter
 from lambda_otel.metrics import MetricsState
@@ -771,6 +772,9 @@ class TelemetryConverter:
         phase = self._new_phase("init", t, record)
         if phase.init_type:
             self._init_type = phase.init_type
+        instance = resource_mod.instance_attributes(record)  # schema 2025-01-29, Managed Instances
+        if instance:
+            resource_mod.update_resource(self._resource, instance)
 
     def _on_restore_start(self, t: int, record: object, batch: _Batch) -> None:
         if not isinstance(record, dict):

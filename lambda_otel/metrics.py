@@ -15,11 +15,12 @@ stream of distinct error types can never grow memory.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -37,6 +38,11 @@ CUMULATIVE = "cumulative"
 DELTA = "delta"
 
 MAX_SERIES = 64  # attribute sets per instrument before folding into the overflow series
+# Counters are int64 on the wire (as_int); values come from input (platform.logsDropped's
+# droppedRecords, a backend's rejected counts), so every sum saturates here instead of failing
+# the whole collect with an overflow. Histogram sums stay finite for the same reason.
+INT64_MAX = 2**63 - 1
+FLOAT_MAX = sys.float_info.max
 OVERFLOW_KEY = (("otel.metric.overflow", True),)
 
 # OTel FaaS semconv boundaries for faas.invoke_duration / faas.init_duration (seconds).
@@ -123,10 +129,15 @@ def _key(attributes: Attributes) -> _Key:
 class MetricsState:
     """Thread-safe instrument values plus their collection as OTLP.
 
-    cumulative: every collect reports all series since the state was created (start time =
-    creation). delta: every collect reports what changed since the previous collect (start
-    time = previous collect) and then resets; a failed export requeues the collected item,
-    so nothing is lost by resetting.
+    cumulative: every collect reports all series since the state was created or renewed
+    (start time = that instant). delta: every collect reports what changed since the previous
+    collect (start time = previous collect) and then resets; a failed export requeues the
+    collected item, and an item dropped for good is given back with ``restore()``, so the
+    values it carried are reported by the next collect instead of being lost (a lost cumulative
+    item loses nothing: the next one carries the totals).
+
+    ``lambda_otel.dropped`` is read from the LossCounter at collect time, relative to its counts
+    when the state was created or renewed (``renew_after_restore``).
     """
 
     def __init__(
@@ -153,6 +164,7 @@ class MetricsState:
         self._hists: Dict[str, Dict[_Key, _Hist]] = {}
         self._dirty = False
         self._loss_version = 0  # LossCounter.version at the last collect
+        self._loss_baseline: Dict[Tuple[str, str], int] = {}  # counts that belong to before a restore
         self._loss_reported: Dict[Tuple[str, str], int] = {}  # for delta: counts already reported
 
     @property
@@ -179,7 +191,7 @@ class MetricsState:
             return True
         with self._lock:
             series, key = self._series(self._counters, name, attributes)
-            series[key] = series.get(key, 0) + value
+            series[key] = min(INT64_MAX, series.get(key, 0) + value)
             self._dirty = True
         return True
 
@@ -199,7 +211,7 @@ class MetricsState:
             if hist is None:
                 hist = series[key] = _Hist(len(inst.bounds) + 1)
             hist.count += 1
-            hist.sum += value
+            hist.sum = min(FLOAT_MAX, hist.sum + value)
             if value < hist.min:
                 hist.min = value
             if value > hist.max:
@@ -274,12 +286,90 @@ class MetricsState:
         snapshot = self._loss.snapshot()
         points: Dict[_Key, int] = {}
         for (signal, reason), count in sorted(snapshot.items()):
+            count -= self._loss_baseline.get((signal, reason), 0)
             value = count - self._loss_reported.get((signal, reason), 0) if delta else count
             if value > 0:
-                points[(("reason", reason), ("signal", signal))] = value
+                points[(("reason", reason), ("signal", signal))] = min(INT64_MAX, value)
         if delta:
-            self._loss_reported = snapshot
+            self._loss_reported = {k: n - self._loss_baseline.get(k, 0) for k, n in snapshot.items()}
         return points
+
+    def restore(self, items: Iterable[metrics_pb2.ResourceMetrics]) -> None:
+        """Give back the values of collected items that were dropped for good (rejected, evicted,
+        left unsent at shutdown), so that with delta temporality the next collect reports them.
+
+        Only items this state collected are taken back (same scope name); the values join the
+        next window rather than widening it, so delta windows never overlap. Cumulative: nothing
+        to do, the next collect carries the totals anyway.
+        """
+        if self._temporality != DELTA:
+            return
+        with self._lock:
+            for rm in items:
+                for sm in rm.scope_metrics:
+                    if sm.scope.name != self._scope_name:
+                        continue
+                    for metric in sm.metrics:
+                        self._restore_metric(metric)
+
+    def _restore_metric(self, metric: metrics_pb2.Metric) -> None:
+        inst = INSTRUMENTS_BY_NAME.get(metric.name)
+        if inst is None:
+            return
+        if inst.name == DROPPED:
+            for dp in metric.sum.data_points:
+                attrs = {kv.key: kv.value.string_value for kv in dp.attributes}
+                key = (attrs.get("signal", ""), attrs.get("reason", ""))
+                self._loss_reported[key] = max(0, self._loss_reported.get(key, 0) - dp.as_int)
+            self._loss_version = -1  # the next collect reads the LossCounter again
+            return
+        if inst.kind == COUNTER:
+            for dp in metric.sum.data_points:
+                series, key = self._series(self._counters, inst.name, _attrs(dp))
+                series[key] = min(INT64_MAX, series.get(key, 0) + max(0, dp.as_int))
+                self._dirty = True
+            return
+        for dp in metric.histogram.data_points:
+            if tuple(dp.explicit_bounds) != inst.bounds or len(dp.bucket_counts) != len(inst.bounds) + 1:
+                continue
+            series, key = self._series(self._hists, inst.name, _attrs(dp))
+            hist = series.get(key)
+            if hist is None:
+                hist = series[key] = _Hist(len(inst.bounds) + 1)
+            hist.count += dp.count
+            hist.sum = min(FLOAT_MAX, hist.sum + dp.sum)
+            hist.min = min(hist.min, dp.min)
+            hist.max = max(hist.max, dp.max)
+            for i, n in enumerate(dp.bucket_counts):
+                hist.buckets[i] += n
+            self._dirty = True
+
+    def renew_after_restore(self) -> None:
+        """A SnapStart restore: this copy of the environment starts its own series.
+
+        Every copy restored from one snapshot holds the same values and the same start time; a
+        new start time (and, with the resource's new ``faas.instance``, a new series identity)
+        tells the backend that these series restart, and values from before the snapshot are
+        not reported again by every copy.
+        """
+        with self._lock:
+            now = self._clock_ns()
+            self._start_ns = self._last_collect_ns = now
+            self._counters.clear()
+            self._hists.clear()
+            self._loss_baseline = self._loss.snapshot()
+            self._loss_reported = {}
+            self._loss_version = -1
+            self._dirty = False
+
+
+def _attrs(dp) -> Dict[str, AttrValue]:
+    out: Dict[str, AttrValue] = {}
+    for kv in dp.attributes:
+        field = kv.value.WhichOneof("value")
+        if field in ("string_value", "bool_value", "int_value", "double_value"):
+            out[kv.key] = getattr(kv.value, field)
+    return out
 
 
 __all__ = [

@@ -30,7 +30,7 @@ _REPORTS_REMEMBERED = 10_000
 class Pipeline:
     """Everything between the two listeners and the backend, wired once.
 
-    Attributes (read by app.py, tests and benchmarks): ``config``, ``loss``, ``resource_attributes``,
+    Attributes (read by app.py, tests and benchmarks): ``config``, ``loss``, ``resource_attributes``, ``resource``,
     ``aggregator``, ``metrics``, ``converter``, ``exporter``, ``gate``, ``flush_manager``,
     ``worker``, ``coordinator``, ``rwlock``; ``listener`` and ``receiver`` once ``start`` ran
     (``receiver`` stays None when it is disabled).
@@ -52,7 +52,8 @@ class Pipeline:
         self.config = config
         self.loss = LossCounter()
         self.resource_attributes = dict(resource_attributes)
-        resource = to_proto(self.resource_attributes)
+        # The one Resource proto the converter and the metrics share (renewed in place at a restore).
+        self.resource = resource = to_proto(self.resource_attributes)
 
         max_bytes, max_records = budget_from_memory(config.queue.memory_mb)
         self.aggregator = Aggregator(config.queue.max_bytes or max_bytes, config.queue.max_records or max_records,

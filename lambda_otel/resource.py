@@ -1,17 +1,24 @@
 """The OpenTelemetry resource that describes this function, for the telemetry we generate.
 
-Only what an extension can actually see is used (reference §1.5): the function name,
-version, memory size and region are in our environment; the log stream name and
-``_HANDLER`` are not, so ``faas.instance`` falls back to an id of our own process
-(one extension process lives exactly as long as one execution environment).
-``cloud.account.id`` comes from the register response (``Lambda-Extension-Accept-Feature:
-accountId``). Data the function sends to our receiver keeps its own resource.
+Only what an extension can actually see is used: the function name, version, memory size and
+region are in our environment (read once, in config.py); ``faas.instance`` is the log stream
+name when Lambda gives it to us, else an id of our own process (one extension process lives
+exactly as long as one execution environment). ``cloud.account.id`` comes from the register
+response (``Lambda-Extension-Accept-Feature: accountId``). Data the function sends to our
+receiver keeps its own resource.
+
+Two events change the resource after start, in place (the one ``Resource`` proto is shared by
+the converter and the metrics, so every item built afterwards carries the change):
+- ``platform.initStart`` of schema 2025-01-29 on Managed Instances names the instance
+  (``instanceId`` -> ``faas.instance``) and its memory (``instanceMaxMemory`` -> ``faas.max_memory``);
+- a SnapStart restore: every copy restored from one snapshot would otherwise share one
+  ``faas.instance`` (``renew_after_restore``).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, MutableMapping, Optional
 
 from . import __version__
 from .config import Config
@@ -54,3 +61,56 @@ def to_proto(attrs: Mapping[str, AttrValue]):
         kv.key = key
         set_any_value(kv.value, value)
     return resource
+
+
+MIB = 1024 * 1024
+
+
+def instance_attributes(record: Mapping[str, Any]) -> Dict[str, AttrValue]:
+    """What a ``platform.initStart`` record says about the instance (schema 2025-01-29, Managed
+    Instances): ``instanceId`` -> ``faas.instance``, ``instanceMaxMemory`` -> ``faas.max_memory``.
+
+    ``instanceMaxMemory`` is taken as bytes, which is what live systems send; a value below 1 MiB
+    can only be megabytes (the documentation's example reads that way) and is converted. Anything
+    malformed is left out.
+    """
+    attrs: Dict[str, AttrValue] = {}
+    instance_id = record.get("instanceId")
+    if isinstance(instance_id, str) and instance_id.strip() and len(instance_id) <= 256:
+        attrs["faas.instance"] = instance_id.strip()
+    memory = record.get("instanceMaxMemory")
+    if isinstance(memory, int) and not isinstance(memory, bool) and 0 < memory < 2**63:
+        attrs["faas.max_memory"] = memory if memory >= MIB else memory * MIB
+    return attrs
+
+
+def update_resource(resource, changes: Mapping[str, AttrValue],
+                    attrs: Optional[MutableMapping[str, AttrValue]] = None) -> None:
+    """Set ``changes`` on the shared ``Resource`` proto in place (and in ``attrs``, its dict form).
+
+    Each assignment is one C call under the GIL, so a thread copying the resource meanwhile sees
+    the old or the new value, never a torn one.
+    """
+    if attrs is not None:
+        attrs.update(changes)
+    existing = {kv.key: kv for kv in resource.attributes}
+    for key, value in changes.items():
+        kv = existing.get(key)
+        if kv is None:
+            kv = resource.attributes.add()
+            kv.key = key
+        else:
+            kv.value.Clear()
+        set_any_value(kv.value, value)
+
+
+def renew_after_restore(attrs: MutableMapping[str, AttrValue], resource) -> str:
+    """A SnapStart restore: a new ``faas.instance`` for this copy of the environment.
+
+    The log stream name in our environment is the snapshot's, shared by every copy, so the new
+    id is random (``uuid4`` reads ``os.urandom``, which a restored copy does not share).
+    Returns the new id.
+    """
+    instance = uuid.uuid4().hex
+    update_resource(resource, {"faas.instance": instance}, attrs)
+    return instance

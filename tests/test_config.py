@@ -261,8 +261,8 @@ class RedactionTest(unittest.TestCase):
     def test_the_init_error_sent_to_lambda_has_no_credentials(self):
         from lambda_otel import app
 
-        with self.assertRaises(app.StartupError) as ctx:  # start() fails before it uses the client
-            app.start(client=None, registration=None,
+        with self.assertRaises(app.StartupError) as ctx:  # prepare() fails before it uses the client
+            app.prepare(client=None, registration=None,
                       env={"LAMBDA_OTEL_EXPORTER_ENDPOINT": "https://alice:pa55w0rd@localhost:4318/?token=t0k3n"})
         self.assertEqual(ctx.exception.error_type, "Extension.ConfigInvalid")
         self.assertIn("LAMBDA_OTEL_EXPORTER_ENDPOINT", str(ctx.exception))

@@ -118,6 +118,22 @@ class LifecycleEndToEndTest(ExtensionTestCase):
         self.assertEqual(sum(p.point.as_int for p in errors), 1)
 
 
+class EnvironmentKindTest(ExtensionTestCase):
+    def test_managed_instances_register_shutdown_only_and_still_export_everything(self):
+        # Registering INVOKE on Managed Instances is refused and fails the environment's init.
+        sink = self.make_sink()
+        sim = self.make_sim(self.make_env(sink, AWS_LAMBDA_INITIALIZATION_TYPE="lambda-managed-instances"))
+        sim.start(timeout=30)
+        ext = next(e for e in sim.extensions if e.name == "lambda-otel")
+        self.assertEqual(ext.events, ["SHUTDOWN"])
+        for _ in range(3):
+            self.assertEqual(sim.invoke({"logs": 1}, timeout=30).status, "success")
+        down = sim.shutdown("spindown", timeout=30)
+        self.assertTrue(down.extensions["lambda-otel"].exited_in_time, self.extension_output(sim))
+        self.assertEqual(down.extensions["lambda-otel"].exit_code, 0, self.extension_output(sim))
+        self.assertEqual(counter_total(sink.metrics(), "faas.invocations"), 3)
+
+
 class StartupFailureTest(ExtensionTestCase):
     def test_bad_configuration_is_reported_to_init_error_with_the_variable(self):
         sink = self.make_sink()

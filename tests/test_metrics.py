@@ -1,3 +1,4 @@
+import math
 import threading
 import unittest
 
@@ -9,6 +10,7 @@ import lambda_otel
 from lambda_otel import loss as L
 from lambda_otel.metrics import (
     INSTRUMENTS,
+    INT64_MAX,
     MAX_SERIES,
     MEM_BOUNDS,
     SEMCONV_DURATION_BOUNDS,
@@ -223,6 +225,168 @@ class Delta(unittest.TestCase):
         self.loss.add(L.METRICS, L.QUEUE_FULL, 1)
         m = metrics_by_name(self.state.collect())
         self.assertEqual(m["lambda_otel.dropped"].sum.data_points[0].as_int, 1)
+
+
+
+class InputCountersAreClamped(unittest.TestCase):
+    """Counters taken from input saturate at int64 instead of stopping every later metric export."""
+
+    def setUp(self):
+        self.clock = FakeClock()
+        self.loss = L.LossCounter()
+        self.state = MetricsState(make_resource(), "cumulative", self.loss, clock_ns=self.clock)
+
+    def test_logs_dropped_beyond_int64_from_the_telemetry_api(self):
+        from lambda_otel.convert import TelemetryConverter
+
+        conv = TelemetryConverter(make_resource(), self.state, self.loss, clock_ns=self.clock)
+        for _ in range(2):
+            conv.process([{"time": "2024-05-01T10:00:03.500Z", "type": "platform.logsDropped",
+                           "record": {"droppedRecords": 2**63, "droppedBytes": 2**70, "reason": "slow"}}])
+        rm = roundtrip(self.state.collect())  # would raise ValueError (int64 overflow) unclamped
+        m = metrics_by_name(rm)
+        self.assertEqual(m["aws.lambda.logs_dropped"].sum.data_points[0].as_int, INT64_MAX)
+        self.assertEqual(m["lambda_otel.dropped"].sum.data_points[0].as_int, INT64_MAX)
+        # Export goes on: the next collect still works and carries new values.
+        self.state.add("faas.invocations", 1)
+        self.clock.now += 1
+        m = metrics_by_name(roundtrip(self.state.collect()))
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+
+    def test_counter_sums_saturate(self):
+        self.assertTrue(self.state.add("faas.invocations", INT64_MAX))
+        self.assertTrue(self.state.add("faas.invocations", 10**30))
+        m = metrics_by_name(roundtrip(self.state.collect()))
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, INT64_MAX)
+
+    def test_histogram_sum_stays_finite(self):
+        for _ in range(3):
+            self.assertTrue(self.state.record("faas.invoke_duration", 1e308))
+        dp = metrics_by_name(roundtrip(self.state.collect()))["faas.invoke_duration"].histogram.data_points[0]
+        self.assertEqual(dp.count, 3)
+        self.assertTrue(math.isfinite(dp.sum))
+
+
+def delta_sum(items, name, **match):
+    total = 0
+    for rm in items:
+        metric = metrics_by_name(rm).get(name)
+        if metric is None:
+            continue
+        for dp in metric.sum.data_points:
+            if all(attrs(dp).get(k) == v for k, v in match.items()):
+                total += dp.as_int
+    return total
+
+
+class DeltaItemsDroppedForGood(unittest.TestCase):
+    """With delta temporality, the values of a dropped item come back in the next one: what is
+    exported sums to the LossCounter's totals (what the shutdown line prints)."""
+
+    def setUp(self):
+        self.clock = FakeClock()
+        self.loss = L.LossCounter()
+        self.state = MetricsState(make_resource(), "delta", self.loss, clock_ns=self.clock)
+
+    def collect(self):
+        self.clock.now += 1_000_000_000
+        return self.state.collect()
+
+    def test_dropped_items_are_reported_again(self):
+        delivered = []
+        self.loss.add("logs", L.EXPORT_REJECTED, 20)
+        self.state.add("faas.invocations", 3)
+        self.state.record("faas.invoke_duration", 0.2)
+        lost = self.collect()  # say the backend rejected this one too
+        self.loss.add("metrics", L.EXPORT_REJECTED, 3)  # ...and counted its records
+        self.state.restore([lost])
+        self.loss.add("logs", L.QUEUE_FULL, 17)
+        self.state.add("faas.invocations", 2)
+        delivered.append(self.collect())
+        delivered.append(self.collect())
+        delivered = [roundtrip(rm) for rm in delivered if rm is not None]
+        total_dropped = delta_sum(delivered, "lambda_otel.dropped")
+        self.assertEqual(total_dropped, self.loss.total())
+        self.assertEqual(total_dropped, 40)
+        self.assertEqual(delta_sum(delivered, "faas.invocations"), 5)
+        hist = metrics_by_name(delivered[0])["faas.invoke_duration"].histogram.data_points[0]
+        self.assertEqual((hist.count, hist.sum), (1, 0.2))
+        # Windows still never overlap: restored values join the next window.
+        windows = [(dp.start_time_unix_nano, dp.time_unix_nano)
+                   for rm in delivered for m in metrics_by_name(rm).values() for dp in m.sum.data_points]
+        starts = sorted(set(windows))
+        for (s1, e1), (s2, e2) in zip(starts, starts[1:]):
+            self.assertLessEqual(e1, s2)
+
+    def test_restore_ignores_other_scopes_and_cumulative(self):
+        other = metrics_pb2.ResourceMetrics()
+        sm = other.scope_metrics.add()
+        sm.scope.name = "the-function"
+        metric = sm.metrics.add(name="faas.invocations")
+        metric.sum.data_points.add(as_int=100)
+        self.state.restore([other])
+        self.assertIsNone(self.collect())
+        cumulative = MetricsState(make_resource(), "cumulative", self.loss, clock_ns=self.clock)
+        cumulative.add("faas.invocations", 1)
+        rm = cumulative.collect()
+        cumulative.restore([rm])
+        m = metrics_by_name(cumulative.collect(T0 + 5) or rm)
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+
+
+class RenewAfterRestore(unittest.TestCase):
+    """SnapStart: every restored copy starts its own series (new start time, nothing from the snapshot)."""
+
+    def test_cumulative_series_restart(self):
+        clock, loss = FakeClock(), L.LossCounter()
+        state = MetricsState(make_resource(), "cumulative", loss, clock_ns=clock)
+        state.add("faas.coldstarts", 1)
+        state.record("faas.init_duration", 0.5)
+        loss.add("logs", L.QUEUE_FULL, 7)
+        self.assertIsNotNone(state.collect())
+        clock.now = T0 + 60 * 10**9  # the restore, a minute later
+        state.renew_after_restore()
+        self.assertIsNone(state.collect(), "nothing from before the snapshot is reported again")
+        state.add("faas.invocations", 1)
+        loss.add("logs", L.QUEUE_FULL, 2)
+        clock.now += 10**9
+        m = metrics_by_name(roundtrip(state.collect()))
+        self.assertEqual(set(m), {"faas.invocations", "lambda_otel.dropped"})
+        for metric in m.values():
+            self.assertEqual(metric.sum.data_points[0].start_time_unix_nano, T0 + 60 * 10**9)
+        self.assertEqual(m["lambda_otel.dropped"].sum.data_points[0].as_int, 2)
+
+    def test_delta_after_restore(self):
+        clock, loss = FakeClock(), L.LossCounter()
+        state = MetricsState(make_resource(), "delta", loss, clock_ns=clock)
+        loss.add("logs", L.QUEUE_FULL, 7)
+        state.add("faas.invocations", 1)  # collected before the snapshot or not: not this copy's
+        clock.now = T0 + 10**9
+        state.renew_after_restore()
+        loss.add("logs", L.QUEUE_FULL, 1)
+        clock.now += 10**9
+        m = metrics_by_name(roundtrip(state.collect()))
+        self.assertEqual(set(m), {"lambda_otel.dropped"})
+        self.assertEqual(m["lambda_otel.dropped"].sum.data_points[0].as_int, 1)
+        self.assertEqual(m["lambda_otel.dropped"].sum.data_points[0].start_time_unix_nano, T0 + 10**9)
+
+
+class OnlyMetricsWithData(unittest.TestCase):
+    def test_a_managed_instances_report_exports_duration_only(self):
+        from lambda_otel.convert import TelemetryConverter
+
+        clock, loss = FakeClock(), L.LossCounter()
+        state = MetricsState(make_resource(), "cumulative", loss, clock_ns=clock)
+        conv = TelemetryConverter(make_resource(), state, loss, clock_ns=clock)
+        conv.process([{"time": "2024-05-01T10:00:03.400Z", "type": "platform.report",
+                       "record": {"requestId": "r-1", "status": "success", "metrics": {"durationMs": 12.5}}}])
+        m = metrics_by_name(roundtrip(state.collect()))
+        self.assertNotIn("aws.lambda.billed_duration", m)
+        self.assertNotIn("faas.mem_usage", m)
+        self.assertNotIn("faas.init_duration", m)
+        self.assertNotIn("faas.coldstarts", m)
+        dp = m["faas.invoke_duration"].histogram.data_points[0]
+        self.assertEqual((dp.count, dp.sum), (1, 0.0125))
 
 
 if __name__ == "__main__":
