@@ -102,9 +102,10 @@ class OverlappingInvocations(SimTestCase):
         self.assertEqual({(rid, n) for _, rid, n in parsed},
                          {(r.request_id, str(n)) for r in self.results for n in range(3)})
         self.assertGreaterEqual(len({pid for pid, _, _ in parsed}), 4)
-        requests_in_order = [rid for _, rid, _ in parsed]
-        switches = sum(1 for a, b in zip(requests_in_order, requests_in_order[1:]) if a != b)
-        self.assertGreater(switches, 12)  # interleaved, not one request's lines after another's
+        order = [rid for _, rid, _ in parsed]
+        split = [rid for rid in set(order)  # lines of another request came between this one's first and last
+                 if len(set(order[order.index(rid):len(order) - order[::-1].index(rid)])) > 1]
+        self.assertGreaterEqual(len(split), 4)
 
     def test_shutdown_at_the_end_with_a_deadline(self):
         shutdown = self.records("ext-a", "shutdown")

@@ -19,6 +19,8 @@ _SIMULATOR_NAMES = (
     "ProcessExit",
     "ExtensionInfo",
     "Instant",
+    "Mode",
+    "RestoreResult",
 )
 
 __all__ = list(_SIMULATOR_NAMES)

@@ -23,7 +23,7 @@ from .sandbox import (
     normalise_error_type,
     status_for,
 )
-from .telemetry_delivery import Subscriber, ValidationError, parse_subscription
+from .telemetry_delivery import Subscriber, Subscription, ValidationError, parse_subscription
 
 
 class ApiHandlers:
@@ -68,17 +68,24 @@ class ApiHandlers:
                         inv.r.runtime_done_at = Instant.now()
                         self._emit_runtime_done(env, inv, inv.r.status, inv.r.error_type)
                         self._cv.notify_all()
+            if env.restore is not None and env.restore.runtime_ready_at is None:
+                env.restore.runtime_ready_at = Instant.now()  # after-restore hooks done
+                self._cv.notify_all()
             gen = env.gen
-            while True:
-                if env.runtime_queue and env.phase == "invoking":
-                    inv = env.runtime_queue.popleft()
-                    inv.r.runtime_received_at = Instant.now()
-                    return self._invocation_reply(inv)
-                if self._stopping or env.phase == "down" or self._gen != gen:
-                    return None
-                if env.runtime is not None and not env.runtime.alive:
-                    return None
-                self._cv.wait(0.5)
+            env.runtime_in_next = True
+            try:
+                while True:
+                    if env.runtime_queue and env.phase == "invoking":
+                        inv = env.runtime_queue.popleft()
+                        inv.r.runtime_received_at = Instant.now()
+                        return self._invocation_reply(inv)
+                    if self._stopping or env.phase == "down" or self._gen != gen:
+                        return None
+                    if env.runtime is not None and not env.runtime.alive:
+                        return None
+                    self._cv.wait(0.5)
+            finally:
+                env.runtime_in_next = False
 
     def _invocation_reply(self, inv: _Inv) -> Reply:
         hdrs = {
@@ -297,27 +304,66 @@ class ApiHandlers:
             if not (env.subscription_open or (self.lenient and env.phase not in ("shutting_down", "down"))):
                 return error(403, "Telemetry.SubscriptionClosed", "Telemetry API subscription is closed")
             replaced = ext.subscriber
-            sub = Subscriber(
-                ext.info.name,
-                ext.info.id,
-                sub_cfg,
-                on_batch=self._record_batch,
-                on_generated=self._record_event,
-                capacity_items=self.subscriber_buffer_items,
-                post_timeout=self.telemetry_post_timeout_s,
-                max_attempts=self.telemetry_max_attempts,
-            )
-            ext.subscriber = sub
+            sub = self._new_subscriber(ext, sub_cfg)
             for event in env.init_events:  # the platform replays what it buffered during init
                 if sub.wants(event["type"]):
                     sub.offer(event)
-            if env.frozen:
-                sub.set_paused(True)
+            if env.frozen or (self.mode is Mode.SNAPSTART and env.phase == "init"):
+                sub.set_paused(True)  # SnapStart: nothing reaches the extension before a restore
             sub.start()
             self._emit(env, "platform.telemetrySubscription",
                        {"name": ext.info.name, "state": "Subscribed", "types": list(sub_cfg.types)})
         if replaced is not None:
             replaced.stop()
         return Reply(200, "OK")
+
+    def _new_subscriber(self, ext: _Ext, sub_cfg: Subscription) -> Subscriber:
+        ext.subscription = sub_cfg
+        sub = Subscriber(
+            ext.info.name,
+            ext.info.id,
+            sub_cfg,
+            on_batch=self._record_batch,
+            on_generated=self._record_event,
+            capacity_items=self.subscriber_buffer_items,
+            post_timeout=self.telemetry_post_timeout_s,
+            max_attempts=self.telemetry_max_attempts,
+        )
+        ext.subscriber = sub
+        return sub
+
+    def runtime_restore_next(self, headers) -> Optional[Reply]:
+        """SnapStart: the runtime is done with init (and its before-snapshot hooks); returns at a restore."""
+        with self._cv:
+            env = self._env
+            if self.mode is not Mode.SNAPSTART:
+                return error(403, "InvalidStateTransition", "restore/next is only available under SnapStart")
+            if env is None or env.phase == "down":
+                return error(403, "InvalidStateTransition", "no execution environment is running")
+            if env.phase == "init" and env.runtime_ready_at is None:
+                env.runtime_ready_at = Instant.now()
+                env.registration_open = False
+                self._cv.notify_all()
+            gen = env.gen
+            while env.restore is None:
+                if self._stopping or env.phase == "down" or self._gen != gen:
+                    return None
+                if env.runtime is not None and not env.runtime.alive:
+                    return None
+                self._cv.wait(0.5)
+            return Reply(200, b"", {})
+
+    def runtime_restore_error(self, headers, body: Body) -> Reply:
+        """SnapStart: the runtime's after-restore hooks failed: the restore fails."""
+        with self._cv:
+            env = self._env
+            restore = env.restore if env is not None else None
+            if restore is None or env.phase != "restoring" or restore.runtime_ready_at is not None:
+                return error(403, "InvalidStateTransition", "restore error is only accepted during a restore")
+            error_type = normalise_error_type(headers.get("Lambda-Runtime-Function-Error-Type"))
+            if restore.failure is None:
+                restore.failure = (status_for(error_type), error_type, f"runtime restore error: {_error_message(body.data)}")
+            self._cv.notify_all()
+            return ACCEPTED
 
     # --- internals: lifecycle ---------------------------------------------------------------------

@@ -18,8 +18,18 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from .processes import ManagedProcess, WorkerLogSocket, discover_extensions
-from .results import FreezeRecord, InitResult, Instant, ProcessExit, ShutdownResult, ms_between
+from .processes import ForkedCopy, ManagedProcess, WorkerLogSocket, children_of, discover_extensions, proc_state
+from .results import (
+    ExtensionInfo,
+    FreezeRecord,
+    InitResult,
+    Instant,
+    ProcessExit,
+    RestoreResult,
+    ShutdownResult,
+    SimulatorError,
+    ms_between,
+)
 from .sandbox import (
     FREEZE_INFLIGHT_WAIT_S,
     FREEZE_STATE_WAIT_S,
@@ -27,7 +37,10 @@ from .sandbox import (
     RUNTIME_SHUTDOWN_SHARE_S,
     Mode,
     _Env,
+    _Ext,
     _Inv,
+    _Restore,
+    _Snapshot,
     status_for,
 )
 from .telemetry_delivery import format_time
@@ -43,6 +56,9 @@ class Lifecycle:
         if env.phase == "init":
             if env.init_failure is None:
                 env.init_failure = (status_for(error_type), error_type, message)
+        elif env.phase == "restoring" and env.restore is not None:
+            if env.restore.failure is None:
+                env.restore.failure = (status_for(error_type), error_type, message)
         elif env.phase == "invoking" and env.current is not None and not env.current.finished:
             if env.current.failure is None:
                 env.current.failure = (status_for(error_type), error_type, message)
@@ -130,8 +146,8 @@ class Lifecycle:
             self._emit(env, "platform.initStart", {
                 "initializationType": self.mode.initialization_type,
                 "phase": phase,
-                "runtimeVersion": f"python:{sys.version_info.major}.{sys.version_info.minor}.sim",
-                "runtimeVersionArn": f"arn:aws:lambda:{self.region}::runtime:lambda-otel-simulator",
+                "runtimeVersion": self._runtime_version(),
+                "runtimeVersionArn": self._runtime_version_arn(),
                 "functionName": self.function_name,
                 "functionVersion": self.function_version,
                 "instanceId": self.instance_id,
@@ -179,12 +195,20 @@ class Lifecycle:
             result = self._finish_init(env)
         self.init_results.append(result)
         if result.ok:
+            if self.mode is Mode.SNAPSTART:
+                self._take_snapshot(env)
             self._freeze(env, "after-init")
         else:
             self._teardown(env, "failure")
         with self._rec_cv:
             self._rec_cv.notify_all()
         return result
+
+    def _runtime_version(self) -> str:
+        return f"python:{sys.version_info.major}.{sys.version_info.minor}.sim"
+
+    def _runtime_version_arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}::runtime:lambda-otel-simulator"
 
     def _instance_max_memory_bytes(self) -> int:
         mb = self.instance_memory_mb if self.mode is Mode.MANAGED_INSTANCES else self.memory_mb
@@ -226,7 +250,7 @@ class Lifecycle:
         report["metrics"] = {"durationMs": duration}
         self._emit(env, "platform.initReport", report)
         env.init_duration_ms = duration
-        env.report_init_duration = failure is None and env.init_phase == "init"
+        env.report_init_duration = failure is None and env.init_phase == "init" and self.mode is not Mode.SNAPSTART
         if failure is None:
             env.phase = "ready"
         elif not self._stopping:
@@ -275,7 +299,8 @@ class Lifecycle:
         env = self._env
         if env is not None and env.phase == "ready" and env.fatal is not None:
             self._teardown(env, "failure")  # something crashed while idle: reset first
-        if env is None or env.phase == "down":
+        snapstart = self.mode is Mode.SNAPSTART
+        if (env is None or env.phase == "down") and not (snapstart and self._snapshot is not None):
             failed_before = bool(self.init_results) and not self.init_results[-1].ok
             init = self._run_init("invoke" if failed_before else "init")
             inv.r.init = init
@@ -283,10 +308,176 @@ class Lifecycle:
                 inv.r.status, inv.r.error_type = init.status if init.status != "success" else "error", init.error_type
                 return None
             env = self._env
+        if snapstart and (env is None or env.phase == "down" or env.restore is None):
+            restore = self._restore_snapshot()  # SnapStart: no invocation before a restore
+            inv.r.restore = restore
+            if not restore.ok:
+                inv.r.status, inv.r.error_type = restore.status, restore.error_type
+                return None
+            env = self._env
         if self._stopping:
             inv.r.status = "aborted"
             return None
         return env
+
+    # --- SnapStart --------------------------------------------------------------------------------
+
+    def _take_snapshot(self, env: _Env) -> None:
+        """After a successful SnapStart init: keep what restores need; find the extensions that fork copies.
+
+        An extension that forked exactly one child by the end of init is a fork server: that child (copy 1)
+        made the first /next and serves restore 1; later restores ask the server for more copies.
+        """
+        servers, copies = {}, {}
+        for name, proc in list(env.launched.items()):
+            kids = children_of(proc.pid) if proc.alive else []
+            if len(kids) != 1:
+                continue
+            copy = ForkedCopy(proc, kids[0], self._on_exit)
+            copy.env = env
+            servers[name], copies[name] = proc, copy.pid
+            with self._cv:
+                env.launched[name] = copy
+                ext = env.ext_by_name(name)
+                if ext is not None:
+                    ext.process, ext.info.pid = copy, copy.pid
+        with self._cv:
+            subs = env.subscribers()
+            for ext in env.exts.values():
+                ext.subscriber = None  # each restore delivers afresh, in its own order
+            self._snapshot = _Snapshot(init_events=list(env.init_events), exts=list(env.exts.values()),
+                                       servers=servers, copies=copies)
+        for sub in subs:
+            sub.stop(timeout=1.0)
+
+    def _restore_snapshot(self) -> RestoreResult:
+        """Restore the snapshot (work lock held): the snapshot's own environment first, then fresh copies."""
+        snap = self._snapshot
+        snap.restores += 1
+        env = self._env
+        if env is not None and env.phase == "ready" and env.restore is None:
+            return self._restore(env, snap.restores)
+        missing = sorted(e.info.name for e in snap.exts if e.info.external and e.info.name not in snap.servers)
+        if missing:
+            raise SimulatorError(
+                f"restore {snap.restores}: extension(s) {', '.join(missing)} did not fork a copy at the snapshot, so "
+                "only restore 1 can run; launch them through a fork server (python -m lambda_otel.local.restore_fork)")
+        with self._cv:
+            self._gen += 1
+            env = _Env(self._gen, "init")
+            env.phase = "restoring"
+            env.registration_open = env.subscription_open = False
+            for template in snap.exts:
+                info = template.info
+                ext = _Ext(info=ExtensionInfo(name=info.name, id=info.id, events=list(info.events),
+                                              external=info.external, registered_at=info.registered_at),
+                           env=env, process=None)
+                ext.subscription = template.subscription
+                env.exts[info.id] = ext
+            self._env = env
+        deadline = time.monotonic() + self.init_timeout_s
+        for name, server in snap.servers.items():
+            server.env = env  # its line readers (shared by its copies) now feed this environment
+            previous = snap.copies[name]
+            os.kill(server.pid, signal.SIGUSR1)  # "fork the next copy" (and reap the previous one)
+            pid = None
+            while pid is None and time.monotonic() < deadline and server.alive:
+                fresh = [k for k in children_of(server.pid) if k != previous and proc_state(k) not in ("Z", "X")]
+                pid = fresh[0] if fresh else None
+                if pid is None:
+                    time.sleep(0.005)
+            if pid is None:
+                with self._cv:
+                    env.restore = _Restore(snap.restores, Instant.now(),
+                                           failure=("failure", "Extension.LaunchError", f"{name} forked no copy"))
+                break
+            copy = ForkedCopy(server, pid, self._on_exit)
+            copy.env = env
+            snap.copies[name] = pid
+            with self._cv:
+                env.launched[name] = copy
+                ext = env.ext_by_name(name)
+                ext.process, ext.info.pid, ext.info.spawned_at = copy, pid, copy.started_at
+        argv = self._runtime_argv()
+        if env.restore is None and argv is not None:
+            # The runtime cannot be forked from outside: restores after the first get a fresh process,
+            # whose own init is invisible to the platform events (only its output shows it).
+            proc = self._spawn(env, "runtime", "runtime", argv, self.handler_dir)
+            with self._cv:
+                env.runtime = proc
+        return self._restore(env, snap.restores)
+
+    def _restore(self, env: _Env, number: int) -> RestoreResult:
+        """restoreStart, the snapshot's init events, then restoreRuntimeDone and restoreReport when ready."""
+        self._thaw(env)
+        with self._cv:
+            started = Instant.now()
+            if env.restore is None:
+                env.restore = _Restore(number, started)
+            restore = env.restore
+            env.phase = "restoring"
+            self.instance_id = self.log_stream = self._new_instance_id()  # every restore is an environment of its own
+            if env.runtime_in_next:  # a runtime without restore hooks: it is ready as it is
+                restore.runtime_ready_at = started
+            for ext in env.exts.values():
+                if ext.subscription is not None and not ext.gone:
+                    self._new_subscriber(ext, ext.subscription)
+            self._emit(env, "platform.restoreStart", {
+                "runtimeVersion": self._runtime_version(),
+                "runtimeVersionArn": self._runtime_version_arn(),
+                "functionName": self.function_name,
+                "functionVersion": self.function_version,
+                "instanceId": self.instance_id,
+                "instanceMaxMemory": self._instance_max_memory_bytes(),
+            })
+            subs = env.subscribers()
+            for event in self._snapshot.init_events:  # recorded at snapshot time, delivered after the restore
+                for sub in subs:
+                    if sub.wants(event["type"]):
+                        sub.offer(event)
+            for sub in subs:
+                sub.start()
+            self._cv.notify_all()  # releases the runtime's restore/next
+            deadline = time.monotonic() + self.init_timeout_s
+            while restore.failure is None and not (
+                    restore.runtime_ready_at is not None
+                    and all(e.info.first_next_at for e in env.exts.values() if not e.gone)):
+                left = deadline - time.monotonic()
+                if self._stopping:
+                    restore.failure = ("failure", "Sandbox.Failure", "simulator stopped during a restore")
+                elif left <= 0:
+                    restore.failure = ("timeout", "Sandbox.Timedout", "restore timed out: runtime or extensions not ready")
+                else:
+                    self._cv.wait(min(left, 0.5))
+            end = Instant.now()
+            duration = ms_between(started, end) or 0.0
+            status, error_type, message = restore.failure or ("success", None, "")
+            done: dict[str, Any] = {"status": status}
+            if error_type:
+                done["errorType"] = error_type
+            done["spans"] = []
+            self._emit(env, "platform.restoreRuntimeDone", done)
+            report: dict[str, Any] = {"status": status}
+            if error_type:
+                report["errorType"] = error_type
+            else:
+                report["metrics"] = {"durationMs": duration}
+            self._emit(env, "platform.restoreReport", report)
+            if restore.failure is None:
+                env.phase = "ready"
+                env.restore_duration_ms = duration
+            result = RestoreResult(
+                number=number, status=status, error_type=error_type, started_at=started, ended_at=end,
+                duration_ms=duration, runtime_ready_at=restore.runtime_ready_at,
+                runtime_pid=env.runtime.pid if env.runtime else None,
+                extension_pids={n: p.pid for n, p in env.launched.items()}, message=message)
+        self.restores.append(result)
+        if not result.ok:
+            log.warning("simulator: restore %d failed: %s %s: %s", number, status, error_type, message)
+            self._teardown(env, "failure")
+        with self._rec_cv:
+            self._rec_cv.notify_all()
+        return result
 
     def _drive_concurrent(self, inv: _Inv) -> None:
         """Managed Instances: the work lock only for a (re-)init; then run alongside the others."""
@@ -470,6 +661,10 @@ class Lifecycle:
         if env.report_init_duration:
             metrics["initDurationMs"] = env.init_duration_ms
             env.report_init_duration = False
+        if env.restore_duration_ms is not None:  # the first report after a SnapStart restore
+            metrics["restoreDurationMs"] = env.restore_duration_ms
+            metrics["billedRestoreDurationMs"] = int(math.ceil(env.restore_duration_ms))
+            env.restore_duration_ms = None
         report: dict[str, Any] = {"requestId": r.request_id, "status": r.status}
         if r.error_type:
             report["errorType"] = r.error_type

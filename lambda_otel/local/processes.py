@@ -300,6 +300,108 @@ class WorkerLogSocket:
                 pass
 
 
+class ForkedCopy:
+    """One copy of a fork-server extension: a SnapStart restore of its snapshot, emulated by `os.fork()`.
+
+    The copy is a child of the extension process the simulator launched (the server), so the simulator
+    cannot wait for it: a watcher thread follows it in /proc instead. The server leaves a finished copy
+    unreaped until it is asked for the next one, so its exit status is read from the zombie. The copy
+    shares the server's stdout/stderr (and so its line readers) and its process group, so signals go
+    to the copy's pid alone.
+    """
+
+    role = "extension"
+    POLL_S = 0.005
+
+    def __init__(self, server: ManagedProcess, pid: int, on_exit: Callable[["ForkedCopy"], None]):
+        self.server = server
+        self.name = server.name
+        self.pid = pid
+        self.env: Any = None
+        self.started_at: Optional[Instant] = Instant.now()  # when the simulator found it
+        self.exit_code: Optional[int] = None
+        self.exited_at: Optional[Instant] = None
+        self.exited = threading.Event()
+        self.killed = False
+        self.expected_exit = False
+        self._on_exit = on_exit
+        self._thread = threading.Thread(target=self._watch, name=f"sim-{self.name}-copy-{pid}", daemon=True)
+        self._thread.start()
+
+    @property
+    def output(self) -> list[tuple[str, str]]:
+        return self.server.output
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+    def _watch(self) -> None:
+        while True:
+            fields = _stat_fields(self.pid)
+            if fields is None or fields[0] in ("Z", "X"):
+                break
+            time.sleep(self.POLL_S)
+        self.exited_at = Instant.now()
+        if fields is not None and len(fields) > 49:  # field 52, exit_code: the wait status of the zombie
+            status = int(fields[49])
+            self.exit_code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
+        self.exited.set()
+        try:
+            self._on_exit(self)
+        except Exception:  # noqa: BLE001 - a bug in the callback must not lose the exit record
+            log.exception("simulator: exit callback failed for %s copy %s", self.name, self.pid)
+
+    def signal_group(self, sig: int) -> bool:
+        """The copy alone (its group is the server's)."""
+        if sig == signal.SIGKILL:
+            self.killed = self.killed or self.alive
+        try:
+            os.kill(self.pid, sig)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    def kill(self, wait: float = 2.0) -> bool:
+        self.expected_exit = True
+        if self.alive:
+            self.signal_group(signal.SIGKILL)
+            self.signal_group(signal.SIGCONT)
+        return self.exited.wait(wait)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        return ManagedProcess.wait_stopped(self, timeout)  # type: ignore[arg-type]
+
+    def drain(self, timeout: float) -> bool:
+        return self.server.drain(timeout)
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        return self.server.stderr_tail(lines)
+
+    def max_memory_kb(self) -> int:
+        return ManagedProcess.max_memory_kb(self)  # type: ignore[arg-type]
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (live or zombie), from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields is not None and len(fields) > 1 and fields[1] == str(pid):
+                found.append(int(name))
+    return sorted(found)
+
+
+def _stat_fields(pid: Optional[int]) -> Optional[list[str]]:
+    """/proc/<pid>/stat from the state field (field 3) on; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def proc_state(pid: Optional[int]) -> Optional[str]:
     """Single-letter state from /proc/<pid>/stat, None if the process is gone."""
     try:

@@ -74,6 +74,26 @@ class InitResult:
 
 
 @dataclass
+class RestoreResult:
+    """One SnapStart restore of the snapshot (`number` 1, 2, ...), from restoreStart to restoreReport."""
+
+    number: int
+    status: str  # success | error | failure | timeout
+    error_type: Optional[str]
+    started_at: Instant
+    ended_at: Instant
+    duration_ms: float
+    runtime_ready_at: Optional[Instant]
+    runtime_pid: Optional[int]
+    extension_pids: dict[str, int]  # the copies that serve this restore
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+@dataclass
 class ProcessExit:
     name: str
     pid: int
@@ -120,6 +140,7 @@ class InvocationResult:
     runtime_done: Optional[dict[str, Any]] = None  # the platform.runtimeDone record
     report: Optional[dict[str, Any]] = None  # the platform.report record
     init: Optional[InitResult] = None  # set when this invoke had to (re-)run init first
+    restore: Optional[RestoreResult] = None  # SnapStart: set when this invoke had to restore first
     reset: Optional[ShutdownResult] = None  # set when this invoke ended in a reset (timeout/failure)
     frozen_after: bool = False
     _done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)

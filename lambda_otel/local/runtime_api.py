@@ -53,6 +53,8 @@ class SandboxCore(Protocol):  # what the handler needs from the simulator
     def runtime_next(self, headers) -> Optional[Reply]: ...
     def runtime_result(self, request_id: str, kind: str, headers, body: Body, started: Instant) -> Reply: ...
     def runtime_init_error(self, headers, body: Body) -> Reply: ...
+    def runtime_restore_next(self, headers) -> Optional[Reply]: ...
+    def runtime_restore_error(self, headers, body: Body) -> Reply: ...
     def extension_register(self, headers, body: Body) -> Reply: ...
     def extension_next(self, headers) -> Optional[Reply]: ...
     def extension_error(self, kind: str, headers, body: Body) -> Reply: ...
@@ -151,6 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(core.runtime_next(self.headers))
         elif path == "/2020-01-01/extension/event/next":
             self._send(core.extension_next(self.headers))
+        elif path == "/2018-06-01/runtime/restore/next":
+            self._send(core.runtime_restore_next(self.headers))
         else:
             self._not_found()
 
@@ -168,6 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(error(400, "TruncatedHTTPRequest", "the request body is shorter than declared"))
         elif path == "/2018-06-01/runtime/init/error":
             self._send(core.runtime_init_error(self.headers, body))
+        elif path == "/2018-06-01/runtime/restore/error":
+            self._send(core.runtime_restore_error(self.headers, body))
         elif path == "/2020-01-01/extension/register":
             self._send(core.extension_register(self.headers, body))
         elif path == "/2020-01-01/extension/init/error":

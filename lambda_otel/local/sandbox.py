@@ -17,7 +17,7 @@ from typing import Optional
 
 from .processes import ManagedProcess, WorkerLogSocket
 from .results import ExtensionInfo, FreezeRecord, Instant, InvocationResult
-from .telemetry_delivery import Subscriber
+from .telemetry_delivery import Subscriber, Subscription
 
 class Mode(enum.Enum):
     """The kind of execution environment the simulator is (`AWS_LAMBDA_INITIALIZATION_TYPE` follows it)."""
@@ -74,6 +74,27 @@ def status_for(error_type: Optional[str]) -> str:
     return "error"
 
 
+@dataclass
+class _Restore:
+    """A SnapStart restore in progress (or done) in one environment."""
+
+    number: int
+    started_at: Instant
+    runtime_ready_at: Optional[Instant] = None  # the runtime's /invocation/next after its after-restore hooks
+    failure: Optional[tuple[str, str, str]] = None  # (status, errorType, message)
+
+
+@dataclass
+class _Snapshot:
+    """What a SnapStart snapshot holds for its restores: the registrations, subscriptions and init events."""
+
+    init_events: list
+    exts: list  # _Ext of the snapshot environment (templates: name, id, events, subscription)
+    servers: dict  # extension name -> its fork server (ManagedProcess), for extensions that fork copies
+    copies: dict  # extension name -> pid of its latest copy
+    restores: int = 0
+
+
 @dataclass(eq=False)
 class _Ext:
     info: ExtensionInfo
@@ -84,6 +105,7 @@ class _Ext:
     consumed_invoke: Optional[str] = None  # request id of the last INVOKE handed out
     gone: bool = False
     subscriber: Optional[Subscriber] = None
+    subscription: Optional[Subscription] = None  # what it subscribed with (SnapStart restores re-create it)
     received_shutdown: bool = False
 
 
@@ -113,7 +135,7 @@ class _Env:
     def __init__(self, gen: int, init_phase: str):
         self.gen = gen
         self.init_phase = init_phase
-        self.phase = "init"  # init | ready | invoking | shutting_down | down
+        self.phase = "init"  # init | restoring | ready | invoking | shutting_down | down
         self.started_at = Instant.now()
         self.exts: dict[str, _Ext] = {}  # by id, in registration order
         self.launched: dict[str, ManagedProcess] = {}
@@ -127,6 +149,9 @@ class _Env:
         self.runtime_queue: deque = deque()
         self.current: Optional[_Inv] = None  # on-demand and SnapStart: the one invocation in flight
         self.active: dict[str, _Inv] = {}  # Managed Instances: every invocation in flight, by request id
+        self.restore: Optional[_Restore] = None  # SnapStart: None until this environment is restored
+        self.restore_duration_ms: Optional[float] = None  # SnapStart: for the first report after the restore
+        self.runtime_in_next = False  # the runtime is waiting in /invocation/next
         self.worker_logs: Optional[WorkerLogSocket] = None  # Managed Instances: the workers' output socket
         self.runtime_next_calls = 0  # runtime /next calls during init (Managed Instances: one per worker)
         self.frozen: Optional[FreezeRecord] = None

@@ -92,11 +92,12 @@ from .results import (
     Instant,
     InvocationResult,
     ProcessExit,
+    RestoreResult,
     ShutdownResult,
     SimulatorError,
 )
 from .runtime_api import ApiServer
-from .sandbox import SHUTDOWN_REASONS, Mode, _Env, _Inv, new_trace_header, normalise_error_type
+from .sandbox import SHUTDOWN_REASONS, Mode, _Env, _Inv, _Snapshot, new_trace_header, normalise_error_type
 from .telemetry_delivery import SCHEMA_2025, SCHEMA_VERSIONS, format_time
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ __all__ = [
     "ExtensionInfo",
     "Instant",
     "Mode",
+    "RestoreResult",
     "normalise_error_type",
     "new_trace_header",
 ]
@@ -188,7 +190,7 @@ class Simulator(ApiHandlers, Lifecycle):
         self.telemetry_max_attempts = telemetry_max_attempts
         self.function_arn = f"arn:aws:lambda:{region}:{account_id}:function:{function_name}"
         self.log_group = f"/aws/lambda/{function_name}"
-        self.instance_id = f"{time.strftime('%Y/%m/%d')}/[{function_version}]{uuid.uuid4().hex}"
+        self.instance_id = self._new_instance_id()
         self.log_stream = self.instance_id
 
         self._port_wanted = port
@@ -210,6 +212,9 @@ class Simulator(ApiHandlers, Lifecycle):
         self.freezes: list[FreezeRecord] = []
         self._threads: list[threading.Thread] = []
         self._all_processes: list[ManagedProcess] = []
+        self._snapshot: Optional[_Snapshot] = None  # SnapStart: what every restore starts from
+        self.restores: list[RestoreResult] = []
+        self.fork_server_exits: dict[str, Optional[int]] = {}  # SnapStart: each fork server's exit code at stop()
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -290,6 +295,24 @@ class Simulator(ApiHandlers, Lifecycle):
         result = self.invoke_async(payload, **kwargs)
         return result.wait(timeout if timeout is not None else self._default_wait())
 
+    def restore(self, timeout: Optional[float] = None) -> RestoreResult:
+        """SnapStart: restore the snapshot into a new environment (the first one after start(), then a
+        fresh copy after each shutdown). An invoke with no restored environment does this itself."""
+        if self.mode is not Mode.SNAPSTART:
+            raise SimulatorError("restore() needs mode='snapstart'")
+        wait = timeout if timeout is not None else self._default_wait()
+        if not self._work.acquire(timeout=wait):
+            raise SimulatorError(f"restore: the simulator stayed busy for {wait:.1f}s (test wait)")
+        try:
+            env = self._env
+            if self._snapshot is None:
+                raise SimulatorError("restore: no snapshot (start() first, and init must succeed)")
+            if env is not None and env.phase not in ("down",) and env.restore is not None:
+                raise SimulatorError("restore: an environment is already restored (shut it down first)")
+            return self._restore_snapshot()
+        finally:
+            self._work.release()
+
     def shutdown(self, reason: str = "spindown", timeout: Optional[float] = None,
                  budget_ms: Optional[int] = None) -> Optional[ShutdownResult]:
         """Shut the environment down like Lambda; None if no environment was running."""
@@ -331,6 +354,14 @@ class Simulator(ApiHandlers, Lifecycle):
         procs = list(self._all_processes)
         for proc in procs:
             proc.expected_exit = True
+        if self._snapshot is not None:  # fork servers reap their copies and say whether all exited 0
+            for name, server in self._snapshot.servers.items():
+                if server.alive:
+                    server.signal_group(signal.SIGCONT)
+                    os.kill(server.pid, signal.SIGTERM)
+            for name, server in self._snapshot.servers.items():
+                server.exited.wait(2.0)
+                self.fork_server_exits[name] = server.exit_code
         for proc in procs:
             proc.kill(wait=2.0)
         if env is not None:
@@ -408,6 +439,10 @@ class Simulator(ApiHandlers, Lifecycle):
         return []
 
     # --- internals: plumbing ---------------------------------------------------------------------
+
+    def _new_instance_id(self) -> str:
+        """Like a log stream name: date, version, a random id."""
+        return f"{time.strftime('%Y/%m/%d')}/[{self.function_version}]{uuid.uuid4().hex}"
 
     def _default_wait(self) -> float:
         return self.timeout_s + self.init_timeout_s + self.shutdown_budget_ms / 1000.0 + 10.0
