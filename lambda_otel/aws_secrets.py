@@ -300,11 +300,12 @@ class SecretHeaders:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin resolving now, on a daemon thread (never blocks). No-op without references."""
+        """Begin resolving now, on a daemon thread (never blocks). Idempotent: nothing happens
+        without references, while a round runs, or once the values are known."""
         if not self._refs:
             return
         with self._lock:
-            if self._running is None:
+            if self._running is None and self._values is None:
                 self._start_locked()
 
     def wait(self, timeout: float) -> bool:

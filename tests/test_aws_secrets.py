@@ -234,6 +234,15 @@ class AgainstMoto(unittest.TestCase):
         self.assertEqual(src.headers("traces")["authorization"], "value-one", "old value while refreshing")
         self.assertTrue(wait_until(lambda: src.headers("traces")["authorization"] == "value-two", 10))
 
+    def test_start_is_idempotent(self):
+        src = self.source({"authorization": f"${{{self.plain_arn}}}"})
+        src.start()
+        src.start()
+        self.assertTrue(src.wait(10))
+        src.start()
+        self.assertTrue(src.wait(0.2))
+        self.assertEqual(src.rounds, 1, "one round for several start() calls")
+
     def test_renew_after_restore_resolves_again(self):
         arn = self.moto.secret("lambda-otel-test/restored", "before-snapshot")
         src = self.source({"authorization": f"${{{arn}}}"})
