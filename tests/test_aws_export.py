@@ -192,5 +192,18 @@ class SignerHooks(unittest.TestCase):
         self.assertEqual(auth.header_source.headers("traces"), {})
 
 
+class BenchSmoke(unittest.TestCase):
+    def test_bench_sigv4_quick_runs(self):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run([sys.executable, "-m", "bench.bench_sigv4", "--quick"], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("SigV4 (ours)", out.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()
