@@ -109,14 +109,14 @@ class Extension:
         """A SnapStart restore: every copy of the snapshot must be its own environment.
 
         The ONE place where per-environment state is renewed, on the events thread, before any
-        thread of ours runs again. (Span and trace ids are drawn from ``os.urandom`` per id, so
-        they differ between copies without a reseed.)
+        thread of ours runs again.
         """
         from .resource import renew_after_restore as renew_resource
 
         self.restores += 1
         pipeline = self.pipeline
         renew_resource(pipeline.resource_attributes, pipeline.resource)
+        pipeline.converter.renew_after_restore()  # id generator reseeded from os.urandom, invocations cleared
         self.last_request_id = None
 
     # -- the events loop ---------------------------------------------------------------------

@@ -34,15 +34,18 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from .sampling import DEFAULT_SAMPLER, SAMPLERS
+
 # ipaddress, socket, threading and urllib.parse are imported where they are needed: this module
 # is on the path to the first /next, and most environments never need them there.
 
 STRATEGIES = ("default", "end", "periodic", "continuous")
 TELEMETRY_TYPES = ("platform", "function", "extension")
 TEMPORALITIES = ("cumulative", "delta")
+XRAY_JOIN = "join"
 XRAY_LINK = "link"
 XRAY_PARENT = "parent"
-XRAY_MODES = (XRAY_LINK, XRAY_PARENT)
+XRAY_MODES = (XRAY_JOIN, XRAY_LINK, XRAY_PARENT)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SIGNALS = ("traces", "metrics", "logs")
 LOOPBACK_HOSTS = (
@@ -233,7 +236,9 @@ class Config:
     service_name: Optional[str] = None
     resource_attributes: Dict[str, str] = field(default_factory=dict)
     metrics_temporality: str = "cumulative"
-    xray_mode: str = "link"
+    xray_mode: str = XRAY_JOIN
+    traces_sampler: str = DEFAULT_SAMPLER  # the function SDK's sampler (sampling.TraceSampler)
+    traces_sampler_arg: float = 1.0
     log_level: str = "info"
     init_type: InitType = InitType.ON_DEMAND
     # Shared values we could not use and what we do instead: log each once at start.
@@ -384,6 +389,25 @@ class Subset:
 
     def show(self, value: Any) -> str:
         return ",".join(value)
+
+
+class Ratio:
+    """A probability, as the SDK's ratio samplers take it (0.0..1.0)."""
+
+    __slots__ = ()
+    allowed = "0.0..1.0"
+
+    def __call__(self, raw: str, name: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:  # also NaN
+            raise ValueError(f"{raw!r} is not a probability (allowed: {self.allowed})")
+        return value
+
+    def show(self, value: Any) -> str:
+        return str(value)
 
 
 class KeyValues:
@@ -664,7 +688,14 @@ SETTINGS: Tuple[Setting, ...] = (
             "Extra resource attributes, ``key=value,...`` (percent-decoded).", RESOURCE,
             default_doc="(none)", unset_doc="adds no attributes"),
     Setting("xray_mode", ("LAMBDA_OTEL_XRAY_PARENT",), Choice(XRAY_MODES),
-            "How the X-Ray parent is attached to the invocation span (see Traces).", RESOURCE),
+            "``join``: the invocation span takes the X-Ray ``Parent`` id, so the function's own spans are its "
+            "children (one tree, one SERVER span); ``link``/``parent``: the ``Parent`` becomes a link / the parent "
+            "(see Traces).", RESOURCE),
+    Setting("traces_sampler", ("OTEL_TRACES_SAMPLER",), Choice(SAMPLERS),
+            "Shared with the function's SDK: platform spans are sampled as it samples its own, the X-Ray "
+            "``Sampled`` flag as the parent; logs and metrics are never sampled.", RESOURCE),
+    Setting("traces_sampler_arg", ("OTEL_TRACES_SAMPLER_ARG",), Ratio(),
+            "The ratio of ``traceidratio`` / ``parentbased_traceidratio``.", RESOURCE),
     Setting("extension_name", ("LAMBDA_OTEL_EXTENSION_NAME",), Text(),
             "Name registered with the Extensions API (must equal the file name in ``/opt/extensions``).",
             EXTENSION, default_doc="executable name"),

@@ -1,7 +1,7 @@
 """Telemetry API events -> OTLP spans, logs and metric values (pure, in process, no I/O).
 
 ``TelemetryConverter.process(events)`` takes one already-JSON-decoded Telemetry API batch
-(``[{"time", "type", "record"}, ...]``, schema 2022-12-13) and returns a ``Converted`` with a
+(``[{"time", "type", "record"}, ...]``, schema 2022-12-13 or 2025-01-29) and returns a ``Converted`` with a
 ``ResourceSpans`` and a ``ResourceLogs`` (each None when empty). Metric values go straight
 into ``MetricsState``. Bad input never raises: a malformed event is counted in
 ``lambda_otel.telemetry.ignored{reason}`` and skipped, the rest of the batch converts, and
@@ -11,7 +11,8 @@ back as ``extension`` records, so logging per event would feed itself.
 Choices (README material):
 
 * Metrics come only from ``platform.report``, the platform's final word, with the values it
-  reported (ms -> s, MB -> bytes). A timeout counts when its report arrives (Lambda emits one
+  reported (ms -> s, MB -> bytes); a field the report lacks (Managed Instances report
+  ``durationMs`` only) records nothing. ``faas.invocations`` counts successful invocations. A timeout counts when its report arrives (Lambda emits one
   with ``status: timeout`` before the SHUTDOWN). If SHUTDOWN(timeout|failure) comes first,
   ``on_shutdown`` counts the invocation itself and marks it, so a report that still arrives
   later adds its durations but is not counted twice.
@@ -19,28 +20,38 @@ Choices (README material):
   ``platform.start`` to ``platform.runtimeDone``; children from ``runtimeDone.spans``; an
   ``extensionOverhead`` child from the later ``platform.report`` (emitted on its own, same
   trace, parent = the invocation span). ``faas.trigger`` is not set: the platform does not say.
-* Span id: ``tracing.spanId`` from ``platform.start`` when present and valid. It is the id
-  Lambda gives this invocation's own X-Ray segment (AWS's "Telemetry API to OTel spans"
-  mapping uses it the same way), so X-Ray and OTLP views of one invocation agree; otherwise
-  (absent, malformed, or already used) a random id.
-* ``xray_mode="link"`` (default): trace id = the X-Ray Root, and the header's ``Parent``
-  becomes a span *link*, not the parent. That Parent is the upstream caller's X-Ray segment
-  (API Gateway, the Lambda frontend, another service's X-Ray SDK); it is exported to X-Ray,
-  not to the OTLP backend, so as a parent it would leave every invocation span an orphan with
-  a dangling parent id ("missing root span"). As a link the trace stays well-formed and the
-  causal pointer is kept (this is also what the OTel Lambda semconv prescribes for the X-Ray
-  environment context). ``"parent"`` is for setups where the upstream is in the same backend.
-* ``Sampled`` only sets the sampled bit in the span flags; unsampled invocations are not
-  dropped (Lambda sends ``Sampled=0`` for every function without active tracing).
+* One tree per invocation (``xray_mode="join"``, default): the invocation span takes the X-Ray
+  header's ``Parent`` id, the very id the function's standard instrumentation (``xray-lambda``
+  propagator) gives its SERVER span as parent. So the function's spans hang under ours, our span
+  is the trace's root (no dangling parent), and when the function's SERVER span has reached our
+  receiver (``sdk_view``) ours is INTERNAL: one SERVER span per invocation. An uninstrumented
+  function keeps ours as its SERVER root. This holds whether or not ``tracing.spanId`` equals the
+  Parent (it is used only when the header has none). Trade-off: the Parent is also the id of
+  X-Ray's own segment for this invocation, so a backend that receives both X-Ray and OTLP data
+  sees one id twice. ``"link"`` (the former default): span id = ``tracing.spanId``, the Parent
+  a span *link*; ``"parent"``: the Parent as parent (for setups where the upstream is in the same
+  backend).
+* Sampling as the function's SDK decides (``sampling.TraceSampler`` from ``OTEL_TRACES_SAMPLER``,
+  the X-Ray ``Sampled`` flag as remote parent): an unsampled trace exports no platform span;
+  its logs still carry its trace and span ids (flags 0) and metrics are never sampled.
 * Logs: ``function``/``extension`` records -> LogRecords in scopes ``lambda-otel.function`` /
   ``lambda-otel.extension`` (``lambda-otel.platform`` for our logsDropped warning),
-  correlated to an invocation by ``requestId`` or else by time.
+  correlated to an invocation by ``requestId`` or else by time. Lambda's Python text prefix
+  (``[LEVEL]\t<time>\t<request id>\t``) becomes severity, time and ``faas.invocation_id``; the
+  runtime's uncaught-exception line becomes an ERROR ``faas.invocation.exception`` record with
+  ``exception.*`` (and its type the span's ``error.type``); structured fields with a convention
+  are mapped to it (``_parse_object``), and fields that repeat the record or its resource dropped.
+* No record twice: a line the runtime's logging handler wrote is held until its invocation ends
+  (the function's SDK has flushed by then) and dropped if the SDK's copy reached our receiver
+  (``sdk_view.take_log``), counted in ``lambda_otel.logs.deduplicated``. ``print`` output and lines
+  without an SDK copy are always exported.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -57,12 +68,13 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 import lambda_otel
 from lambda_otel import loss as loss_mod
 from lambda_otel import resource as resource_mod
-from lambda_otel.config import XRAY_LINK, XRAY_MODES, XRAY_PARENT
+from lambda_otel.config import XRAY_JOIN, XRAY_LINK, XRAY_MODES, XRAY_PARENT
 from lambda_otel.loss import LossCounter
 from lambda_otel.metrics import MetricsState
-from lambda_otel.otlp import set_any_value, set_attributes, set_key, set_str
+from lambda_otel.otlp import MAX_ANY_ITEMS, set_any_value, set_attributes, set_key, set_str
+from lambda_otel.sampling import TraceSampler
+from lambda_otel.sdk_view import FunctionSdkView
 from lambda_otel.xray import XRayContext, parse_span_id, parse_xray_header
-
 
 SELF_LOG_PREFIX = "[lambda-otel]"  # how the extension's own lines start (app.LOG_FORMAT)
 SCOPE_SPANS = "lambda-otel"
@@ -78,6 +90,7 @@ BAD_TIME = "bad_time"  # unparseable or absurd timestamp (replaced by now)
 BAD_DURATION = "bad_duration"  # NaN, negative, absurd or non-numeric duration (value skipped)
 MALFORMED_TRACING = "malformed_tracing"  # bad X-Ray header / spanId (fresh ids used instead)
 DUPLICATE = "duplicate"  # second runtimeDone/report for one request id
+SNAPSHOT_INIT = "snapshot_init"  # init events of the snapshot, delivered after a SnapStart restore
 EVICTED = "evicted_invocation"  # an unfinished invocation pushed out of the bounded map
 CONVERSION_ERROR = "conversion_error"  # anything unexpected: the event is rolled back
 
@@ -94,7 +107,7 @@ _MAX_JSON_LINE = 256 * 1024
 _MAX_ATTRS = 64
 
 _TIME_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d{2}):?(\d{2}))", re.ASCII
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(?:[Zz]|([+-])(\d{2}):?(\d{2}))", re.ASCII
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _day_cache: Dict[str, int] = {}
@@ -107,7 +120,6 @@ SEVERITY = {
     "TRACE": 1, "DEBUG": 5, "INFO": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13,
     "ERROR": 17, "CRITICAL": 21, "FATAL": 21,
 }
-_STRUCTURED_KEYS = ("timestamp", "level", "message", "requestId")
 
 
 def parse_time_ns(value: object) -> Optional[int]:
@@ -187,15 +199,45 @@ def _request_id(record: dict) -> Optional[str]:
     return None
 
 
-def _random_id(n: int) -> bytes:
-    value = os.urandom(n)
-    return value if any(value) else b"\x00" * (n - 1) + b"\x01"
+class IdGenerator:
+    """Random span and trace ids from a PRNG seeded from ``os.urandom``.
+
+    A seeded PRNG is far cheaper per id than a system call; ``reseed`` (SnapStart restore) gives
+    every restored copy of a snapshot its own sequence, where the snapshot's state would make
+    every copy export the same ids."""
+
+    def __init__(self) -> None:
+        self._random = random.Random()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._random.seed(os.urandom(32))
+
+    def span_id(self) -> bytes:
+        return (self._random.getrandbits(64) or 1).to_bytes(8, "big")
+
+    def trace_id(self) -> bytes:
+        return (self._random.getrandbits(128) or 1).to_bytes(16, "big")
 
 
 def _unqualified_arn(arn: str) -> str:
     """``arn:aws:lambda:r:acct:function:name[:qualifier]`` -> without the qualifier."""
     parts = arn.split(":", 7)
     return ":".join(parts[:7]) if len(parts) >= 7 else arn
+
+
+def _string_attributes(resource: Resource) -> Dict[str, str]:
+    return {kv.key: kv.value.string_value for kv in resource.attributes
+            if kv.value.WhichOneof("value") == "string_value"}
+
+
+def _function_arn(attrs: Dict[str, str]) -> Optional[str]:
+    """The unqualified function ARN from the resource (region, account, name), or None."""
+    region, account, name = attrs.get("cloud.region"), attrs.get("cloud.account.id"), attrs.get("faas.name")
+    if not (region and account and name):
+        return None
+    partition = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+    return f"arn:{partition}:lambda:{region}:{account}:function:{name}"
 
 
 @dataclass
@@ -208,6 +250,8 @@ class Converted:
     log_count: int = 0
     runtime_done: List[str] = field(default_factory=list)  # request ids seen in platform.runtimeDone
     reports: List[str] = field(default_factory=list)  # request ids seen in platform.report
+    started: List[str] = field(default_factory=list)  # request ids seen in platform.start
+    deduplicated: int = 0  # function log lines not exported because the function's SDK sent them
     ignored: int = 0  # problems counted in lambda_otel.telemetry.ignored during this call
 
 
@@ -217,7 +261,7 @@ class _Invocation:
     __slots__ = (
         "request_id", "start_ns", "invoke_ns", "end_ns", "arn", "version", "deadline_ms", "tracing_hint",
         "coldstart", "has_context", "trace_id", "span_id", "parent_span_id", "link", "flags",
-        "done", "runtime_ms", "report_seen", "counted",
+        "done", "runtime_ms", "report_seen", "counted", "exception_type", "held",
     )
 
     def __init__(self, request_id: str, coldstart: bool) -> None:
@@ -239,14 +283,16 @@ class _Invocation:
         self.done = False  # invocation span emitted
         self.runtime_ms: Optional[float] = None  # runtimeDone metrics.durationMs
         self.report_seen = False
-        self.counted = False  # faas.invocations already counted (by on_shutdown)
+        self.counted = False  # outcome already counted in the metrics (by on_shutdown)
+        self.exception_type: Optional[str] = None  # from the runtime's uncaught-exception log line
+        self.held: Optional[list] = None  # function log lines waiting for the SDK's copy (see _hold)
 
 
 class _Phase:
     """An init or SnapStart restore phase: start, runtimeDone and report events."""
 
     __slots__ = ("kind", "start_ns", "end_ns", "report_ms", "reported", "init_type", "phase", "status",
-                 "error_type", "emitted")
+                 "error_type", "emitted", "done_seen")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind  # "init" | "restore"
@@ -259,6 +305,7 @@ class _Phase:
         self.status: Optional[str] = None
         self.error_type: Optional[str] = None
         self.emitted = False
+        self.done_seen = False  # its runtimeDone event arrived
 
 
 class _Batch:
@@ -273,6 +320,8 @@ class _Batch:
         self.scopes: Dict[str, logs_pb2.ScopeLogs] = {}
         self.runtime_done: List[str] = []
         self.reports: List[str] = []
+        self.started: List[str] = []
+        self.deduplicated = 0
         self.ignored = 0
 
     def span(self) -> trace_pb2.Span:
@@ -306,7 +355,8 @@ class _Batch:
             del sl.log_records[mark[1].get(name, 0):]
 
     def result(self) -> Converted:
-        out = Converted(runtime_done=self.runtime_done, reports=self.reports, ignored=self.ignored)
+        out = Converted(runtime_done=self.runtime_done, reports=self.reports, started=self.started,
+                        deduplicated=self.deduplicated, ignored=self.ignored)
         if self.ss is not None and len(self.ss.spans):
             out.resource_spans, out.span_count = self.rs, len(self.ss.spans)
         if self.rl is not None:
@@ -332,10 +382,12 @@ class TelemetryConverter:
         resource: Resource,
         metrics: MetricsState,
         loss: LossCounter,
-        xray_mode: str = XRAY_LINK,
+        xray_mode: str = XRAY_JOIN,
         clock_ns: Callable[[], int] = time.time_ns,
         max_open_invocations: int = 64,
         max_finished_invocations: int = 128,
+        sampler: Optional[TraceSampler] = None,
+        sdk_view: Optional[FunctionSdkView] = None,
     ) -> None:
         if xray_mode not in XRAY_MODES:
             raise ValueError(f"xray_mode must be one of {XRAY_MODES}, not {xray_mode!r}")
@@ -343,7 +395,10 @@ class TelemetryConverter:
         self._metrics = metrics
         self._loss = loss
         self._xray_mode = xray_mode
+        self._sampler = sampler or TraceSampler()
+        self._sdk_view = sdk_view
         self._clock_ns = clock_ns
+        self._ids = IdGenerator()
         self._max_open = max(1, max_open_invocations)
         self._max_finished = max(1, max_finished_invocations)
         self._lock = threading.Lock()
@@ -355,7 +410,15 @@ class TelemetryConverter:
         self._seen_invocation = False
         self._init_type: Optional[str] = None
         self._phases: List[_Phase] = []
+        self._restored_at: Optional[int] = None  # restoreStart time: earlier init events are the snapshot's
+        self._restore_recorded = False  # restore duration and cold start counted for this copy
+        self._holding: List[_Invocation] = []  # invocations with function lines held for deduplication
+        self._held_count = 0
+        self._to_release: List[_Invocation] = []  # evicted while holding lines: released by the next batch
         self._span_name = self._function_name(resource)
+        attrs = _string_attributes(resource)
+        self._function_arn = _function_arn(attrs)
+        self._service_name = attrs.get("service.name")
         self._handlers = {
             "platform.start": self._on_start,
             "platform.runtimeDone": self._on_runtime_done,
@@ -375,10 +438,7 @@ class TelemetryConverter:
 
     @staticmethod
     def _function_name(resource: Resource) -> str:
-        found = {}
-        for kv in resource.attributes:
-            if kv.key in ("faas.name", "service.name") and kv.value.WhichOneof("value") == "string_value":
-                found[kv.key] = kv.value.string_value
+        found = _string_attributes(resource)
         return found.get("faas.name") or found.get("service.name") or "lambda.invoke"
 
     # ------------------------------------------------------------------ public API
@@ -390,6 +450,8 @@ class TelemetryConverter:
             if not isinstance(events, list):
                 self._ignore(MALFORMED_EVENT, batch)
                 return batch.result()
+            while self._to_release:
+                self._release(self._to_release.pop(), batch)
             for event in events:
                 mark = batch.mark()
                 try:
@@ -421,6 +483,20 @@ class TelemetryConverter:
             except Exception:
                 self._ignore(CONVERSION_ERROR, None)
 
+    def renew_after_restore(self) -> None:
+        """SnapStart restore: this copy of the snapshot gets its own ids and no per-invocation state."""
+        with self._lock:
+            self._ids.reseed()
+            self._open.clear()
+            self._finished.clear()
+            self._platform_span_ids.clear()
+            self._current = None
+            self._first = None
+            self._seen_invocation = False
+            self._restore_recorded = False
+            if self._sdk_view is not None:
+                self._sdk_view.renew_after_restore()
+
     def on_shutdown(self, reason: str, now_ns: Optional[int] = None) -> Converted:
         """SHUTDOWN: count it; on timeout/failure close unfinished invocations with an ERROR span
         in their real trace; emit an init span that never found an invocation. Never raises."""
@@ -440,6 +516,8 @@ class TelemetryConverter:
                         except Exception:
                             batch.rollback(mark)
                             self._ignore(CONVERSION_ERROR, batch)
+                for inv in list(self._holding):  # the last lines: decided now, whatever the reason
+                    self._release(inv, batch)
                 self._emit_phases(batch, force=True, shutdown=True)
             except Exception:
                 self._ignore(CONVERSION_ERROR, batch)
@@ -481,12 +559,16 @@ class TelemetryConverter:
         if self._first is None:
             self._first = inv
         while len(self._open) >= self._max_open:
-            self._open.popitem(last=False)
+            _, evicted = self._open.popitem(last=False)
+            if evicted.held is not None:
+                self._to_release.append(evicted)
             self._ignore(EVICTED, batch)
         self._open[request_id] = inv
         return inv
 
-    def _finish(self, inv: _Invocation) -> None:
+    def _finish(self, inv: _Invocation, batch: Optional[_Batch] = None) -> None:
+        if inv.held is not None and batch is not None:
+            self._release(inv, batch)
         inv.done = True
         self._open.pop(inv.request_id, None)
         self._finished[inv.request_id] = inv
@@ -497,7 +579,12 @@ class TelemetryConverter:
         return self._open.get(request_id) or self._finished.get(request_id)
 
     def _ensure_context(self, inv: _Invocation, header: object, span_id_text: object, batch: Optional[_Batch]) -> None:
-        """Fix the invocation's trace id, span id, parent/link and flags (once)."""
+        """Fix the invocation's trace id, span id, parent/link and sampling decision (once).
+
+        ``join``: the span id is the X-Ray ``Parent`` id, the parent the function's own SDK gives
+        its SERVER span, so that span becomes our child; ``tracing.spanId`` is used only when the
+        header has no Parent. ``link``/``parent``: the span id is ``tracing.spanId`` and the
+        Parent becomes a link or the parent. An id already used is never reused: a fresh one."""
         if inv.has_context:
             return
         if header is None:
@@ -506,27 +593,31 @@ class TelemetryConverter:
         if header is not None and ctx is None:
             self._ignore(MALFORMED_TRACING, batch)
         span_id = None
-        if span_id_text is not None:
+        if self._xray_mode == XRAY_JOIN and ctx is not None and ctx.parent_id is not None:
+            span_id = ctx.parent_id
+        elif span_id_text is not None:
             span_id = parse_span_id(span_id_text)
             if span_id is None:
                 self._ignore(MALFORMED_TRACING, batch)
-            elif span_id in self._platform_span_ids:
-                span_id = None  # never reuse an id, even if the platform repeats one
+        if span_id is not None and span_id in self._platform_span_ids:
+            span_id = None  # never reuse an id, even if the platform repeats one
         if span_id is not None:
             self._platform_span_ids[span_id] = None
             while len(self._platform_span_ids) > 2 * self._max_finished:
                 self._platform_span_ids.popitem(last=False)
-        inv.span_id = span_id or _random_id(8)
+        inv.span_id = span_id or self._ids.span_id()
+        remote_parent = None
         if ctx is not None:
             inv.trace_id = ctx.trace_id
-            inv.flags = 0 if ctx.sampled is False else _SPAN_FLAG_SAMPLED
+            remote_parent = ctx.remote_parent
             if ctx.parent_id is not None:
                 if self._xray_mode == XRAY_PARENT:
                     inv.parent_span_id = ctx.parent_id
-                else:
+                elif self._xray_mode == XRAY_LINK:
                     inv.link = ctx
         else:
-            inv.trace_id = _random_id(16)
+            inv.trace_id = self._ids.trace_id()
+        inv.flags = _SPAN_FLAG_SAMPLED if self._sampler.should_sample(inv.trace_id, remote_parent) else 0
         inv.has_context = True
 
     def _on_start(self, t: int, record: object, batch: _Batch) -> None:
@@ -540,6 +631,7 @@ class TelemetryConverter:
                 self._ignore(DUPLICATE, batch)
                 return
             inv = self._open_invocation(rid, batch)
+        batch.started.append(rid)
         if inv.start_ns is None:
             inv.start_ns = t
         inv.version = _text(record.get("version"), 64) or inv.version
@@ -584,7 +676,7 @@ class TelemetryConverter:
                 self._child_span(inv, item, batch)
         elif spans is not None:
             self._ignore(MALFORMED_RECORD, batch)
-        self._finish(inv)
+        self._finish(inv, batch)
         self._emit_phases(batch, force=True)
 
     def _status(self, record: dict, batch: _Batch):
@@ -596,6 +688,8 @@ class TelemetryConverter:
 
     def _invocation_span(self, inv: _Invocation, status: Optional[str], error_type: Optional[str],
                          batch: _Batch, extra: Optional[dict] = None) -> None:
+        if not inv.flags & _SPAN_FLAG_SAMPLED:
+            return  # the function's SDK drops this trace too: neither half is exported
         span = batch.span()
         span.trace_id = inv.trace_id
         span.span_id = inv.span_id
@@ -605,7 +699,11 @@ class TelemetryConverter:
         else:
             span.flags = inv.flags | _HAS_IS_REMOTE
         span.name = self._span_name
-        span.kind = trace_pb2.Span.SPAN_KIND_SERVER
+        # One SERVER span per invocation: when the function's own SERVER span is our child, ours
+        # is the INTERNAL root above it (the platform's part of the invocation).
+        server_child = (self._sdk_view is not None and self._xray_mode == XRAY_JOIN
+                        and self._sdk_view.has_server_child(inv.trace_id, inv.span_id))
+        span.kind = trace_pb2.Span.SPAN_KIND_INTERNAL if server_child else trace_pb2.Span.SPAN_KIND_SERVER
         span.start_time_unix_nano = inv.start_ns
         span.end_time_unix_nano = inv.end_ns
         # First invocation of the sandbox, unless provisioned concurrency pre-warmed it (checked
@@ -614,11 +712,17 @@ class TelemetryConverter:
         attrs = {"faas.invocation_id": inv.request_id, "faas.coldstart": coldstart}
         if inv.arn:
             attrs["aws.lambda.invoked_arn"] = inv.arn
-            base = _unqualified_arn(inv.arn)
-            # semconv: cloud.resource_id is the function ARN with the resolved version, not an alias.
-            attrs["cloud.resource_id"] = f"{base}:{inv.version}" if inv.version else base
+        # The function ARN without qualifier, as the function's instrumentation sets it (the
+        # version is faas.version); from the resource when INVOKE has not been handled yet.
+        resource_id = _unqualified_arn(inv.arn) if inv.arn else self._function_arn
+        if resource_id:
+            attrs["cloud.resource_id"] = resource_id
+        if server_child:
+            attrs["aws.lambda.function_span"] = True
         if status and status != "success":
-            attrs["error.type"] = error_type or status
+            attrs["error.type"] = inv.exception_type or error_type or status
+            if inv.exception_type and error_type:
+                attrs["aws.lambda.error_type"] = error_type
         if extra:
             attrs.update(extra)
         set_attributes(span.attributes, attrs)
@@ -636,10 +740,12 @@ class TelemetryConverter:
             span.status.code = trace_pb2.Status.STATUS_CODE_ERROR
             span.status.message = error_type or status
 
-    def _child(self, inv: _Invocation, name: str, start: int, end: int, batch: _Batch) -> trace_pb2.Span:
+    def _child(self, inv: _Invocation, name: str, start: int, end: int, batch: _Batch) -> None:
+        if not inv.flags & _SPAN_FLAG_SAMPLED:
+            return
         span = batch.span()
         span.trace_id = inv.trace_id
-        span.span_id = _random_id(8)
+        span.span_id = self._ids.span_id()
         span.parent_span_id = inv.span_id
         span.flags = inv.flags | _HAS_IS_REMOTE
         span.name = name
@@ -647,7 +753,6 @@ class TelemetryConverter:
         span.start_time_unix_nano = start
         span.end_time_unix_nano = end
         set_attributes(span.attributes, {"faas.invocation_id": inv.request_id})
-        return span
 
     def _child_span(self, inv: _Invocation, item: object, batch: _Batch) -> None:
         """One of runtimeDone.spans: {"name", "start", "durationMs"}."""
@@ -678,11 +783,14 @@ class TelemetryConverter:
         add, rec = self._metrics.add, self._metrics.record
 
         if inv is None or not inv.counted:
-            add("faas.invocations", 1)
+            # faas.invocations counts successful invocations; errors and timeouts have their own.
             if status in ("error", "failure"):
-                add("faas.errors", 1, {"error.type": error_type or status})
+                exception_type = inv.exception_type if inv is not None else None
+                add("faas.errors", 1, {"error.type": exception_type or error_type or status})
             elif status == "timeout":
                 add("faas.timeouts", 1)
+            elif status == "success":
+                add("faas.invocations", 1)
         duration = self._metric_value(m, "durationMs", batch)
         if duration is not None:
             rec("faas.invoke_duration", duration / 1000.0)
@@ -697,8 +805,10 @@ class TelemetryConverter:
             rec("faas.init_duration", init / 1000.0)
             add("faas.coldstarts", 1)
         restore = self._metric_value(m, "restoreDurationMs", batch)
-        if restore is not None:
+        if restore is not None and not self._restore_recorded:  # else restoreReport already did
             rec("aws.lambda.restore_duration", restore / 1000.0)
+            add("faas.coldstarts", 1)
+            self._restore_recorded = True
         if inv is None:
             return
         inv.report_seen = True
@@ -709,7 +819,11 @@ class TelemetryConverter:
             inv.end_ns = max(inv.start_ns + round(duration * 1e6) if duration is not None else t, inv.start_ns)
             self._ensure_context(inv, None, None, batch)
             self._invocation_span(inv, status, error_type, batch)
-            self._finish(inv)
+            spans = record.get("spans")  # Managed Instances: the response spans come with the report
+            if isinstance(spans, list):
+                for item in spans[:_MAX_CHILD_SPANS]:
+                    self._child_span(inv, item, batch)
+            self._finish(inv, batch)
             return
         # Extension overhead: the report's own span if Lambda sent one, else report - runtimeDone.
         overhead = None
@@ -745,13 +859,12 @@ class TelemetryConverter:
         inv.end_ns = max(batch.now, inv.start_ns)
         self._invocation_span(inv, reason, error_type, batch, {"aws.lambda.shutdown.reason": reason})
         if not inv.counted:
-            self._metrics.add("faas.invocations", 1)
             if reason == "timeout":
                 self._metrics.add("faas.timeouts", 1)
             else:
                 self._metrics.add("faas.errors", 1, {"error.type": error_type})
             inv.counted = True
-        self._finish(inv)
+        self._finish(inv, batch)
 
     # ------------------------------------------------------------------ init / restore phases
 
@@ -770,6 +883,10 @@ class TelemetryConverter:
             self._ignore(MALFORMED_RECORD, batch)
             return
         phase = self._new_phase("init", t, record)
+        if self._restored_at is not None and t < self._restored_at:
+            phase.emitted = True  # the snapshot's init, replayed after a restore: not this copy's cold start
+            self._ignore(SNAPSHOT_INIT, batch)
+            return
         if phase.init_type:
             self._init_type = phase.init_type
         instance = resource_mod.instance_attributes(record)  # schema 2025-01-29, Managed Instances
@@ -781,12 +898,23 @@ class TelemetryConverter:
             self._ignore(MALFORMED_RECORD, batch)
             return
         self._new_phase("restore", t, record)
+        self._restored_at = t if self._restored_at is None else max(self._restored_at, t)
+        for phase in self._phases:  # init phases of the snapshot not emitted yet: not this copy's
+            if phase.kind == "init" and not phase.emitted and phase.start_ns is not None and phase.start_ns < t:
+                phase.emitted = True
+                self._ignore(SNAPSHOT_INIT, batch)
 
-    def _phase_for(self, etype_kind: str, record: dict, t: int) -> _Phase:
-        for phase in reversed(self._phases):
-            if phase.kind == etype_kind and not phase.emitted:
+    def _phase_for(self, kind: str, record: dict, t: int, has_event: Callable[[_Phase], bool]) -> Optional[_Phase]:
+        """The attempt an init/restore event belongs to: the oldest one of this kind and ``phase``
+        ("init" | "invoke") that lacks this event; a new one when its start was never seen.
+        None for an event of the snapshot's init arriving after a restore."""
+        if kind == "init" and self._restored_at is not None and t < self._restored_at:
+            return None
+        phase_name = _text(record.get("phase"), 32)
+        for phase in self._phases:
+            if phase.kind == kind and not has_event(phase) and (phase_name is None or phase.phase in (None, phase_name)):
                 return phase
-        phase = self._new_phase(etype_kind, t, record)
+        phase = self._new_phase(kind, t, record)
         phase.start_ns = None  # start never seen
         return phase
 
@@ -794,9 +922,14 @@ class TelemetryConverter:
         if not isinstance(record, dict):
             self._ignore(MALFORMED_RECORD, batch)
             return
-        phase = self._phase_for(kind, record, t)
+        phase = self._phase_for(kind, record, t, lambda p: p.done_seen or p.reported)
+        if phase is None:
+            self._ignore(SNAPSHOT_INIT, batch)
+            return
+        phase.done_seen = True
         phase.end_ns = t
-        phase.status, phase.error_type = _text(record.get("status"), 32), _text(record.get("errorType"), 128)
+        phase.status = _text(record.get("status"), 32) or phase.status
+        phase.error_type = _text(record.get("errorType"), 128) or phase.error_type
         phase.init_type = phase.init_type or _text(record.get("initializationType"), 64)
         phase.phase = phase.phase or _text(record.get("phase"), 32)
         self._emit_phases(batch, force=False)
@@ -805,17 +938,28 @@ class TelemetryConverter:
         if not isinstance(record, dict):
             self._ignore(MALFORMED_RECORD, batch)
             return
-        phase = self._phase_for(kind, record, t)
+        phase = self._phase_for(kind, record, t, lambda p: p.reported)
+        if phase is None:
+            self._ignore(SNAPSHOT_INIT, batch)
+            return
         phase.reported = True
         metrics = record.get("metrics")
         if isinstance(metrics, dict) and "durationMs" in metrics:
             phase.report_ms = self._metric_value(metrics, "durationMs", batch)
         if phase.end_ns is None:
             phase.end_ns = t
-        phase.status = phase.status or _text(record.get("status"), 32)
-        phase.error_type = phase.error_type or _text(record.get("errorType"), 128)
+        # The report is the attempt's final word: its status wins over runtimeDone's (the runtime
+        # may be ready while an extension failed the init).
+        status = _text(record.get("status"), 32)
+        if status:
+            phase.status = status
+            phase.error_type = _text(record.get("errorType"), 128) or (phase.error_type if status != "success" else None)
         phase.init_type = phase.init_type or _text(record.get("initializationType"), 64)
         phase.phase = phase.phase or _text(record.get("phase"), 32)
+        if kind == "restore" and phase.report_ms is not None and not self._restore_recorded:
+            self._metrics.record("aws.lambda.restore_duration", phase.report_ms / 1000.0)
+            self._metrics.add("faas.coldstarts", 1)  # a restored environment's first invocation is cold
+            self._restore_recorded = True
         self._emit_phases(batch, force=False)
 
     def _emit_phases(self, batch: _Batch, force: bool, shutdown: bool = False) -> None:
@@ -846,16 +990,22 @@ class TelemetryConverter:
         if end is None:
             end = inv.start_ns if inv is not None and inv.start_ns is not None else batch.now
         end = max(end, start)
-        span = batch.span()
         if inv is not None:
             self._ensure_context(inv, None, None, batch)
+            if not inv.flags & _SPAN_FLAG_SAMPLED:
+                return  # part of an unsampled trace
+            span = batch.span()
             span.trace_id = inv.trace_id
             span.parent_span_id = inv.span_id
             span.flags = inv.flags | _HAS_IS_REMOTE
         else:
-            span.trace_id = _random_id(16)
+            trace_id = self._ids.trace_id()
+            if not self._sampler.should_sample(trace_id, None):  # a root of its own
+                return
+            span = batch.span()
+            span.trace_id = trace_id
             span.flags = _SPAN_FLAG_SAMPLED | _HAS_IS_REMOTE
-        span.span_id = _random_id(8)
+        span.span_id = self._ids.span_id()
         span.name = phase.kind
         span.kind = trace_pb2.Span.SPAN_KIND_INTERNAL
         span.start_time_unix_nano = start
@@ -906,68 +1056,69 @@ class TelemetryConverter:
         self._log(t, record, SCOPE_EXTENSION, batch)
 
     def _log(self, t: int, record: object, scope: str, batch: _Batch) -> None:
-        obj = None
-        text = None
-        if isinstance(record, str):
-            text = record[:-1] if record.endswith("\n") else record
-            if text.endswith("\r"):
-                text = text[:-1]
-            if len(text) >= 2 and text[0] == "{" and text[-1] == "}" and len(text) <= _MAX_JSON_LINE:
-                try:
-                    obj = json.loads(text)
-                except ValueError:
-                    obj = None
-                if not isinstance(obj, dict):
-                    obj = None
-        elif isinstance(record, dict):
-            obj = record
-        else:
+        line = _parse_line(record, scope, self._service_name)
+        if line is None:
             self._ignore(MALFORMED_RECORD, batch)
             return
-        lr = batch.log(scope)
-        lr.observed_time_unix_nano = batch.now
-        attrs = {}
-        rid = None
-        time_ns = t
-        if obj is not None:
-            ts = obj.get("timestamp")
-            if ts is not None:
-                parsed = parse_time_ns(ts)
-                if parsed is not None:
-                    time_ns = parsed
-            level = obj.get("level")
-            if isinstance(level, str):
-                lr.severity_text = _text(level, 32) or ""
-                lr.severity_number = SEVERITY.get(level.upper(), 0)
-            rid_value = obj.get("requestId")
-            if isinstance(rid_value, str) and _REQUEST_ID_RE.fullmatch(rid_value):
-                rid = rid_value
-            if "message" in obj:
-                set_any_value(lr.body, obj["message"])
+        if line.time_ns is None:
+            line.time_ns = t
+        inv = self._lookup(line.rid) if line.rid is not None else self._active_at(line.time_ns)
+        if line.exception_type and inv is not None and line.uncaught:
+            inv.exception_type = line.exception_type
+        if line.window is not None and self._sdk_view is not None:
+            if inv is not None and not inv.done and inv.request_id == line.rid:
+                self._hold(inv, line, batch)  # decided when the invocation ends (the SDK flushes by then)
+                return
+            if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
+                self._deduplicated(1, batch)
+                return
+        self._emit_log(line, inv, batch)
+
+    def _hold(self, inv: _Invocation, line: "_LogLine", batch: _Batch) -> None:
+        if inv.held is None:
+            inv.held = []
+            self._holding.append(inv)
+        inv.held.append(line)
+        self._held_count += 1
+        while self._held_count > _MAX_HELD_LINES and self._holding:
+            self._release(self._holding[0], batch)  # over budget: decide the oldest invocation's now
+
+    def _release(self, inv: _Invocation, batch: _Batch) -> None:
+        """Decide an invocation's held lines: the SDK's copy arrived (drop ours) or not (export)."""
+        held, inv.held = inv.held, None
+        if held is None:
+            return
+        self._holding.remove(inv)
+        self._held_count -= len(held)
+        deduplicated = 0
+        for line in held:
+            if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
+                deduplicated += 1
             else:
-                set_any_value(lr.body, obj)
-            n = 0
-            for key, value in obj.items():
-                if key in _STRUCTURED_KEYS:
-                    continue
-                if n >= _MAX_ATTRS:
-                    lr.dropped_attributes_count += 1
-                    continue
-                kv = lr.attributes.add()
-                set_key(kv, key)
-                set_any_value(kv.value, value)
-                n += 1
-        else:
-            set_str(lr.body, text)
-            if scope == SCOPE_EXTENSION and text.startswith(SELF_LOG_PREFIX):
-                attrs["lambda_otel.self"] = True
-                level = text[len(SELF_LOG_PREFIX):].lstrip().split(" ", 1)[0]
-                if level in SEVERITY:
-                    lr.severity_text, lr.severity_number = level, SEVERITY[level]
-            elif "\t" in text[:120]:
-                rid = self._text_line_fields(text, lr)
-        lr.time_unix_nano = time_ns
-        inv = self._lookup(rid) if rid is not None else self._active_at(time_ns)
+                self._emit_log(line, inv, batch)
+        if deduplicated:
+            self._deduplicated(deduplicated, batch)
+
+    def _deduplicated(self, n: int, batch: _Batch) -> None:
+        batch.deduplicated += n
+        self._metrics.add("lambda_otel.logs.deduplicated", n)
+
+    def _emit_log(self, line: "_LogLine", inv: Optional[_Invocation], batch: _Batch) -> None:
+        lr = batch.log(line.scope)
+        lr.time_unix_nano = line.time_ns
+        lr.observed_time_unix_nano = batch.now
+        if line.severity_number:
+            lr.severity_number = line.severity_number
+        if line.severity_text:
+            lr.severity_text = line.severity_text
+        if line.event_name:
+            lr.event_name = line.event_name
+        if isinstance(line.body, str):
+            set_str(lr.body, line.body)
+        elif line.body is not None:
+            set_any_value(lr.body, line.body)
+        rid = line.rid
+        attrs = line.attrs
         if inv is not None:
             if not inv.has_context:
                 self._ensure_context(inv, None, None, batch)
@@ -975,24 +1126,22 @@ class TelemetryConverter:
             lr.span_id = inv.span_id
             lr.flags = inv.flags & 0xFF
             rid = inv.request_id
+        if line.extra:
+            n = 0
+            for key, value in line.extra:
+                if key == "xray_trace_id" and inv is not None and _xray_trace_id(value) == inv.trace_id:
+                    continue  # the record's own trace id says the same
+                if n >= _MAX_ATTRS:
+                    lr.dropped_attributes_count += 1
+                    continue
+                kv = lr.attributes.add()
+                set_key(kv, key)
+                set_any_value(kv.value, value)
+                n += 1
         if rid is not None:
             attrs["faas.invocation_id"] = rid
         if attrs:
             set_attributes(lr.attributes, attrs)
-
-    @staticmethod
-    def _text_line_fields(text: str, lr: logs_pb2.LogRecord) -> Optional[str]:
-        """Lambda's text formats put a level and the request id in the first tab-separated
-        fields (Python ``[INFO]\\t<time>\\t<id>\\t...``, Node ``<time>\\t<id>\\tINFO\\t...``)."""
-        rid = None
-        for part in text.split("\t", 3)[:3]:
-            if rid is None and _UUID_RE.fullmatch(part):
-                rid = part
-                continue
-            level = part[1:-1] if part.startswith("[") and part.endswith("]") else part
-            if not lr.severity_number and level in SEVERITY:
-                lr.severity_text, lr.severity_number = level, SEVERITY[level]
-        return rid
 
     def _active_at(self, t: int) -> Optional[_Invocation]:
         """The invocation running at time t, else the most recent one started before t."""
@@ -1010,3 +1159,211 @@ class TelemetryConverter:
                 if best is None or inv.start_ns > best.start_ns:
                     best = inv
         return best
+
+
+# ---------------------------------------------------------------------- function and extension lines
+
+_MAX_HELD_LINES = 4096  # function lines waiting for their invocation's end (log deduplication)
+_SECOND = 1_000_000_000
+EXCEPTION_EVENT = "faas.invocation.exception"  # semconv: the log event of an uncaught exception
+_EXCEPTION_NAME_RE = re.compile(r"[A-Za-z_][\w.]{0,127}", re.ASCII)
+# Keys of structured records that repeat what the record or its resource already carries.
+_DROPPED_KEYS = frozenset((
+    "timestamp", "level", "message", "requestId", "function_request_id",  # time, severity, body, faas.invocation_id
+    "function_name", "function_arn", "function_memory_size",  # resource: faas.name, cloud.resource_id, faas.max_memory
+))
+_RENAMED_KEYS = {
+    "errorType": "exception.type", "exception_name": "exception.type",  # awslambdaric / Powertools
+    "errorMessage": "exception.message",
+    "cold_start": "faas.coldstart",
+}
+_POWERTOOLS_NO_SERVICE = "service_undefined"
+
+
+class _LogLine:
+    """One function/extension line, parsed; emitted now or after its invocation's end."""
+
+    __slots__ = ("scope", "time_ns", "severity_number", "severity_text", "body", "rid", "attrs", "extra",
+                 "window", "dedup_text", "event_name", "exception_type", "uncaught")
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.time_ns: Optional[int] = None  # the line's own timestamp, else the event's
+        self.severity_number = 0
+        self.severity_text = ""
+        self.body: object = None
+        self.rid: Optional[str] = None
+        self.attrs: dict = {}
+        self.extra: list = []  # (key, JSON value) pairs of a structured record
+        self.window: Optional[tuple] = None  # (lo, hi) ns: where the SDK's copy's time may fall
+        self.dedup_text = ""
+        self.event_name = ""
+        self.exception_type: Optional[str] = None
+        self.uncaught = False  # the runtime's own report of the handler's exception
+
+
+def _parse_line(record: object, scope: str, service_name: Optional[str]) -> Optional[_LogLine]:
+    line = _LogLine(scope)
+    if isinstance(record, dict):
+        _parse_object(line, record, service_name)
+        return line
+    if not isinstance(record, str):
+        return None
+    text = record[:-1] if record.endswith("\n") else record
+    if text.endswith("\r"):
+        text = text[:-1]
+    if len(text) >= 2 and text[0] == "{" and text[-1] == "}" and len(text) <= _MAX_JSON_LINE:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            _parse_object(line, obj, service_name)
+            return line
+    line.body = text
+    if scope == SCOPE_EXTENSION and text.startswith(SELF_LOG_PREFIX):
+        line.attrs["lambda_otel.self"] = True
+        level = text[len(SELF_LOG_PREFIX):].lstrip().split(" ", 1)[0]
+        if level in SEVERITY:
+            line.severity_text, line.severity_number = level, SEVERITY[level]
+    elif text.startswith("[ERROR] ") and scope == SCOPE_FUNCTION:
+        _parse_uncaught_text(line, text)
+    elif "\t" in text[:120]:
+        _parse_tabbed(line, text)
+    return line
+
+
+def _parse_tabbed(line: _LogLine, text: str) -> None:
+    """Lambda's text formats: Python's ``[LEVEL]\\t<time>\\t<request id>\\t<message>`` (the
+    body becomes the message, the time the record's), or the first fields of others (Node's
+    ``<time>\\t<id>\\tINFO\\t...``: level and request id only)."""
+    parts = text.split("\t", 3)
+    head = parts[0]
+    if len(parts) == 4 and head[:1] == "[" and head[-1:] == "]" and head[1:-1] in SEVERITY:
+        t = parse_time_ns(parts[1])
+        rid = parts[2]
+        if t is not None and (not rid or _REQUEST_ID_RE.fullmatch(rid)):
+            level = head[1:-1]
+            line.severity_text, line.severity_number = level, SEVERITY[level]
+            line.time_ns = t
+            line.rid = rid or None
+            line.body = parts[3]
+            if line.scope == SCOPE_FUNCTION:  # the runtime's logging handler: the SDK's may have it too
+                line.window = (t - 1_000_000, t + 2_000_000)  # ms precision, float rounding either way
+                line.dedup_text = parts[3]
+            return
+    for part in parts[:3]:
+        if line.rid is None and _UUID_RE.fullmatch(part):
+            line.rid = part
+            continue
+        level = part[1:-1] if part.startswith("[") and part.endswith("]") else part
+        if not line.severity_number and level in SEVERITY:
+            line.severity_text, line.severity_number = level, SEVERITY[level]
+
+
+def _parse_uncaught_text(line: _LogLine, text: str) -> None:
+    """``[ERROR] Type: message\\rTraceback (most recent call last):\\r  File ...``: the Python
+    runtime's report of an exception that escaped the handler (lines joined with \\r)."""
+    head, _, trace = text.partition("\r")
+    summary = head[len("[ERROR] "):]
+    name, sep, message = summary.partition(":")
+    line.severity_text, line.severity_number = "ERROR", SEVERITY["ERROR"]
+    line.body = summary
+    if not (sep or not message) or not _EXCEPTION_NAME_RE.fullmatch(name):
+        return
+    line.event_name = EXCEPTION_EVENT
+    line.uncaught = True
+    line.exception_type = name
+    line.attrs["exception.type"] = name
+    line.attrs["exception.message"] = message.strip()
+    if trace:
+        line.attrs["exception.stacktrace"] = trace.replace("\r", "\n").replace("\u00a0", " ")
+
+
+def _parse_object(line: _LogLine, obj: dict, service_name: Optional[str]) -> None:
+    """A structured record (Lambda's JSON format, Powertools Logger, any JSON line): fields that
+    have a convention become it, fields that repeat the record or its resource are dropped."""
+    ts = obj.get("timestamp")
+    if isinstance(ts, str):
+        t = parse_time_ns(ts)
+        if t is not None:
+            line.time_ns = t
+            # Lambda's JSON format has whole seconds; Powertools and others have milliseconds.
+            line.window = (t - 1_000_000, t + 2_000_000) if _has_fraction(ts) else (t, t + _SECOND)
+    level = obj.get("level")
+    if isinstance(level, str):
+        line.severity_text = _text(level, 32) or ""
+        line.severity_number = SEVERITY.get(level.upper(), 0)
+    rid = obj.get("requestId")
+    if rid is None:
+        rid = obj.get("function_request_id")
+    if isinstance(rid, str) and _REQUEST_ID_RE.fullmatch(rid):
+        line.rid = rid
+    message = obj.get("message")
+    attrs = line.attrs
+    if "message" in obj:
+        line.body = message
+    elif "errorType" in obj or "errorMessage" in obj:
+        line.body = obj.get("errorMessage")  # the runtime's uncaught exception (no "message")
+        line.uncaught = isinstance(obj.get("errorType"), str)
+        if line.uncaught:
+            line.event_name = EXCEPTION_EVENT
+    else:
+        line.body = obj
+    if not (isinstance(message, str) and line.scope == SCOPE_FUNCTION and line.severity_number):
+        line.window = None
+    else:
+        line.dedup_text = message
+    for key, value in obj.items():
+        if key in _DROPPED_KEYS:
+            continue
+        renamed = _RENAMED_KEYS.get(key)
+        if renamed is not None:
+            if isinstance(value, (str, bool)):
+                attrs[renamed] = _text(value, 4096) if isinstance(value, str) else value
+            continue
+        if key == "stackTrace" and isinstance(value, list):  # awslambdaric: traceback lines
+            attrs["exception.stacktrace"] = "".join(v for v in value[:MAX_ANY_ITEMS] if isinstance(v, str))[:32768]
+        elif key == "exception" and isinstance(value, str):  # Powertools: the formatted traceback
+            attrs["exception.stacktrace"] = value[:32768]
+        elif key == "location" and isinstance(value, str):
+            _set_location(attrs, value)
+        elif key == "service" and isinstance(value, str):
+            if value != service_name and value != _POWERTOOLS_NO_SERVICE:
+                attrs["powertools.service"] = _text(value, 256)  # never a second service.name
+        elif value is not None:
+            line.extra.append((key, value))
+    exc_type = attrs.get("exception.type")
+    if isinstance(exc_type, str):
+        line.exception_type = exc_type
+        stack = attrs.get("exception.stacktrace")
+        if "exception.message" not in attrs and isinstance(stack, str):
+            last = stack.rstrip().rpartition("\n")[2]  # "ValueError: boom", the traceback's last line
+            if last.startswith(exc_type + ":"):
+                attrs["exception.message"] = last[len(exc_type) + 1:].strip()
+
+
+def _has_fraction(ts: str) -> bool:
+    return len(ts) > 20 and ts[19] in ".,"
+
+
+def _set_location(attrs: dict, value: str) -> None:
+    """``path:function:line`` (Lambda's JSON format) or ``function:line`` (Powertools)."""
+    parts = value.rsplit(":", 2)
+    if len(parts) >= 2 and parts[-1].isdigit():
+        attrs["code.line.number"] = int(parts[-1])
+        attrs["code.function.name"] = _text(parts[-2], 256) or ""
+        if len(parts) == 3 and parts[0]:
+            attrs["code.file.path"] = _text(parts[0], 1024)
+    else:
+        attrs["code.location"] = _text(value, 1024)
+
+
+def _xray_trace_id(value: object) -> Optional[bytes]:
+    """``1-5759e988-bd862e3fe1be46a994272793`` (Powertools' xray_trace_id) -> 16 bytes."""
+    if isinstance(value, str) and len(value) == 35 and value.startswith("1-") and value[10] == "-":
+        try:
+            return bytes.fromhex(value[2:10] + value[11:])
+        except ValueError:
+            return None
+    return None

@@ -68,7 +68,7 @@ class Instrument:
 INSTRUMENTS: Tuple[Instrument, ...] = (
     # OpenTelemetry FaaS semantic conventions (names, units, buckets as specified).
     Instrument("faas.invocations", COUNTER, "{invocation}",
-               "Invocations reported by Lambda (platform.report), whatever their status"),
+               "Successful invocations (platform.report status success); errors and timeouts have their own"),
     Instrument("faas.errors", COUNTER, "{error}",
                "Invocations that ended with status error or failure; attribute error.type"),
     Instrument("faas.timeouts", COUNTER, "{timeout}", "Invocations that ended with status timeout"),
@@ -94,6 +94,8 @@ INSTRUMENTS: Tuple[Instrument, ...] = (
     # The extension's own health.
     Instrument("lambda_otel.dropped", COUNTER, "{record}",
                "Telemetry records the extension gave up on; attributes signal, reason"),
+    Instrument("lambda_otel.logs.deduplicated", COUNTER, "{log_record}",
+               "Function log lines not exported from the Telemetry API because the function's SDK sent them"),
     Instrument("lambda_otel.telemetry.ignored", COUNTER, "{event}",
                "Telemetry API events (or parts of them) skipped as unknown or malformed; attribute reason"),
 )

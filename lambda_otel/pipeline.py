@@ -48,6 +48,8 @@ class Pipeline:
         from .loss import LossCounter
         from .metrics import MetricsState
         from .resource import to_proto
+        from .sampling import sampler_from_config
+        from .sdk_view import FunctionSdkView
 
         self.config = config
         self.loss = LossCounter()
@@ -59,7 +61,11 @@ class Pipeline:
         self.aggregator = Aggregator(config.queue.max_bytes or max_bytes, config.queue.max_records or max_records,
                                      self.loss)
         self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
-        self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode)
+        # What the function's SDK sent (seen by the receiver) joins its spans and ours into one
+        # tree and keeps its log records from being exported twice.
+        self.sdk_view = FunctionSdkView()
+        self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode,
+                                            sampler=sampler_from_config(config), sdk_view=self.sdk_view)
         self.exporter = OtlpExporter(config.exporter, self.loss)
 
         self.gate = ExportGate()
@@ -88,7 +94,8 @@ class Pipeline:
         if receiver_sock is not None:
             from .receiver import OtlpReceiver
 
-            self.receiver = OtlpReceiver.from_config(self.config.receiver, self.aggregator, self.loss, sock=receiver_sock)
+            self.receiver = OtlpReceiver.from_config(self.config.receiver, self.aggregator, self.loss, sock=receiver_sock,
+                                                     observer=self.sdk_view)
             self.receiver.start()
         if worker:
             self.worker.start()

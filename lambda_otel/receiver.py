@@ -346,8 +346,11 @@ class OtlpReceiver:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         poll_interval_s: float = 0.5,
         sock: Optional[socket.socket] = None,
+        observer=None,
     ) -> None:
-        """``sock``: an already bound, listening socket to serve on (host/port then come from it)."""
+        """``sock``: an already bound, listening socket to serve on (host/port then come from it).
+        ``observer``: ``observe(signal, items)`` is called with what was accepted (the converter's
+        ``sdk_view.FunctionSdkView``: it joins the function's spans to ours and deduplicates logs)."""
         if sock is not None:
             host, port = sock.getsockname()[:2]
         if host == "localhost":
@@ -372,6 +375,7 @@ class OtlpReceiver:
         self.poll_interval_s = poll_interval_s  # how long stop() may wait for the serve loop
         self._stats = _Stats()
         self._sock = sock
+        self._observer = observer
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
         # Guards "accepted into the aggregator" against close_intake(), so that every 200 we
@@ -381,10 +385,10 @@ class OtlpReceiver:
 
     @classmethod
     def from_config(cls, config, aggregator: Aggregator, loss: LossCounter,
-                    sock: Optional[socket.socket] = None) -> "OtlpReceiver":
+                    sock: Optional[socket.socket] = None, observer=None) -> "OtlpReceiver":
         """From ``config.ReceiverConfig`` (port, max_body_bytes, max_decompressed_bytes)."""
         return cls(aggregator, loss, port=config.port, max_body_bytes=config.max_body_bytes,
-                   max_decompressed_bytes=config.max_decompressed_bytes, sock=sock)
+                   max_decompressed_bytes=config.max_decompressed_bytes, sock=sock, observer=observer)
 
     @property
     def port(self) -> int:
@@ -517,4 +521,6 @@ class OtlpReceiver:
         # What was refused goes back in a 200 with partial_success: the spec forbids clients to retry it.
         response = otlp.build_response(signal, rejected, message) if rejected else otlp.build_response(signal)
         self._stats.accepted(signal, accepted, rejected)
+        if self._observer is not None and accepted:
+            self._observer.observe(signal, [item for item, _, _ in fits])  # never raises
         h._send(200, encode_message(response, content_type), content_type)

@@ -11,6 +11,12 @@ Rules (each one is a test in ``tests/test_xray.py``):
 - ``Root`` is required and must be ``1-<8 hex>-<24 hex>``, not all zeros, else the result is None;
 - a malformed or all-zero ``Parent`` is dropped and the Root kept;
 - ``Sampled=1`` -> True, ``Sampled=0`` -> False, anything else (``?``, missing) -> None.
+
+``XRayContext.remote_parent`` is the parent the function's own SDK sees through the standard
+X-Ray propagators (``xray`` / ``xray-lambda``), which are stricter: they need a valid Root *and*
+Parent, reject the whole header if any part is not ``key=value`` or ``Sampled`` is not 0/1, and
+read a missing ``Sampled`` as "not sampled". Sampling decisions must agree with the function's
+SDK, so they use this view, not the lenient one above.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class XRayContext:
     trace_id: bytes  # 16 bytes: the 32 hex digits of Root (epoch + random part)
     parent_id: Optional[bytes]  # 8 bytes, or None when absent/malformed
     sampled: Optional[bool]  # None = no decision in the header
+    # What the X-Ray propagator of the function's SDK extracts: None = no valid parent (its
+    # sampler then decides as for a root span), else whether that remote parent is sampled.
+    remote_parent: Optional[bool] = None
 
 
 def parse_span_id(value: object) -> Optional[bytes]:
@@ -56,8 +65,15 @@ def parse_xray_header(value: object) -> Optional[XRayContext]:
     if not isinstance(value, str) or not value or len(value) > MAX_HEADER_LENGTH:
         return None
     root = parent = sampled = None
-    for part in value.split(";", MAX_PARTS)[:MAX_PARTS]:
+    strict = True  # every part is exactly one key=value (what the SDK's propagator requires)
+    parts = value.split(";", MAX_PARTS)
+    if len(parts) > MAX_PARTS:
+        strict = False
+        parts = parts[:MAX_PARTS]
+    for part in parts:
         key, sep, val = part.partition("=")
+        if not sep or "=" in val:
+            strict = False
         if not sep:
             continue
         key = key.strip()
@@ -85,4 +101,9 @@ def parse_xray_header(value: object) -> Optional[XRayContext]:
         sampled_flag = False
     else:
         sampled_flag = None
-    return XRayContext(trace_id=trace_id, parent_id=parent_id, sampled=sampled_flag)
+    remote_parent = None
+    if strict and parent_id is not None and (sampled is None or sampled_flag is not None):
+        remote_parent = sampled_flag is True
+    if parent is not None and parent_id is None:
+        remote_parent = None  # a present but malformed Parent invalidates the whole header
+    return XRayContext(trace_id=trace_id, parent_id=parent_id, sampled=sampled_flag, remote_parent=remote_parent)

@@ -49,7 +49,7 @@ class DefaultsTest(unittest.TestCase):
         self.assertEqual(c.receiver.port, 4318)
         self.assertTrue(c.receiver.enabled)
         self.assertEqual(c.metrics_temporality, "cumulative")
-        self.assertEqual(c.xray_mode, "link")
+        self.assertEqual(c.xray_mode, "join")
         self.assertEqual(c.queue.memory_mb, 128)
         self.assertEqual(c.warnings, ())
         self.assertEqual(c, Config(), "load_config({}) is exactly the dataclass defaults")

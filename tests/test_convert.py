@@ -174,7 +174,7 @@ class ColdStartInvocation(Base):
         a = attrs(inv)
         self.assertEqual(a["faas.invocation_id"], RID)
         self.assertIs(a["faas.coldstart"], True)
-        self.assertEqual(a["cloud.resource_id"], ARN + ":$LATEST")
+        self.assertEqual(a["cloud.resource_id"], ARN)  # as the function's instrumentation sets it
         self.assertEqual(a["aws.lambda.invoked_arn"], ARN)
         self.assertNotIn("faas.trigger", a)
 
@@ -296,10 +296,15 @@ class TraceContext(Base):
         self.assertEqual(inv.trace_id, TRACE)
         self.assertNotIn("cloud.resource_id", attrs(inv))
 
-    def test_unsampled_is_kept_with_flag_cleared(self):
-        out = self.conv.process(invocation(RID, T0, tracing={"value": HEADER.replace("Sampled=1", "Sampled=0")}))
-        inv = by_name(parse_spans(out))["my-fn"][0]
-        self.assertEqual(inv.flags & 0xFF, 0)
+    def test_unsampled_trace_has_no_spans_but_logs_carry_its_trace(self):
+        unsampled = {"value": HEADER.replace("Sampled=1", "Sampled=0"), "spanId": TRACING["spanId"]}
+        events = invocation(RID, T0, tracing=unsampled)
+        events.insert(1, ev("function", T0 + 10 * MS, "hello\n"))
+        out = self.conv.process(events)
+        self.assertEqual(parse_spans(out), [])  # parentbased_always_on with an unsampled parent
+        (_, log), = parse_logs(out)
+        self.assertEqual((log.trace_id, log.span_id, log.flags), (TRACE, LAMBDA_SPAN, 0))
+        self.assertEqual(self.collect()["faas.invocations"].sum.data_points[0].as_int, 1)  # metrics are not sampled
 
     def test_no_duplicate_span_ids_over_100_invocations(self):
         seen = []
@@ -329,7 +334,7 @@ class Statuses(Base):
                 if status != "success":
                     self.assertEqual(attrs(inv)["error.type"], message)
         m = self.collect()
-        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 5)
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)  # the successful one
         self.assertEqual(m["faas.timeouts"].sum.data_points[0].as_int, 1)
         errors = {attrs(dp)["error.type"]: dp.as_int for dp in m["faas.errors"].sum.data_points}
         self.assertEqual(errors, {"Runtime.ExitError": 1, "Sandbox.Failure": 1, "error": 1})
@@ -465,7 +470,8 @@ class Logs(Base):
         self.assertEqual(plain.trace_id, TRACE)  # by time: inside the running invocation
         self.assertEqual(plain.span_id, LAMBDA_SPAN)
         self.assertEqual(attrs(plain)["faas.invocation_id"], RID)
-        self.assertTrue(err.body.string_value.endswith("\tboom"))
+        self.assertEqual(err.body.string_value, "boom")  # the runtime's prefix became fields
+        self.assertEqual(err.time_unix_nano, T0 + 810 * MS)
         self.assertEqual((err.severity_number, err.severity_text), (17, "ERROR"))
         self.assertEqual(attrs(own)["lambda_otel.self"], True)
         self.assertEqual(own.severity_number, 13)
@@ -489,7 +495,10 @@ class Logs(Base):
         a = attrs(structured)
         self.assertEqual(a["faas.invocation_id"], RID)
         self.assertEqual(a["logger"], "root")
-        self.assertEqual([v.string_value for v in a["stackTrace"].values], ["a", "b"])
+        self.assertEqual(a["exception.stacktrace"], "ab")  # semconv names for the runtime's fields
+        self.assertEqual(a["exception.type"], "ValueError")
+        self.assertNotIn("stackTrace", a)
+        self.assertNotIn("errorType", a)
         self.assertEqual({kv.key for kv in a["extra"].values}, {"n", "ok", "x", "f"})
         self.assertNotIn("timestamp", a)
         self.assertNotIn("requestId", a)
@@ -652,7 +661,7 @@ class BoundsAndShutdown(Base):
         again = self.conv.process(late)
         self.assertEqual(again.span_count, 0)
         m = self.collect()
-        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+        self.assertNotIn("faas.invocations", m)  # successful invocations only
         self.assertEqual(m["faas.timeouts"].sum.data_points[0].as_int, 1)
         self.assertEqual(m["faas.invoke_duration"].histogram.data_points[0].sum, 2.3)
         shut = m["aws.lambda.shutdowns"].sum.data_points[0]
@@ -720,3 +729,435 @@ class Concurrency(Base):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# --------------------------------------------------------------------------- issue 14 / 15 additions
+
+from opentelemetry.proto.logs.v1 import logs_pb2  # noqa: E402
+
+from lambda_otel.convert import IdGenerator  # noqa: E402
+from lambda_otel.sampling import TraceSampler  # noqa: E402
+from lambda_otel.sdk_view import FunctionSdkView  # noqa: E402
+
+FN_SPAN = bytes.fromhex("0102030405060708")
+
+
+def sdk_server_span(trace_id=TRACE, parent=XRAY_PARENT):
+    """What the function's opentelemetry-instrumentation-aws-lambda sends: its SERVER span."""
+    rs = trace_pb2.ResourceSpans()
+    span = rs.scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.parent_span_id = trace_id, FN_SPAN, parent
+    span.kind = trace_pb2.Span.SPAN_KIND_SERVER
+    span.name = "my-fn"
+    return rs
+
+
+def sdk_log(message, time_ns, severity=9):
+    """What the SDK's LoggingHandler sends for one logging call."""
+    rl = logs_pb2.ResourceLogs()
+    lr = rl.scope_logs.add().log_records.add()
+    lr.time_unix_nano, lr.severity_number = time_ns, severity
+    lr.body.string_value = message
+    return rl
+
+
+def text_line(level, ns, rid, message):
+    """Lambda's Python text format, as awslambdaric writes a logging record."""
+    return f"[{level}]\t{iso(ns)}\t{rid}\t{message}\n"
+
+
+class JoinBase(Base):
+    xray_mode = "join"
+    sampler = None
+
+    def setUp(self):
+        self.loss = L.LossCounter()
+        self.metrics = MetricsState(make_resource(), self.temporality, self.loss, clock_ns=lambda: T0 - 1)
+        self.view = FunctionSdkView()
+        self.conv = TelemetryConverter(make_resource(), self.metrics, self.loss, xray_mode=self.xray_mode,
+                                       clock_ns=lambda: NOW, sampler=self.sampler, sdk_view=self.view)
+
+    def counter(self, name):
+        m = self.collect().get(name)
+        return sum(dp.as_int for dp in m.sum.data_points) if m is not None else 0
+
+
+class JoinMode(JoinBase):
+    def test_invocation_span_takes_the_xray_parent_id_and_is_a_server_root(self):
+        out = self.conv.process(copy.deepcopy([START, RUNTIME_DONE]))
+        spans = by_name(parse_spans(out))
+        inv = spans["my-fn"][0]
+        self.assertEqual((inv.trace_id, inv.span_id, inv.parent_span_id), (TRACE, XRAY_PARENT, b""))
+        self.assertEqual(len(inv.links), 0)
+        self.assertEqual(inv.kind, trace_pb2.Span.SPAN_KIND_SERVER)  # no function span seen: ours is the SERVER
+        self.assertEqual(spans["responseLatency"][0].parent_span_id, XRAY_PARENT)
+
+    def test_function_server_span_becomes_the_child_and_ours_internal(self):
+        """tracing.spanId (24cd…) differs from the Parent the function sees (3546…): join on the Parent."""
+        self.view.observe("traces", [sdk_server_span()])
+        inv = by_name(parse_spans(self.conv.process(copy.deepcopy([START, RUNTIME_DONE]))))["my-fn"][0]
+        self.assertEqual(inv.span_id, XRAY_PARENT)
+        self.assertEqual(inv.kind, trace_pb2.Span.SPAN_KIND_INTERNAL)
+        self.assertIs(attrs(inv)["aws.lambda.function_span"], True)
+
+    def test_span_id_equal_to_parent_works_the_same(self):
+        tracing = {"spanId": XRAY_PARENT.hex(), "type": "X-Amzn-Trace-Id", "value": HEADER}
+        self.view.observe("traces", [sdk_server_span()])
+        inv = by_name(parse_spans(self.conv.process(invocation(RID, T0, tracing=tracing))))["my-fn"][0]
+        self.assertEqual((inv.span_id, inv.kind), (XRAY_PARENT, trace_pb2.Span.SPAN_KIND_INTERNAL))
+
+    def test_another_invocations_server_span_does_not_count(self):
+        self.view.observe("traces", [sdk_server_span(parent=bytes.fromhex("1111111111111111"))])
+        inv = by_name(parse_spans(self.conv.process(copy.deepcopy([START, RUNTIME_DONE]))))["my-fn"][0]
+        self.assertEqual(inv.kind, trace_pb2.Span.SPAN_KIND_SERVER)
+
+    def test_header_without_parent_uses_the_platform_span_id(self):
+        tracing = {"spanId": TRACING["spanId"], "value": "Root=1-6352a70e-1e2c502e358361800241fd45;Sampled=1"}
+        inv = by_name(parse_spans(self.conv.process(invocation(RID, T0, tracing=tracing))))["my-fn"][0]
+        self.assertEqual(inv.span_id, LAMBDA_SPAN)
+
+    def test_a_repeated_parent_never_gives_a_duplicate_span_id(self):
+        ids = [by_name(parse_spans(self.conv.process(invocation(f"r{i}", T0 + i * 10**9, tracing=TRACING))))["my-fn"][0].span_id
+               for i in range(3)]
+        self.assertEqual(ids[0], XRAY_PARENT)
+        self.assertEqual(len(set(ids)), 3)
+
+    def test_link_mode_keeps_its_server_span(self):
+        conv = TelemetryConverter(make_resource(), self.metrics, self.loss, xray_mode="link", clock_ns=lambda: NOW,
+                                  sdk_view=self.view)
+        self.view.observe("traces", [sdk_server_span()])
+        inv = by_name(parse_spans(conv.process(copy.deepcopy([START, RUNTIME_DONE]))))["my-fn"][0]
+        self.assertEqual((inv.span_id, inv.kind), (LAMBDA_SPAN, trace_pb2.Span.SPAN_KIND_SERVER))
+
+    def test_cloud_resource_id_from_the_resource_before_invoke_is_handled(self):
+        resource = make_resource()
+        for key, value in (("cloud.region", "eu-west-1"), ("cloud.account.id", "123456789012")):
+            kv = resource.attributes.add()
+            kv.key, kv.value.string_value = key, value
+        conv = TelemetryConverter(resource, self.metrics, self.loss, clock_ns=lambda: NOW)
+        inv = by_name(parse_spans(conv.process(copy.deepcopy([START, RUNTIME_DONE]))))["my-fn"][0]
+        self.assertEqual(attrs(inv)["cloud.resource_id"], "arn:aws:lambda:eu-west-1:123456789012:function:my-fn")
+
+
+class SamplingInTheConverter(JoinBase):
+    def test_unsampled_first_invocation_exports_no_init_span(self):
+        unsampled = dict(TRACING, value=HEADER.replace("Sampled=1", "Sampled=0"))
+        events = copy.deepcopy([INIT_START, INIT_RUNTIME_DONE, INIT_REPORT]) + invocation(RID, T0 + 700 * MS, tracing=unsampled)
+        out = self.conv.process(events)
+        self.assertEqual(out.span_count, 0)
+        self.assertEqual(self.conv.on_shutdown("spindown", NOW).span_count, 0)  # not emitted later either
+
+    def test_always_off_and_ratio(self):
+        for sampler, expected in ((TraceSampler("always_off"), 0), (TraceSampler("always_on"), 1),
+                                  (TraceSampler("traceidratio", 0.0), 0), (TraceSampler("traceidratio", 1.0), 1)):
+            with self.subTest(sampler=sampler):
+                conv = TelemetryConverter(make_resource(), self.metrics, self.loss, clock_ns=lambda: NOW, sampler=sampler)
+                unsampled = dict(TRACING, value=HEADER.replace("Sampled=1", "Sampled=0"))
+                spans = parse_spans(conv.process(invocation(RID, T0, tracing=unsampled)))
+                self.assertEqual(len([s for s in spans if s.name == "my-fn"]), expected)
+
+
+class LogDeduplication(JoinBase):
+    def start(self):
+        self.conv.process([copy.deepcopy(START)])
+
+    def done(self):
+        return self.conv.process([copy.deepcopy(RUNTIME_DONE)])
+
+    def function_logs(self, out):
+        return [r for scope, r in parse_logs(out) if scope == "lambda-otel.function"]
+
+    def test_sdk_copy_first_then_the_telemetry_line_is_dropped_and_counted(self):
+        self.start()
+        t = T0 + 800 * MS + 123_456  # the SDK has ns; Lambda's text line has ms
+        self.view.observe("logs", [sdk_log("user saved", t)])
+        held = self.conv.process([ev("function", t, text_line("INFO", t, RID, "user saved"))])
+        self.assertEqual(held.log_count, 0)  # held until the invocation ends
+        out = self.done()
+        self.assertEqual(self.function_logs(out), [])
+        self.assertEqual(out.deduplicated, 1)
+        self.assertEqual(self.counter("lambda_otel.logs.deduplicated"), 1)
+
+    def test_telemetry_line_first_then_the_sdk_copy_before_the_end(self):
+        self.start()
+        t = T0 + 900 * MS
+        self.conv.process([ev("function", t, text_line("ERROR", t, RID, "boom\rTraceback (most recent call last):"))])
+        self.view.observe("logs", [sdk_log("boom\nTraceback (most recent call last):", t + 400_000, severity=17)])
+        out = self.done()
+        self.assertEqual(self.function_logs(out), [])
+        self.assertEqual(out.deduplicated, 1)
+
+    def test_lines_without_an_sdk_copy_are_exported_once_in_their_invocation(self):
+        self.start()
+        self.view.observe("logs", [sdk_log("something else", T0 + 800 * MS)])
+        t = T0 + 800 * MS
+        self.conv.process([ev("function", t, text_line("INFO", t, RID, "only on stdout")),
+                           ev("function", t, "print() output\n")])
+        out = self.done()
+        bodies = sorted(r.body.string_value for r in self.function_logs(out))
+        self.assertEqual(bodies, ["only on stdout"])  # the print line went out at once
+        (rec,) = self.function_logs(out)
+        self.assertEqual((rec.trace_id, rec.span_id, rec.time_unix_nano), (TRACE, XRAY_PARENT, t))
+        self.assertEqual(self.counter("lambda_otel.logs.deduplicated"), 0)
+
+    def test_two_identical_records_need_two_sdk_copies(self):
+        self.start()
+        t = T0 + 800 * MS
+        self.view.observe("logs", [sdk_log("same", t)])
+        self.conv.process([ev("function", t, text_line("INFO", t, RID, "same"))] * 2)
+        out = self.done()
+        self.assertEqual([r.body.string_value for r in self.function_logs(out)], ["same"])
+        self.assertEqual(out.deduplicated, 1)
+
+    def test_json_format_with_whole_seconds(self):
+        self.start()
+        t = T0 + 1_250 * MS
+        self.view.observe("logs", [sdk_log("json one", t, severity=13)])
+        record = {"timestamp": "2024-05-01T10:00:01Z", "level": "WARNING", "message": "json one", "logger": "root",
+                  "requestId": RID}
+        self.conv.process([ev("function", t, record)])
+        out = self.done()
+        self.assertEqual(self.function_logs(out), [])
+        self.assertEqual(out.deduplicated, 1)
+
+    def test_severity_or_time_mismatch_is_not_a_duplicate(self):
+        self.start()
+        t = T0 + 800 * MS
+        self.view.observe("logs", [sdk_log("x", t, severity=17), sdk_log("y", t + 50 * MS)])
+        self.conv.process([ev("function", t, text_line("INFO", t, RID, "x")),
+                           ev("function", t, text_line("INFO", t, RID, "y"))])
+        self.assertEqual(len(self.function_logs(self.done())), 2)
+
+    def test_held_lines_are_released_at_shutdown_and_when_over_budget(self):
+        self.start()
+        t = T0 + 800 * MS
+        first = self.conv.process([ev("function", t, text_line("INFO", t, RID, f"line {i}")) for i in range(5000)])
+        self.assertEqual(first.log_count, 4097)  # over the budget: the oldest invocation's were decided
+        out = self.conv.on_shutdown("timeout", NOW)
+        self.assertEqual(len(self.function_logs(out)), 5000 - 4097)
+
+    def test_without_a_view_nothing_is_held(self):
+        conv = TelemetryConverter(make_resource(), self.metrics, self.loss, clock_ns=lambda: NOW)
+        conv.process([copy.deepcopy(START)])
+        t = T0 + 800 * MS
+        self.assertEqual(conv.process([ev("function", t, text_line("INFO", t, RID, "now"))]).log_count, 1)
+
+
+TRACEBACK = ('[ERROR] ValueError: bad input 42\rTraceback (most recent call last):\r'
+             '\u00a0\u00a0File "/var/task/app.py", line 9, in handler\r\u00a0\u00a0\u00a0\u00a0raise ValueError("bad input 42")\n')
+
+
+class ExceptionsAndStructuredRecords(JoinBase):
+    def test_uncaught_exception_text_line(self):
+        first = self.conv.process([copy.deepcopy(START), ev("function", T0 + 900 * MS, TRACEBACK)])
+        done = dict(copy.deepcopy(RUNTIME_DONE), record=dict(RUNTIME_DONE["record"], status="error",
+                                                               errorType="Runtime.Unknown"))
+        out = self.conv.process([done])
+        (rec,) = [r for _, r in parse_logs(first)]  # the runtime's own line: nothing to wait for
+        self.assertEqual((rec.severity_number, rec.severity_text), (17, "ERROR"))
+        self.assertEqual(rec.event_name, "faas.invocation.exception")
+        self.assertEqual(rec.body.string_value, "ValueError: bad input 42")
+        a = attrs(rec)
+        self.assertEqual(a["exception.type"], "ValueError")
+        self.assertEqual(a["exception.message"], "bad input 42")
+        self.assertEqual(a["exception.stacktrace"], 'Traceback (most recent call last):\n  File "/var/task/app.py", '
+                                                    'line 9, in handler\n    raise ValueError("bad input 42")')
+        self.assertEqual(rec.trace_id, TRACE)
+        inv = by_name(parse_spans(out))["my-fn"][0]
+        self.assertEqual(attrs(inv)["error.type"], "ValueError")  # the exception, not Runtime.Unknown
+        self.assertEqual(attrs(inv)["aws.lambda.error_type"], "Runtime.Unknown")
+        self.conv.process([ev("platform.report", T0 + 4 * 10**9, {"requestId": RID, "status": "error",
+                                                                 "errorType": "Runtime.Unknown",
+                                                                 "metrics": {"durationMs": 10.0}})])
+        errors = {attrs(dp)["error.type"]: dp.as_int for dp in self.collect()["faas.errors"].sum.data_points}
+        self.assertEqual(errors, {"ValueError": 1})
+
+    def test_uncaught_exception_json_record(self):
+        record = {"timestamp": "2024-05-01T10:00:01Z", "level": "ERROR", "errorMessage": "bad input 42",
+                  "errorType": "ValueError", "requestId": RID,
+                  "stackTrace": ['  File "/var/task/app.py", line 9, in handler\n', '    raise ValueError("x")\n']}
+        out = self.conv.process([copy.deepcopy(START), ev("function", T0 + 900 * MS, record)])
+        (rec,) = [r for _, r in parse_logs(out)]
+        self.assertEqual(rec.event_name, "faas.invocation.exception")
+        self.assertEqual(rec.body.string_value, "bad input 42")
+        self.assertEqual(rec.time_unix_nano, T0 + 10**9)
+        a = attrs(rec)
+        self.assertEqual((a["exception.type"], a["exception.message"]), ("ValueError", "bad input 42"))
+        self.assertEqual(a["exception.stacktrace"], ''.join(record["stackTrace"]))
+        self.assertNotIn("requestId", a)
+
+    def test_powertools_record(self):
+        """A Powertools Logger.exception() record, as it prints it."""
+        self.conv.process([copy.deepcopy(START)])
+        record = {
+            "level": "ERROR", "location": "handler:17", "message": "could not save",
+            "timestamp": "2024-05-01 10:00:01,250+0000", "service": "payments", "cold_start": True,
+            "function_name": "my-fn", "function_memory_size": "128", "function_arn": ARN,
+            "function_request_id": RID, "xray_trace_id": "1-6352a70e-1e2c502e358361800241fd45",
+            "exception": 'Traceback (most recent call last):\n  File "/var/task/app.py", line 17, in handler\n'
+                         '    save()\nKeyError: \'user\'',
+            "exception_name": "KeyError", "order_id": 7,
+        }
+        self.conv.process([ev("function", T0 + 3 * 10**9, json.dumps(record) + "\n")])
+        (rec,) = [r for _, r in parse_logs(self.conv.process([copy.deepcopy(RUNTIME_DONE)]))]
+        self.assertEqual(rec.time_unix_nano, T0 + 1250 * MS)
+        self.assertEqual((rec.severity_number, rec.body.string_value), (17, "could not save"))
+        self.assertEqual((rec.trace_id, rec.span_id), (TRACE, XRAY_PARENT))
+        self.assertEqual(attrs(rec), {
+            "exception.type": "KeyError", "exception.message": "'user'", "exception.stacktrace": record["exception"],
+            "code.function.name": "handler", "code.line.number": 17, "faas.coldstart": True,
+            "powertools.service": "payments", "order_id": 7, "faas.invocation_id": RID,
+        })
+        self.assertEqual(rec.event_name, "")  # a logged exception, not the runtime's uncaught one
+
+    def test_powertools_service_same_as_resource_is_dropped_and_other_trace_kept(self):
+        self.conv.process([copy.deepcopy(START)])
+        record = {"level": "INFO", "message": "m", "timestamp": "2024-05-01T10:00:01.250+02:00", "service": "my-fn",
+                  "xray_trace_id": "1-00000000-000000000000000000000001", "location": "/var/task/app.py:handler:3"}
+        first = self.conv.process([ev("function", T0 + 3 * 10**9, record)])
+        (rec,) = [r for out in (first, self.conv.process([copy.deepcopy(RUNTIME_DONE)])) for _, r in parse_logs(out)]
+        self.assertEqual(rec.time_unix_nano, T0 + 1250 * MS - 2 * 3600 * 10**9)
+        a = attrs(rec)
+        self.assertNotIn("powertools.service", a)
+        self.assertEqual(a["xray_trace_id"], "1-00000000-000000000000000000000001")  # not this record's trace
+        self.assertEqual((a["code.file.path"], a["code.function.name"], a["code.line.number"]),
+                         ("/var/task/app.py", "handler", 3))
+
+
+class InitAttempts(JoinBase):
+    def test_each_failed_attempt_is_an_error_span(self):
+        """Suppressed init after a failed one: runtimeDone may say success while the report says error."""
+        def attempt(phase, t):
+            return [ev("platform.initStart", t, {"initializationType": "on-demand", "phase": phase}),
+                    ev("platform.initRuntimeDone", t + 100 * MS, {"initializationType": "on-demand", "phase": phase,
+                                                                  "status": "success"}),
+                    ev("platform.initReport", t + 101 * MS, {"initializationType": "on-demand", "phase": phase,
+                                                             "status": "error", "errorType": "Runtime.ImportModuleError",
+                                                             "metrics": {"durationMs": 101.0}})]
+        self.conv.process(attempt("init", T0) + attempt("invoke", T0 + 500 * MS))
+        spans = parse_spans(self.conv.on_shutdown("failure", NOW))
+        inits = [s for s in spans if s.name == "init"]
+        self.assertEqual(len(inits), 2)
+        for span in inits:
+            self.assertEqual(span.status.code, trace_pb2.Status.STATUS_CODE_ERROR)
+            self.assertEqual(attrs(span)["error.type"], "Runtime.ImportModuleError")
+        self.assertEqual(sorted(attrs(s)["aws.lambda.init.phase"] for s in inits), ["init", "invoke"])
+
+    def test_events_of_two_attempts_matched_by_phase_not_arrival(self):
+        events = [ev("platform.initStart", T0, {"phase": "init"}),
+                  ev("platform.initStart", T0 + 10 * MS, {"phase": "invoke"}),
+                  ev("platform.initReport", T0 + 20 * MS, {"phase": "invoke", "status": "success",
+                                                           "metrics": {"durationMs": 10.0}}),
+                  ev("platform.initReport", T0 + 30 * MS, {"phase": "init", "status": "error", "errorType": "X.Y",
+                                                           "metrics": {"durationMs": 30.0}})]
+        self.conv.process(events)
+        inits = {attrs(s)["aws.lambda.init.phase"]: s for s in parse_spans(self.conv.on_shutdown("spindown", NOW))}
+        self.assertEqual(inits["init"].status.code, trace_pb2.Status.STATUS_CODE_ERROR)
+        self.assertEqual(inits["invoke"].status.code, trace_pb2.Status.STATUS_CODE_UNSET)
+        self.assertEqual(inits["init"].end_time_unix_nano - inits["init"].start_time_unix_nano, 30 * MS)
+
+
+class SnapStartRestore(JoinBase):
+    SNAP_INIT = [ev("platform.initStart", T0 - 3600 * 10**9, {"initializationType": "snap-start", "phase": "init"}),
+                 ev("platform.initRuntimeDone", T0 - 3599 * 10**9, {"initializationType": "snap-start", "phase": "init",
+                                                                    "status": "success"}),
+                 ev("platform.initReport", T0 - 3599 * 10**9, {"initializationType": "snap-start", "phase": "init",
+                                                               "status": "success", "metrics": {"durationMs": 900.0}})]
+    RESTORE = [ev("platform.restoreStart", T0, {"runtimeVersion": "python:3.13"}),
+               ev("platform.restoreRuntimeDone", T0 + 300 * MS, {"status": "success"}),
+               ev("platform.restoreReport", T0 + 301 * MS, {"status": "success", "metrics": {"durationMs": 301.5}})]
+
+    def check(self, events):
+        report = invocation(RID, T0 + 700 * MS, tracing=TRACING)
+        report[2]["record"]["metrics"]["restoreDurationMs"] = 301.5  # also in platform.report: counted once
+        out = self.conv.process(copy.deepcopy(events) + report)
+        names = [s.name for s in parse_spans(out)]
+        self.assertEqual(names.count("restore"), 1)
+        self.assertNotIn("init", names)  # the snapshot's init is not this environment's cold start
+        m = self.collect()
+        self.snapshot_ignored = self.ignored(m).get("snapshot_init")
+        self.assertEqual(m["aws.lambda.restore_duration"].histogram.data_points[0].count, 1)
+        self.assertEqual(m["aws.lambda.restore_duration"].histogram.data_points[0].sum, 0.3015)
+        self.assertEqual(m["faas.coldstarts"].sum.data_points[0].as_int, 1)
+        self.assertNotIn("faas.init_duration", m)
+        (restore,) = [s for s in parse_spans(out) if s.name == "restore"]
+        self.assertEqual((restore.trace_id, restore.parent_span_id), (TRACE, XRAY_PARENT))
+
+    def test_snapshot_init_before_restore_events(self):
+        self.check(self.SNAP_INIT + self.RESTORE)
+
+    def test_snapshot_init_delivered_after_restore(self):
+        self.check(self.RESTORE + self.SNAP_INIT)
+        self.assertEqual(self.snapshot_ignored, 3)
+
+    def test_renew_after_restore_gives_each_copy_its_own_ids(self):
+        twin = TelemetryConverter(make_resource(), MetricsState(make_resource(), "cumulative", self.loss),
+                                  self.loss, clock_ns=lambda: NOW)
+        twin._ids._random.setstate(self.conv._ids._random.getstate())  # two copies of one snapshot
+        same = [IdGenerator.span_id(c._ids) for c in (self.conv, twin)]
+        self.assertEqual(same[0], same[1])
+        self.conv.process(invocation("before-restore", T0))
+        for c in (self.conv, twin):
+            c.renew_after_restore()
+        a = {s.span_id for s in parse_spans(self.conv.process(invocation(RID, T0)))}
+        b = {s.span_id for s in parse_spans(twin.process(invocation(RID, T0)))}
+        self.assertTrue(a and b and not a & b)
+        # per-invocation state cleared: the same request id is a new invocation, and a cold one
+        inv = by_name(parse_spans(self.conv.process(invocation("after", T0 + 10**9))))["my-fn"][0]
+        self.assertIs(attrs(inv)["faas.coldstart"], False)
+
+
+class ManagedInstances(JoinBase):
+    def test_report_with_duration_only_gives_only_metrics_with_data(self):
+        start = ev("platform.start", T0, {"requestId": RID, "tracing": TRACING})
+        report = ev("platform.report", T0 + 120 * MS, {"requestId": RID, "status": "success",
+                                                       "metrics": {"durationMs": 120.0},
+                                                       "spans": [{"name": "responseLatency", "start": iso(T0),
+                                                                  "durationMs": 110.0}]})
+        out = self.conv.process([start, report])
+        self.assertEqual(out.started, [RID])
+        self.assertEqual(out.reports, [RID])
+        spans = by_name(parse_spans(out))
+        self.assertEqual(spans["my-fn"][0].end_time_unix_nano, T0 + 120 * MS)
+        self.assertEqual(spans["responseLatency"][0].parent_span_id, spans["my-fn"][0].span_id)
+        m = self.collect()
+        self.assertEqual(m["faas.invocations"].sum.data_points[0].as_int, 1)
+        self.assertEqual(m["faas.invoke_duration"].histogram.data_points[0].sum, 0.12)
+        for absent in ("aws.lambda.billed_duration", "faas.mem_usage", "faas.init_duration", "faas.coldstarts"):
+            self.assertNotIn(absent, m)
+        self.assertEqual(self.ignored(), {})
+
+    def test_forty_overlapping_invocations_with_interleaved_logs(self):
+        rids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(40)]
+        headers = {rid: f"Root=1-6352a70e-{i:024x};Parent={i + 1:016x};Sampled=1" for i, rid in enumerate(rids)}
+        events = [ev("platform.start", T0 + i * MS, {"requestId": rid, "tracing": {"value": headers[rid]}})
+                  for i, rid in enumerate(rids)]
+        for round_ in range(3):  # every invocation logs while all are in flight, JSON and text
+            for i, rid in enumerate(rids):
+                t = T0 + (100 + round_ * 50 + i) * MS
+                record = ({"timestamp": iso(t), "level": "INFO", "message": f"{rid} says {round_}", "requestId": rid}
+                          if round_ % 2 else text_line("INFO", t, rid, f"{rid} says {round_}"))
+                events.append(ev("function", t, record))
+        for i, rid in enumerate(reversed(rids)):
+            events.append(ev("platform.report", T0 + (400 + i) * MS, {"requestId": rid, "status": "success",
+                                                                      "metrics": {"durationMs": 300.0}}))
+        random_order = events[:40] + events[40:160] + events[160:]
+        out = self.conv.process(random_order)
+        spans = [s for s in parse_spans(out) if s.name == "my-fn"]
+        self.assertEqual(sorted(attrs(s)["faas.invocation_id"] for s in spans), sorted(rids))
+        by_rid = {attrs(s)["faas.invocation_id"]: s for s in spans}
+        logs = [r for _, r in parse_logs(out)]
+        self.assertEqual(len(logs), 120)
+        for rec in logs:
+            rid = attrs(rec)["faas.invocation_id"]
+            self.assertTrue(rec.body.string_value.startswith(rid))
+            self.assertEqual((rec.trace_id, rec.span_id), (by_rid[rid].trace_id, by_rid[rid].span_id))
+        self.assertEqual(self.counter("faas.invocations"), 40)
+
+    def test_instance_fields_of_schema_2025_01_29_reach_the_resource(self):
+        self.conv.process([ev("platform.initStart", T0, {"initializationType": "lambda-managed-instances",
+                                                          "phase": "init", "instanceId": "i-0abc",
+                                                          "instanceMaxMemory": 2147483648})])
+        out = self.conv.process(invocation(RID, T0 + MS, tracing=TRACING))
+        resource = attrs(out.resource_spans.resource)
+        self.assertEqual((resource["faas.instance"], resource["faas.max_memory"]), ("i-0abc", 2147483648))

@@ -77,8 +77,15 @@ class PlatformSpansTest(ExtensionTestCase):
             with self.subTest(invocation=i):
                 self.assertEqual(span.trace_id, root)
                 self.assertEqual(span.trace_id.hex(), r.trace_header.split(";")[0][len("Root=1-"):].replace("-", ""))
-                self.assertEqual(span.span_id.hex(), start["record"]["tracing"]["spanId"])
-                if xray_mode == "parent":
+                if xray_mode == "join":  # the id the function's SDK takes as its SERVER span's parent
+                    self.assertEqual(span.span_id, upstream)
+                    self.assertEqual(span.parent_span_id, b"")
+                    self.assertEqual(len(span.links), 0)
+                else:
+                    self.assertEqual(span.span_id.hex(), start["record"]["tracing"]["spanId"])
+                if xray_mode == "join":
+                    pass
+                elif xray_mode == "parent":
                     self.assertEqual(span.parent_span_id, upstream)
                     self.assertEqual(len(span.links), 0)
                 else:
@@ -94,12 +101,14 @@ class PlatformSpansTest(ExtensionTestCase):
                 attrs = attrs_to_dict(span.attributes)
                 self.assertEqual(attrs["faas.invocation_id"], r.request_id)
                 self.assertEqual(attrs["faas.coldstart"], i == 0)
-                self.assertEqual(attrs["cloud.resource_id"], f"{sim.function_arn}:{start['record']['version']}")
+                self.assertEqual(attrs["cloud.resource_id"], sim.function_arn)  # as the function's instrumentation
                 if r.status == "success":
                     self.assertNotEqual(span.status.code, ERROR)
                 else:
                     self.assertEqual(span.status.code, ERROR)
                     self.assertEqual(span.status.message, rd["record"]["errorType"])
+                    # error.type: the exception the runtime reported in its log line, not Runtime.Unknown
+                    self.assertEqual(attrs["error.type"], "PlatformTestError")
 
                 children = {s.name: s for s in spans if s.parent_span_id == span.span_id}
                 platform_children = {c["name"]: c for c in rd["record"]["spans"]}
@@ -133,19 +142,23 @@ class PlatformSpansTest(ExtensionTestCase):
             rec = e["record"]
             if isinstance(rec, dict) and "message" not in rec:
                 expected_objects.append(rec)  # awslambdaric's JSON error record (errorMessage, stackTrace)
+                expected[rec["errorMessage"]] += 1
             else:
                 expected[rec["message"] if isinstance(rec, dict) else rec] += 1
         items = [item for item in sink.log_items() if item.scope == "lambda-otel.function"]
         got = Counter(item.record.body.string_value for item in items if item.record.body.HasField("string_value"))
         self.assertEqual(got, expected)
         self.assertTrue(all(n == 1 for n in got.values()), got)
-        objects = [item.record for item in items if not item.record.body.HasField("string_value")]
+        objects = [item.record for item in items if item.record.event_name == "faas.invocation.exception"]
         self.assertEqual(len(objects), len(expected_objects))
         for rec, sent in zip(objects, expected_objects):
-            body = attrs_to_dict(rec.body.kvlist_value.values)
-            self.assertEqual(body["errorMessage"], sent["errorMessage"])
+            mapped = attrs_to_dict(rec.attributes)
+            self.assertEqual(rec.body.string_value, sent["errorMessage"])
+            self.assertEqual(mapped["exception.type"], sent["errorType"])
+            self.assertEqual(mapped["exception.message"], sent["errorMessage"])
+            self.assertEqual(mapped["exception.stacktrace"], "".join(sent["stackTrace"]))
             self.assertEqual(rec.severity_number, 17)
-            self.assertEqual(attrs_to_dict(rec.attributes)["faas.invocation_id"], sent["requestId"])
+            self.assertEqual(mapped["faas.invocation_id"], sent["requestId"])
 
         by_request = {rid: 0 for rid in server}
         for item in items:
@@ -178,14 +191,20 @@ class PlatformSpansTest(ExtensionTestCase):
                     named[rid] += 1
         self.assertEqual(by_request, {rid: named[rid] for rid in server})
 
-    def test_link_mode_spans_children_init_and_logs(self):
+    def test_join_mode_spans_children_init_and_logs(self):
         sim, sink, results = self.run_function()
-        server = self.check_invocation_spans(sim, sink, results, "link")
+        server = self.check_invocation_spans(sim, sink, results, "join")
         self.check_init_span(sim, sink, [results[0]])
         self.check_logs(sim, sink, server)
         points = sink.metrics()
-        self.assertEqual(counter_total(points, "faas.invocations"), 4)
+        self.assertEqual(counter_total(points, "faas.invocations"), 3)  # successful ones
+        self.assertEqual(counter_total(points, "faas.errors"), 1)
         self.assertEqual(counter_total(points, "lambda_otel.telemetry.ignored"), 0)
+
+    def test_link_mode_links_the_xray_parent(self):
+        sim, sink, results = self.run_function(xray_mode="link")
+        server = self.check_invocation_spans(sim, sink, results, "link")
+        self.check_logs(sim, sink, server)
 
     def test_parent_mode_uses_the_xray_parent(self):
         sim, sink, results = self.run_function(xray_mode="parent")
@@ -309,10 +328,10 @@ class BadTelemetryInputTest(ExtensionTestCase):
 
         rid = "0f1e2d3c-0000-4000-8000-00000000bad1"
         header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
-        span_id = "8a3c60f7d188f8fa"
+        span_id = "53995c3f42cd8ad8"  # join mode: the header's Parent (tracing.spanId differs)
         now = datetime.now(timezone.utc)
         t = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-        tracing = {"spanId": span_id, "type": "X-Amzn-Trace-Id", "value": header}
+        tracing = {"spanId": "8a3c60f7d188f8fa", "type": "X-Amzn-Trace-Id", "value": header}
         batch = [
             {"time": t, "type": "platform.start", "record": {"requestId": rid, "version": "$LATEST", "tracing": tracing}},
             {"time": t, "type": "function", "record": "a valid line among bad ones"},

@@ -11,7 +11,7 @@ PARENT = bytes.fromhex("35465b3a9e2f7c6a")
 class ValidHeaders(unittest.TestCase):
     def test_full_header_from_platform_start(self):
         ctx = parse_xray_header(f"Root={ROOT};Parent=35465b3a9e2f7c6a;Sampled=1")
-        self.assertEqual(ctx, XRayContext(TRACE, PARENT, True))
+        self.assertEqual(ctx, XRayContext(TRACE, PARENT, True, remote_parent=True))
         self.assertEqual(len(ctx.trace_id), 16)
         self.assertEqual(len(ctx.parent_id), 8)
 
@@ -19,7 +19,7 @@ class ValidHeaders(unittest.TestCase):
         ctx = parse_xray_header(
             f" Sampled = 0 ; Lineage=a87bd80c:1|68fd508a:5 ;Parent= 35465b3a9e2f7c6a;  Root={ROOT} ;Self=1-x"
         )
-        self.assertEqual(ctx, XRayContext(TRACE, PARENT, False))
+        self.assertEqual(ctx, XRayContext(TRACE, PARENT, False, remote_parent=False))
 
     def test_upper_case_hex_accepted(self):
         ctx = parse_xray_header(f"Root={ROOT.upper()};Parent=35465B3A9E2F7C6A")
@@ -108,3 +108,26 @@ class MalformedHeaders(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RemoteParentAsTheSdkSeesIt(unittest.TestCase):
+    """``remote_parent`` must equal what the function SDK's X-Ray propagator extracts."""
+
+    def test_against_the_real_propagator(self):
+        from opentelemetry import trace
+        from opentelemetry.propagators.aws import AwsXRayPropagator
+
+        p = "Parent=35465b3a9e2f7c6a"
+        headers = [
+            f"Root={ROOT};{p};Sampled=1", f"Root={ROOT};{p};Sampled=0", f"Root={ROOT};{p}",
+            f"Root={ROOT};{p};Sampled=?", f"Root={ROOT};{p};Sampled=1;", f"Root={ROOT};{p};Sampled=1;junk",
+            f"Root={ROOT};{p};Sampled=1;Lineage=a87bd80c:1|68fd508a:5", f"Root={ROOT};Parent=zz;Sampled=1",
+            f"Root={ROOT};Parent=0000000000000000;Sampled=1", f"Root={ROOT};Sampled=1", f" Root = {ROOT} ; {p} ; Sampled=1",
+            f"Root={ROOT};{p};Sampled=1;Self=a=b",
+        ]
+        for header in headers:
+            with self.subTest(header=header):
+                span = trace.get_current_span(AwsXRayPropagator().extract({"X-Amzn-Trace-Id": header}))
+                sc = span.get_span_context()
+                expected = (sc.trace_flags.sampled if sc.is_valid else None)
+                self.assertEqual(parse_xray_header(header).remote_parent, expected)
