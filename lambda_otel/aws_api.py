@@ -97,7 +97,16 @@ def error_code(status: int, body: bytes, headers: Mapping[str, str]) -> "tuple[s
     if not code:
         code = next((v for k, v in headers.items() if k.lower() == "x-amzn-errortype"), "") or f"HTTP{status}"
     code = code.split("#")[-1].split(":")[0].strip() or f"HTTP{status}"
-    return code, message[:300]
+    return code, _first_sentence(message)
+
+
+def _first_sentence(message: str) -> str:
+    """AWS's message up to its first line break, at most 300 characters.
+
+    A ``SignatureDoesNotMatch`` message goes on with "The Canonical String for this request should
+    have been ..." — the canonical request, session token included. Only the first line is kept.
+    """
+    return message.strip().split("\n", 1)[0].split("The Canonical String", 1)[0].strip()[:300]
 
 
 class AwsJsonClient:
@@ -180,7 +189,18 @@ class AwsJsonClient:
                 raise AwsApiError("InvalidResponse", f"{_safe(self.url)} answered 200 with a body that is not JSON", 200) from None
             return result if isinstance(result, dict) else {}
         code, message = error_code(status, data, resp_headers)
-        raise AwsApiError(code, message, status)
+        raise AwsApiError(code, self._redact(message), status)
+
+    def _redact(self, text: str) -> str:
+        """Belt and braces: no credential in a message, whatever the endpoint answered."""
+        try:
+            creds = self._signer.credentials()
+        except Exception:  # noqa: BLE001 - no credentials: nothing to redact
+            return text
+        for secret in (creds.secret_access_key, creds.session_token):
+            if secret:
+                text = text.replace(secret, "<redacted>")
+        return text
 
 
 def _safe(url: str) -> str:

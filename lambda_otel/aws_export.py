@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from lambda_otel.aws_secrets import SecretHeaders
@@ -114,6 +114,15 @@ class ExportSigner:
             # Every configured endpoint has its signer; another URL gets no credentials of ours.
             return {}
         return signer.sign(method, url, headers, body)
+
+    def secret_values(self) -> Tuple[str, ...]:
+        """The credentials' secret parts, for the exporter to redact from any text it writes
+        (a ``SignatureDoesNotMatch`` answer may quote the canonical request, token included)."""
+        try:
+            creds = self._credentials.get()
+        except Exception:  # noqa: BLE001 - no credentials: nothing to redact
+            return ()
+        return tuple(v for v in (creds.secret_access_key, creds.session_token) if v)
 
     def on_rejected(self, status: int, body: bytes) -> bool:
         from lambda_otel.sigv4 import is_expired_credentials_answer

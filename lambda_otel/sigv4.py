@@ -267,6 +267,18 @@ class SigV4Signer:
                 key = self._key_cache[cache_key] = signing_key(creds.secret_access_key, date, self.region, self.service)
             return key
 
+    def credentials(self) -> Credentials:
+        """The credentials the next signature will use (for redaction; never log them)."""
+        return self._credentials.get()
+
+    def secret_values(self) -> Tuple[str, ...]:
+        """The secret key and session token in use, for the caller to redact from any text."""
+        try:
+            creds = self._credentials.get()
+        except Exception:  # noqa: BLE001 - no credentials, nothing to redact
+            return ()
+        return tuple(v for v in (creds.secret_access_key, creds.session_token) if v)
+
     def refresh_credentials(self) -> None:
         """Forget cached credentials and signing keys (an expired-token answer, a restore)."""
         self._credentials.refresh()

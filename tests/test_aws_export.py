@@ -180,6 +180,10 @@ class SignerHooks(unittest.TestCase):
         self.assertFalse(signer.on_rejected(403, expired), "not again right away: no resend loop")
         self.assertGreaterEqual(Counting.refreshes, 1)
 
+    def test_secret_values_for_redaction(self):
+        signer = ExportSigner(StaticCredentials(Credentials("AKID", "the-secret", "the-token")), "eu-west-1", {XRAY: "xray"})
+        self.assertEqual(set(signer.secret_values()), {"the-secret", "the-token"})
+
     def test_build_auth_wires_config(self):
         c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
                    LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)

@@ -299,6 +299,27 @@ class AgainstStub(unittest.TestCase):
         self.assertEqual(ctx.exception.code, "ExpiredTokenException")
         self.assertEqual(len(stub.requests), 2)
 
+    def test_a_signature_error_quoting_the_canonical_request_never_leaks_the_token(self):
+        def answer(headers, body):
+            canonical = "POST\n/\n\nhost:x\nx-amz-security-token:" + headers["x-amz-security-token"]
+            return 400, {"__type": "InvalidSignatureException",
+                         "message": "The request signature we calculated does not match the signature you provided. "
+                                    "Check your AWS Secret Access Key and signing method.\n\nThe Canonical String "
+                                    f"for this request should have been\n'{canonical}'"}
+
+        stub = StubAws(answer)
+        self.addCleanup(stub.stop)
+        env = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "the-session-token",
+               "AWS_ENDPOINT_URL": stub.url}
+        arn = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:x"
+        src = SecretHeaders({"traces": {"authorization": f"${{{arn}}}"}}, {"traces": "V"},
+                            SecretResolver(EnvironmentCredentials(env), env))
+        src.start()
+        self.assertFalse(src.wait(10))
+        self.assertIn("InvalidSignatureException (The request signature we calculated", self.logs.text)
+        self.assertNotIn("the-session-token", self.logs.text)
+        self.assertNotIn("Canonical String", self.logs.text)
+
     def test_slow_endpoint_is_bounded_and_reported(self):
         stub = StubAws(lambda h, b: (200, {"SecretString": "too-late"}), delay=30.0)
         self.addCleanup(stub.stop)
