@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 3.0
 RETRY_FIRST_S = 2.0  # after a failed round, the next try waits this long, doubling each time...
 RETRY_MAX_S = 300.0  # ...up to this
+# The first export waits this long at most for a resolution already under way (typically a few
+# ms from the start-up thread), so the end of the first invocation can usually ship its data.
+FIRST_EXPORT_WAIT_S = 0.25
 
 # Anything that looks like a reference: "${arn:" up to the next "}".
 _REFERENCE = re.compile(r"\$\{(arn:[^}]*)\}")
@@ -237,9 +240,10 @@ class SecretHeaders:
     def __init__(self, templates: Mapping[str, Mapping[str, str]], sources: Mapping[str, str],
                  resolver: SecretResolver, timeout_s: float = DEFAULT_TIMEOUT_S,
                  refresh_s: Optional[float] = None, clock: Callable[[], float] = time.monotonic,
-                 held: Iterable[str] = ()) -> None:
+                 held: Iterable[str] = (), first_wait_s: float = FIRST_EXPORT_WAIT_S) -> None:
         self._templates = {s: dict(h) for s, h in templates.items()}
         self._held = frozenset(held)  # signals whose headers could not be parsed: never exported
+        self._first_wait_s = first_wait_s
         self._sources = dict(sources)
         self._refs: Dict[str, SecretReference] = {}
         self._ref_variables: Dict[str, str] = {}
@@ -262,6 +266,7 @@ class SecretHeaders:
         self._retry_s = RETRY_FIRST_S
         self._logged: set = set()
         self._generation = 0  # bumped by renew_after_restore: a round started before it is discarded
+        self._waited = False  # headers() has waited (bounded) for a round once; never again
         self.rounds = 0  # finished resolution rounds (for tests and the debug log)
 
     @property
@@ -272,7 +277,8 @@ class SecretHeaders:
 
     def headers(self, signal: Optional[str] = None) -> Optional[Dict[str, str]]:
         """The headers to send for ``signal`` (all signals share one set when None), or None while
-        a reference is unresolved (do not export; keep the data)."""
+        a reference is unresolved (do not export; keep the data). The first call made while the
+        first resolution is under way waits for it, at most ``first_wait_s``."""
         if signal in self._held:
             return None
         if signal is None:
@@ -288,6 +294,13 @@ class SecretHeaders:
             stale = values is not None and self._refresh_s is not None and now - self._resolved_at >= self._refresh_s
             if (due or stale) and self._running is None:
                 self._start_locked()
+            running = self._running if values is None and not self._waited else None
+            self._waited = self._waited or running is not None
+        if running is not None:
+            # Once, bounded: the resolution started at start-up is usually a few ms from done.
+            running.join(self._first_wait_s)
+            with self._lock:
+                values = self._values
         if values is None:
             return None
         return {name: _substitute(value, values) for name, value in template.items()}

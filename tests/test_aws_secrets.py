@@ -148,7 +148,7 @@ class AgainstMoto(unittest.TestCase):
             "x-ssm": f"${{{self.ssm_arn}}}",
             "x-flat": f"${{{self.text_arn}}}",
             "x-static": "as-is",
-        })
+        }, first_wait_s=0.0)
         self.assertIsNone(src.headers("traces"), "nothing to send before the references are resolved")
         self.assertTrue(src.wait(10))
         self.assertEqual(src.headers("logs"), {
@@ -233,6 +233,11 @@ class AgainstMoto(unittest.TestCase):
         now[0] += 31
         self.assertEqual(src.headers("traces")["authorization"], "value-one", "old value while refreshing")
         self.assertTrue(wait_until(lambda: src.headers("traces")["authorization"] == "value-two", 10))
+
+    def test_first_export_waits_briefly_for_the_resolution_under_way(self):
+        src = self.source({"authorization": f"${{{self.plain_arn}}}"}, first_wait_s=10.0)
+        src.start()
+        self.assertEqual(src.headers("traces"), {"authorization": self.plain_value})
 
     def test_start_is_idempotent(self):
         src = self.source({"authorization": f"${{{self.plain_arn}}}"})
