@@ -81,7 +81,7 @@ class Pipeline:
     def __init__(self) -> None:
         from lambda_otel.config import load_config
         from lambda_otel.pipeline import Pipeline as ProductionPipeline
-        from lambda_otel.telemetry_api import bind_socket
+        from lambda_otel.subscription import bind_socket
 
         config = load_config({"LAMBDA_OTEL_QUEUE_MAX_BYTES": str(256 * 1024 * 1024),
                               "LAMBDA_OTEL_QUEUE_MAX_RECORDS": "10000000"})

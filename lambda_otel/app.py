@@ -117,6 +117,7 @@ class Extension:
         pipeline = self.pipeline
         renew_resource(pipeline.resource_attributes, pipeline.resource)
         pipeline.converter.renew_after_restore()  # id generator reseeded from os.urandom, invocations cleared
+        pipeline.metrics.renew_after_restore()
         self.last_request_id = None
 
     # -- the events loop ---------------------------------------------------------------------
@@ -324,7 +325,7 @@ class Startup:
 def prepare(client: ExtensionsApiClient, registration: Registration, env: Mapping[str, str]) -> Prepared:
     """What must happen before the first /next: config, bind, subscribe. Raise StartupError on a
     fatal problem."""
-    from .telemetry_api import bind_socket, listener_host, subscribe
+    from .subscription import bind_socket, listener_host, subscribe
 
     try:
         config = load_config(env)
@@ -361,12 +362,13 @@ def prepare(client: ExtensionsApiClient, registration: Registration, env: Mappin
                "telemetry will be counted as dropped, not exported")
 
     try:
-        subscribe(client.runtime_api, registration.extension_id, config.telemetry, telemetry_sock.getsockname()[1])
+        schema = subscribe(client, config.telemetry, telemetry_sock.getsockname()[1])
     except ExtensionsApiError as exc:
         telemetry_sock.close()
         if receiver_sock is not None:
             receiver_sock.close()
         raise StartupError("Extension.TelemetrySubscribeFailed", f"Telemetry API subscription failed: {exc}") from None
+    _early("info", "Telemetry API subscribed with schema %s", schema)
     return Prepared(client, registration, env, config, telemetry_sock, receiver_sock)
 
 

@@ -1,19 +1,28 @@
-"""A small client for the Lambda Extensions API (/2020-01-01).
+"""A small client for the Lambda Extensions API (/2020-01-01), over a plain socket.
 
-It uses ``http.client`` rather than ``requests``: these calls sit on the cold-start
-path, and ``requests`` costs ~150 ms to import. ``/event/next`` is a long-poll with
-no client timeout, because the process may be frozen for hours in the middle of it.
+Its calls (register, the Telemetry API subscription, the first ``/event/next``) are the whole of
+our init, which is billed and shares the sandbox's CPU with the function. ``http.client`` (with
+``email`` and ``ssl``) costs more to import than these few requests cost to send, so this module
+speaks the little HTTP/1.1 the Runtime API needs itself: one keep-alive connection, a request
+with a ``Content-Length`` body, a response with a ``Content-Length`` or chunked body (or one that
+ends when the connection closes). ``/event/next`` is a long-poll with no client timeout, because
+the process may be frozen for hours in the middle of it; every other call has one.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import socket
 import threading
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 API_VERSION = "2020-01-01"
+# register, subscribe and the error reports: bounded as a whole (the Runtime API is local).
+REQUEST_TIMEOUT_S = 10.0
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 6 * 1024 * 1024  # an event is small; this only bounds a broken peer
+_RECV_CHUNK = 64 * 1024
 
 
 class ExtensionsApiError(RuntimeError):
@@ -25,13 +34,45 @@ class ExtensionsApiError(RuntimeError):
         self.error_type = error_type
 
 
-@dataclass(frozen=True)
 class Registration:
-    extension_id: str
-    function_name: Optional[str]
-    function_version: Optional[str]
-    handler: Optional[str]
-    account_id: Optional[str]
+    """What ``register`` answered. The body is parsed when first read (after the first ``/next``:
+    nothing before it needs more than the extension id)."""
+
+    __slots__ = ("extension_id", "_body", "_info")
+
+    def __init__(self, extension_id: str, function_name: Optional[str] = None, function_version: Optional[str] = None,
+                 handler: Optional[str] = None, account_id: Optional[str] = None, body: Optional[bytes] = None) -> None:
+        self.extension_id = extension_id
+        self._body = body
+        self._info: Optional[Dict[str, Optional[str]]] = None if body is not None else {
+            "functionName": function_name, "functionVersion": function_version, "handler": handler,
+            "accountId": account_id}
+
+    def _get(self, key: str) -> Optional[str]:
+        if self._info is None:
+            try:
+                info = json.loads(self._body) if self._body else {}
+            except ValueError:
+                info = {}
+            self._info = info if isinstance(info, dict) else {}
+        value = self._info.get(key)
+        return value if isinstance(value, str) else None
+
+    @property
+    def function_name(self) -> Optional[str]:
+        return self._get("functionName")
+
+    @property
+    def function_version(self) -> Optional[str]:
+        return self._get("functionVersion")
+
+    @property
+    def handler(self) -> Optional[str]:
+        return self._get("handler")
+
+    @property
+    def account_id(self) -> Optional[str]:
+        return self._get("accountId")
 
 
 @dataclass(frozen=True)
@@ -74,55 +115,211 @@ def parse_event(body: bytes) -> Event:
     raise ExtensionsApiError(f"unknown eventType {kind!r} from /event/next")
 
 
+# --- HTTP/1.1, as much as the Runtime API needs --------------------------------------------------
+
+
+class Response:
+    """Status, headers (names lower-case) and the whole body of one answer."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: Dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+class _Connection:
+    """One keep-alive connection: send a request, read its whole response."""
+
+    def __init__(self, address: Tuple[str, int]) -> None:
+        self._sock = socket.create_connection(address, timeout=REQUEST_TIMEOUT_S)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
+        self.reusable = True
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def exchange(self, request: bytes, timeout: Optional[float]) -> Response:
+        self._sock.settimeout(timeout)
+        self._sock.sendall(request)
+        head = self._read_head()
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise _ProtocolError(f"bad status line {lines[0][:80]!r}")
+        status = int(parts[1])
+        headers: Dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0":
+            self.reusable = False
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = self._read_chunked()
+        elif "content-length" in headers:
+            length = headers["content-length"]
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                raise _ProtocolError(f"bad Content-Length {length[:20]!r}")
+            body = self._read_exactly(int(length))
+        elif status in (204, 304) or 100 <= status < 200:
+            body = b""
+        else:
+            self.reusable = False
+            body = self._read_to_end()
+        return Response(status, headers, body)
+
+    def _fill(self) -> None:
+        data = self._sock.recv(_RECV_CHUNK)
+        if not data:
+            raise ConnectionError("connection closed by the Runtime API")
+        self._buffer += data
+
+    def _read_head(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                head, self._buffer = self._buffer[:end], self._buffer[end + 4:]
+                return head
+            if len(self._buffer) > MAX_HEADER_BYTES:
+                raise _ProtocolError("response headers too long")
+            self._fill()
+
+    def _read_exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            self._fill()
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def _read_line(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\r\n")
+            if end >= 0:
+                line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+                return line
+            if len(self._buffer) > MAX_HEADER_BYTES:
+                raise _ProtocolError("chunk header too long")
+            self._fill()
+
+    def _read_chunked(self) -> bytes:
+        chunks = []
+        total = 0
+        while True:
+            size_text = self._read_line().split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise _ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+            if size == 0:
+                while self._read_line():  # trailers, up to the empty line
+                    pass
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise _ProtocolError("chunked body too large")
+            chunks.append(self._read_exactly(size))
+            self._read_line()
+
+    def _read_to_end(self) -> bytes:
+        chunks = [self._buffer]
+        self._buffer = b""
+        total = len(chunks[0])
+        while True:
+            data = self._sock.recv(_RECV_CHUNK)
+            if not data:
+                return b"".join(chunks)
+            total += len(data)
+            if total > MAX_BODY_BYTES:
+                raise _ProtocolError("body too large")
+            chunks.append(data)
+
+
+def _encode_request(method: str, host: str, path: str, headers: Mapping[str, str], body: Optional[bytes]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    if body is not None or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body or b'')}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head + body if body else head
+
+
+def _json_array(items: Iterable[str]) -> str:
+    return json.dumps(list(items))
+
+
 class ExtensionsApiClient:
     """One keep-alive connection for the events thread; error reports use their own connection."""
 
     def __init__(self, runtime_api: str) -> None:
         if not runtime_api:
             raise ExtensionsApiError("AWS_LAMBDA_RUNTIME_API is not set: not running inside Lambda?")
+        host, _, port = runtime_api.rpartition(":")
+        if not host or not port.isdigit():
+            host, port = runtime_api, "80"
         self.runtime_api = runtime_api
+        self._address = (host.strip("[]"), int(port))
         self.extension_id: Optional[str] = None
-        self._conn: Optional[http.client.HTTPConnection] = None
+        self._conn: Optional[_Connection] = None
         self._lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------
 
-    def _new_connection(self) -> http.client.HTTPConnection:
-        host, _, port = self.runtime_api.rpartition(":")
-        return http.client.HTTPConnection(host or self.runtime_api, int(port) if port.isdigit() else 80, timeout=None)
-
-    def _request(self, method: str, path: str, body: Optional[bytes], headers: dict, fresh: bool = False):
-        """Send one request; a dropped keep-alive connection is reopened once."""
-        url = f"/{API_VERSION}{path}"
-        for attempt in (1, 2):
-            conn = self._new_connection() if fresh else (self._conn or self._new_connection())
-            try:
-                conn.request(method, url, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                conn.close()
-                if not fresh:
-                    self._conn = None
-                if attempt == 2:
-                    raise ExtensionsApiError(f"{method} {url} failed: {exc}") from None
-                continue
-            if fresh:
-                conn.close()
-            else:
-                self._conn = conn
-            return response, data
+    def call(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[Mapping[str, str]] = None,
+             timeout: Optional[float] = REQUEST_TIMEOUT_S, fresh: bool = False) -> Response:
+        """One request to any Runtime API path (e.g. ``/2022-07-01/telemetry``); a dropped
+        keep-alive connection is reopened once. ``timeout`` None: wait for ever (``/next`` only).
+        ``fresh``: on a connection of its own (another thread may be blocked in ``/next``)."""
+        request = _encode_request(method, self.runtime_api, path, headers or {}, body)
+        if fresh:
+            return self._exchange_fresh(method, path, request, timeout)
+        with self._lock:
+            for attempt in (1, 2):
+                reused = self._conn is not None
+                try:
+                    conn = self._conn or _Connection(self._address)
+                    self._conn = conn
+                    response = conn.exchange(request, timeout)
+                except (OSError, _ProtocolError) as exc:
+                    self._drop()
+                    if attempt == 1 and reused and not isinstance(exc, (socket.timeout, _ProtocolError)):
+                        continue  # a keep-alive connection the peer had closed: once more, fresh
+                    raise ExtensionsApiError(f"{method} {path} failed: {exc}") from None
+                if not conn.reusable:
+                    self._drop()
+                return response
         raise AssertionError("unreachable")
 
+    def _exchange_fresh(self, method: str, path: str, request: bytes, timeout: Optional[float]) -> Response:
+        conn = None
+        try:
+            conn = _Connection(self._address)
+            return conn.exchange(request, timeout)
+        except (OSError, _ProtocolError) as exc:
+            raise ExtensionsApiError(f"{method} {path} failed: {exc}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     @staticmethod
-    def _error(what: str, response, data: bytes) -> ExtensionsApiError:
+    def _error(what: str, response: Response) -> ExtensionsApiError:
         error_type = message = None
         try:
-            parsed = json.loads(data)
+            parsed = json.loads(response.body)
             error_type, message = parsed.get("errorType"), parsed.get("errorMessage")
         except (ValueError, AttributeError):
             pass
-        detail = f"{error_type}: {message}" if error_type else data[:200].decode("utf-8", "replace")
+        detail = f"{error_type}: {message}" if error_type else response.body[:200].decode("utf-8", "replace")
         return ExtensionsApiError(f"{what} refused with HTTP {response.status} ({detail})", response.status, error_type)
 
     # -- the API ------------------------------------------------------------------------------
@@ -131,38 +328,23 @@ class ExtensionsApiClient:
         headers = {"Lambda-Extension-Name": name, "Content-Type": "application/json"}
         if accept_account_id:
             headers["Lambda-Extension-Accept-Feature"] = "accountId"
-        body = json.dumps({"events": list(events)}).encode()
-        with self._lock:
-            response, data = self._request("POST", "/extension/register", body, headers)
+        body = ('{"events": %s}' % _json_array(events)).encode()
+        response = self.call("POST", f"/{API_VERSION}/extension/register", body, headers)
         if response.status != 200:
-            raise self._error("register", response, data)
-        extension_id = response.getheader("Lambda-Extension-Identifier")
+            raise self._error("register", response)
+        extension_id = response.headers.get("lambda-extension-identifier")
         if not extension_id:
             raise ExtensionsApiError("register answered without a Lambda-Extension-Identifier header")
         self.extension_id = extension_id
-        try:
-            info = json.loads(data) if data else {}
-        except ValueError:
-            info = {}
-        if not isinstance(info, dict):
-            info = {}
-        return Registration(
-            extension_id=extension_id,
-            function_name=info.get("functionName"),
-            function_version=info.get("functionVersion"),
-            handler=info.get("handler"),
-            account_id=info.get("accountId"),
-        )
+        return Registration(extension_id, body=response.body)
 
     def next_event(self) -> Event:
         """Block until the next INVOKE or SHUTDOWN (no timeout: we may be frozen meanwhile)."""
-        with self._lock:
-            response, data = self._request(
-                "GET", "/extension/event/next", None, {"Lambda-Extension-Identifier": self._require_id()}
-            )
+        response = self.call("GET", f"/{API_VERSION}/extension/event/next", None,
+                             {"Lambda-Extension-Identifier": self._require_id()}, timeout=None)
         if response.status != 200:
-            raise self._error("event/next", response, data)
-        return parse_event(data)
+            raise self._error("event/next", response)
+        return parse_event(response.body)
 
     def init_error(self, error_type: str, message: str) -> None:
         self._report("/extension/init/error", error_type, message)
@@ -177,10 +359,9 @@ class ExtensionsApiClient:
             "Lambda-Extension-Function-Error-Type": error_type,
             "Content-Type": "application/json",
         }
-        # A fresh connection: the events thread may be blocked in /next on the shared one.
-        response, data = self._request("POST", path, body, headers, fresh=True)
+        response = self.call("POST", f"/{API_VERSION}{path}", body, headers, fresh=True)
         if response.status != 202:
-            raise self._error(path.strip("/"), response, data)
+            raise self._error(path.strip("/"), response)
 
     def _require_id(self) -> str:
         if not self.extension_id:
@@ -188,6 +369,6 @@ class ExtensionsApiClient:
         return self.extension_id
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close the keep-alive connection (the next call opens a new one)."""
+        with self._lock:
+            self._drop()

@@ -1,4 +1,4 @@
-"""The Telemetry API side: subscribing, and the listener that Lambda POSTs event batches to.
+"""The Telemetry API listener that Lambda POSTs event batches to (subscribing: ``subscription``).
 
 Lambda delivers each batch as one POST of a JSON array and retries on a non-2xx
 answer, so the listener answers 200 only once the batch is safely in the
@@ -10,7 +10,6 @@ is never lost.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import socket
@@ -20,81 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, List, Optional
 
 from .config import TelemetryConfig
-from .extensions_api import ExtensionsApiError
 
 log = logging.getLogger("lambda_otel.telemetry_api")
 
-API_VERSION = "2022-07-01"
-SANDBOX_HOST = "sandbox.localdomain"
 # Lambda may send up to 2 × maxBytes plus metadata in one POST (reference §1.3).
 METADATA_ALLOWANCE = 64 * 1024
-
-
-# --- subscribing -------------------------------------------------------------------------------
-
-
-def subscription_body(config: TelemetryConfig, port: int) -> dict:
-    return {
-        "schemaVersion": config.schema_version,
-        "types": list(config.types),
-        "buffering": {"maxItems": config.max_items, "maxBytes": config.max_bytes, "timeoutMs": config.timeout_ms},
-        "destination": {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:{port}/"},
-    }
-
-
-def subscribe(runtime_api: str, extension_id: str, config: TelemetryConfig, port: int) -> None:
-    """PUT /2022-07-01/telemetry; raise ExtensionsApiError unless Lambda says 200."""
-    host, _, port_text = runtime_api.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port_text), timeout=10)
-    body = json.dumps(subscription_body(config, port)).encode()
-    try:
-        conn.request(
-            "PUT",
-            f"/{API_VERSION}/telemetry",
-            body=body,
-            headers={"Lambda-Extension-Identifier": extension_id, "Content-Type": "application/json"},
-        )
-        response = conn.getresponse()
-        data = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise ExtensionsApiError(f"telemetry subscribe failed: {exc}") from None
-    finally:
-        conn.close()
-    if response.status != 200:
-        # 202 is what local emulators answer when they don't support the Telemetry API.
-        detail = data[:300].decode("utf-8", "replace")
-        raise ExtensionsApiError(f"telemetry subscribe refused with HTTP {response.status}: {detail}", response.status)
-
-
-def listener_host(hosts_file: str = "/etc/hosts") -> str:
-    """Where ``sandbox.localdomain`` points, read from the hosts file (no DNS at start-up).
-
-    Inside Lambda the name is in /etc/hosts; elsewhere (the local simulator) it is not,
-    and the simulator delivers to 127.0.0.1.
-    """
-    try:
-        with open(hosts_file, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) >= 2 and SANDBOX_HOST in (name.lower() for name in fields[1:]):
-                    return fields[0]
-    except OSError:
-        pass
-    return "127.0.0.1"
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket; done early and cheaply so Lambda's first POST waits in the backlog."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(64)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 # --- the listener --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from lambda_otel.app import Extension
 from lambda_otel.config import load_config
 from lambda_otel.extensions_api import ExtensionsApiClient, Registration, ShutdownEvent
 from lambda_otel.local.sink import OtlpSink
-from lambda_otel.telemetry_api import bind_socket
+from lambda_otel.subscription import bind_socket
 
 
 class HeldConverter:

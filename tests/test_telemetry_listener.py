@@ -6,13 +6,8 @@ import threading
 import unittest
 
 from lambda_otel.config import TelemetryConfig
-from lambda_otel.telemetry_api import (
-    SANDBOX_HOST,
-    TelemetryListener,
-    bind_socket,
-    listener_host,
-    subscription_body,
-)
+from lambda_otel.subscription import SANDBOX_HOST, bind_socket, listener_host, subscription_body
+from lambda_otel.telemetry_api import TelemetryListener
 
 
 class ListenerTest(unittest.TestCase):
@@ -105,7 +100,7 @@ class ListenerTest(unittest.TestCase):
 class SubscriptionShapeTest(unittest.TestCase):
     def test_body_uses_sandbox_host_and_low_latency_buffering(self):
         body = subscription_body(TelemetryConfig(), 4322)
-        self.assertEqual(body["schemaVersion"], "2022-12-13")
+        self.assertEqual(body["schemaVersion"], "2025-01-29")
         self.assertEqual(body["types"], ["platform", "function", "extension"])
         self.assertEqual(body["buffering"], {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25})
         self.assertEqual(body["destination"], {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:4322/"})
