@@ -16,6 +16,7 @@ from typing import Dict, Tuple
 QUEUE_FULL = "queue_full"
 EXPORT_REJECTED = "export_rejected"
 RETRIES_EXHAUSTED = "retries_exhausted"
+EXPORT_FAILED = "export_failed"  # the backend was unreachable or kept failing until the data had to go
 SHUTDOWN_DEADLINE = "shutdown_deadline"
 PLATFORM_LOGS_DROPPED = "platform_logs_dropped"
 NO_ENDPOINT = "no_endpoint"
@@ -24,6 +25,7 @@ REASONS = (
     QUEUE_FULL,
     EXPORT_REJECTED,
     RETRIES_EXHAUSTED,
+    EXPORT_FAILED,
     SHUTDOWN_DEADLINE,
     PLATFORM_LOGS_DROPPED,
     NO_ENDPOINT,

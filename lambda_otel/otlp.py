@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import abc
-from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from lambda_otel.loss import LOGS, METRICS, TRACES
@@ -174,7 +174,8 @@ def encode_message(message, content_type: str = PROTOBUF) -> bytes:
         from google.protobuf import json_format
 
         obj = json_format.MessageToDict(message, use_integers_for_enums=True)
-        return json.dumps(_ids(obj, _b64_to_hex), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        obj = _to_otlp_json(obj, _int64_keys(type(message)))
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return message.SerializeToString()
 
 
@@ -215,6 +216,61 @@ def _hex_to_b64(value: str) -> str:
         return binascii.b2a_base64(bytes.fromhex(value), newline=False).decode("ascii")
     except ValueError:
         raise ValueError(f"id {value[:64]!r} is not hex") from None
+
+
+_MAX_EXACT_INT = 2**53  # doubles (JavaScript numbers) hold integers up to this exactly
+_int64_keys_cache: Dict[type, frozenset] = {}
+
+
+def _int64_keys(cls) -> frozenset:
+    """JSON names of the 64-bit integer fields anywhere under ``cls`` (and of no other field)."""
+    keys = _int64_keys_cache.get(cls)
+    if keys is None:
+        from google.protobuf.descriptor import FieldDescriptor
+
+        wide = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+        ints, others, seen, todo = set(), set(), set(), [cls.DESCRIPTOR]
+        while todo:
+            descriptor = todo.pop()
+            if descriptor.full_name in seen:
+                continue
+            seen.add(descriptor.full_name)
+            for f in descriptor.fields:
+                (ints if f.cpp_type in wide else others).add(f.json_name)
+                if f.message_type is not None:
+                    todo.append(f.message_type)
+        keys = _int64_keys_cache[cls] = frozenset(ints - others)
+    return keys
+
+
+def _to_otlp_json(node: Any, int_keys: frozenset, depth: int = 0) -> Any:
+    """protobuf's JSON mapping -> OTLP/JSON, in place: ids as hex; 64-bit integers as numbers
+    when a double holds them exactly (timestamps stay decimal strings). Receivers accept both
+    forms; some accept only numbers for values such as ``asInt``."""
+    if depth > _JSON_MAX_DEPTH:
+        raise ValueError("JSON nested too deeply")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _HEX_ID_KEYS and isinstance(value, str):
+                node[key] = _b64_to_hex(value)
+            elif key in int_keys:
+                node[key] = _json_int(value)
+            elif isinstance(value, (dict, list)):
+                _to_otlp_json(value, int_keys, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, (dict, list)):
+                _to_otlp_json(value, int_keys, depth + 1)
+    return node
+
+
+def _json_int(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json_int(v) for v in value]
+    if isinstance(value, str):
+        n = int(value)
+        return n if -_MAX_EXACT_INT <= n <= _MAX_EXACT_INT else value
+    return value
 
 
 def _ids(node: Any, convert, depth: int = 0) -> Any:
@@ -309,3 +365,119 @@ def set_attributes(repeated, attributes: Union[Mapping[str, AttrValue], Sequence
             kv.value.double_value = value
         else:
             set_any_value(kv.value, value)
+
+
+# --- request size caps ---------------------------------------------------------------------------
+
+# Bytes a piece's envelope may add per record and per scope (field tags and length varints).
+_RECORD_OVERHEAD = 16
+_SCOPE_OVERHEAD = 64
+_CONTAINERS = {TRACES: ("scope_spans", "spans"), LOGS: ("scope_logs", "log_records"), METRICS: ("scope_metrics", "metrics")}
+
+
+def split_items(signal: str, items: Sequence[Any], max_bytes: Optional[int] = None,
+                max_records: Optional[int] = None) -> List[List[Any]]:
+    """``items`` regrouped into requests of at most ``max_bytes`` (serialised) and ``max_records``.
+
+    Order is kept. An item that alone exceeds a limit is cut into several items with the same
+    resource and scopes (a metric with too many data points into copies of the metric). A single
+    record larger than ``max_bytes`` cannot be cut and travels alone.
+    """
+    if max_bytes is None and max_records is None:
+        return [list(items)]
+    byte_cap = max_bytes if max_bytes is not None else float("inf")
+    record_cap = max_records if max_records is not None else float("inf")
+    groups: List[List[Any]] = []
+    current: List[Any] = []
+    size = records = 0
+    for item in items:
+        for piece, piece_size, piece_records in _pieces(signal, item, byte_cap, record_cap):
+            if current and (size + piece_size > byte_cap or records + piece_records > record_cap):
+                groups.append(current)
+                current, size, records = [], 0, 0
+            current.append(piece)
+            size += piece_size
+            records += piece_records
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _pieces(signal: str, item: Any, byte_cap: float, record_cap: float):
+    """(piece, estimated request bytes, records) covering ``item``."""
+    size, records = item.ByteSize() + _SCOPE_OVERHEAD, count_records(signal, item)
+    if size <= byte_cap and records <= record_cap:
+        yield item, size, records
+        return
+    scopes_field, records_field = _CONTAINERS[signal]
+    piece = scope = None
+    size = records = 0
+
+    def new_piece():
+        p = type(item)()
+        p.resource.CopyFrom(item.resource)
+        p.schema_url = item.schema_url
+        return p, p.resource.ByteSize() + _SCOPE_OVERHEAD
+
+    for container in getattr(item, scopes_field):
+        scope = None
+        for record in _records(signal, container, records_field, byte_cap, record_cap):
+            r_size = record.ByteSize() + _RECORD_OVERHEAD
+            r_count = _count_one(signal, record)
+            if piece is not None and (size + r_size > byte_cap or records + r_count > record_cap):
+                yield piece, size, records
+                piece = None
+            if piece is None:
+                piece, size = new_piece()
+                records = 0
+                scope = None
+            if scope is None:
+                scope = getattr(piece, scopes_field).add()
+                scope.scope.CopyFrom(container.scope)
+                scope.schema_url = container.schema_url
+                size += scope.scope.ByteSize() + _SCOPE_OVERHEAD
+            getattr(scope, records_field).append(record)
+            size += r_size
+            records += r_count
+    if piece is not None:
+        yield piece, size, records
+
+
+def _count_one(signal: str, record: Any) -> int:
+    if signal != METRICS:
+        return 1
+    kind = record.WhichOneof("data")
+    return len(getattr(record, kind).data_points) if kind in _METRIC_KINDS else 0
+
+
+def _records(signal: str, container: Any, records_field: str, byte_cap: float, record_cap: float):
+    """The records of one scope; for metrics, a metric too large for one request is cut by data points."""
+    for record in getattr(container, records_field):
+        if signal != METRICS:
+            yield record
+            continue
+        kind = record.WhichOneof("data")
+        points = getattr(record, kind).data_points if kind in _METRIC_KINDS else ()
+        if (len(points) <= record_cap and record.ByteSize() + _RECORD_OVERHEAD <= byte_cap) or len(points) < 2:
+            yield record
+            continue
+        chunk = None
+        for point in points:
+            if chunk is None:
+                chunk = type(record)()
+                chunk.CopyFrom(record)
+                getattr(chunk, kind).ClearField("data_points")
+                chunk_size = chunk.ByteSize() + _RECORD_OVERHEAD
+            p_size = point.ByteSize() + _RECORD_OVERHEAD
+            data = getattr(chunk, kind).data_points
+            if len(data) and (len(data) + 1 > record_cap or chunk_size + p_size > byte_cap):
+                yield chunk
+                chunk = type(record)()
+                chunk.CopyFrom(record)
+                getattr(chunk, kind).ClearField("data_points")
+                chunk_size = chunk.ByteSize() + _RECORD_OVERHEAD
+                data = getattr(chunk, kind).data_points
+            data.append(point)
+            chunk_size += p_size
+        if chunk is not None:
+            yield chunk

@@ -2,6 +2,7 @@
 
 import email.utils
 import gzip
+import hashlib
 import logging
 import os
 import shutil
@@ -20,8 +21,8 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from lambda_otel import __version__
 from lambda_otel import exporter as exporter_module
-from lambda_otel.config import ExporterConfig
-from lambda_otel.exporter import NO_ENDPOINT, REJECTED, RETRYABLE, SUCCESS, OtlpExporter, _parse_retry_after
+from lambda_otel.config import ExporterConfig, OtlpProtocol
+from lambda_otel.exporter import NO_ENDPOINT, NOT_READY, REJECTED, RETRYABLE, SUCCESS, FailureCause, OtlpExporter, parse_retry_after
 from lambda_otel.local.sink import OtlpSink, Reply
 from lambda_otel.loss import EXPORT_REJECTED, LOGS, TRACES, LossCounter
 
@@ -72,8 +73,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def quiet_exporter_logs(test: unittest.TestCase) -> None:
+    """Expected warnings (dead backends on purpose) go nowhere unless the test captures them."""
+    quiet = logging.NullHandler()
+    logging.getLogger("lambda_otel.exporter").addHandler(quiet)
+    test.addCleanup(logging.getLogger("lambda_otel.exporter").removeHandler, quiet)
+
+
 class ExporterTestCase(unittest.TestCase):
     def setUp(self) -> None:
+        quiet_exporter_logs(self)
         self.sink = OtlpSink().start()
         self.addCleanup(self.sink.stop)
         self.loss = LossCounter()
@@ -210,13 +219,13 @@ class RetryTest(ExporterTestCase):
 
     def test_retry_after_http_date(self):
         future = email.utils.formatdate(time.time() + 3, usegmt=True)
-        value = _parse_retry_after(future)
+        value = parse_retry_after(future)
         self.assertIsNotNone(value)
         self.assertTrue(1.0 <= value <= 3.0, value)
-        self.assertEqual(_parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)), 0.0)
-        self.assertEqual(_parse_retry_after("2.5"), 2.5)
-        self.assertIsNone(_parse_retry_after("soon"))
-        self.assertIsNone(_parse_retry_after(None))
+        self.assertEqual(parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)), 0.0)
+        self.assertEqual(parse_retry_after("2.5"), 2.5)
+        self.assertIsNone(parse_retry_after("soon"))
+        self.assertIsNone(parse_retry_after(None))
 
     def test_400_is_rejected_without_retry(self):
         self.sink.set_reply(Reply(status=400, body=b"bad payload"))
@@ -250,8 +259,7 @@ class RetryTest(ExporterTestCase):
         deadline = time.monotonic() + 0.5
         outcome = exp.export(TRACES, trace_items(), deadline)
         self.assertLess(time.monotonic(), deadline + 1.0)  # generous slack; the bound is the behaviour
-        self.assertEqual(outcome.kind, RETRYABLE)
-        self.assertIn("timeout", outcome.error)
+        self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
 
     def test_expired_deadline_sends_nothing(self):
         outcome = self.exporter().export(TRACES, trace_items(), time.monotonic() - 1)
@@ -348,6 +356,325 @@ class SecretsTest(ExporterTestCase):
         self.assertTrue(all(not r.startswith("INFO") for r in logs.output))  # never INFO per request
 
 
+class HostileRetryAfterTest(ExporterTestCase):
+    """A Retry-After no backend should send is capped (a few minutes), never trusted as is."""
+
+    def test_values_are_capped_or_ignored(self):
+        now = time.time()
+        future = email.utils.formatdate(now + 10 * 365 * 86400, usegmt=True)
+        cases = {"1e10": exporter_module.MAX_RETRY_AFTER_S, "inf": exporter_module.MAX_RETRY_AFTER_S,
+                 "1e400": exporter_module.MAX_RETRY_AFTER_S, "-Infinity": 0.0, "-5": 0.0, "NaN": None,
+                 "nan": None, future: exporter_module.MAX_RETRY_AFTER_S, "Fri, 31 Dec 9999 23:59:59 GMT":
+                 exporter_module.MAX_RETRY_AFTER_S, "x" * 10_000: None, "2.5": 2.5}
+        for value, expected in cases.items():
+            with self.subTest(value=value[:40]):
+                self.assertEqual(parse_retry_after(value, now=now), expected)
+        self.assertLessEqual(exporter_module.MAX_RETRY_AFTER_S, 300)
+
+    def test_huge_retry_after_returns_at_once_with_the_cap(self):
+        for value in ("1e10", "inf", "1e400", "Fri, 31 Dec 9999 23:59:59 GMT"):
+            with self.subTest(value=value):
+                self.sink.set_reply(Reply(status=503, retry_after=value))
+                started = time.monotonic()
+                outcome = self.export(self.exporter(), within=2.0)
+                self.assertLess(time.monotonic() - started, 1.5)
+                self.assertEqual((outcome.kind, outcome.retry_after), (RETRYABLE, exporter_module.MAX_RETRY_AFTER_S))
+
+    def test_nan_and_negative_retry_after_fall_back_to_backoff(self):
+        for value in ("NaN", "-1"):
+            with self.subTest(value=value):
+                self.sink.reset_behaviour()
+                self.sink.script([Reply(status=503, retry_after=value)])
+                outcome = self.export(self.exporter(), within=5.0)
+                self.assertEqual((outcome.kind, outcome.attempts), (SUCCESS, 2))
+
+
+class WholeRequestDeadlineTest(ExporterTestCase):
+    """A request ends at its deadline whatever the backend does (requests' timeout is per read)."""
+
+    def test_an_answer_dripped_a_byte_at_a_time_is_cut_at_the_deadline(self):
+        self.sink.set_reply(Reply(drip=0.05))  # ~150 bytes: 7 s to answer, each byte well within any read timeout
+        exp = self.exporter(timeout_s=5.0)
+        started = time.monotonic()
+        deadline = started + 0.6
+        outcome = exp.export(TRACES, trace_items(), deadline)
+        ended = time.monotonic()
+        self.assertLess(ended, deadline + 0.5)  # slack for a loaded machine; the bound is the behaviour
+        self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
+        self.assertIn("deadline", outcome.error)
+        # The backend saw the connection go: nothing of ours stays open past the deadline.
+        self.assertTrue(self.sink.wait_for(lambda: not self.sink.open_requests(), timeout=5))
+        self.assertLess(max(r.end for r in self.sink.requests), deadline + 0.5)
+
+    def test_a_dripping_backend_does_not_poison_the_next_request(self):
+        self.sink.script([Reply(drip=0.05)])
+        exp = self.exporter(timeout_s=5.0)
+        self.assertEqual(exp.export(TRACES, trace_items(), time.monotonic() + 0.4).kind, RETRYABLE)
+        self.assertEqual(self.export(exp).kind, SUCCESS)
+
+    def test_dns_resolution_is_bounded_by_the_deadline(self):
+        real = socket.getaddrinfo
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def slow_dns(host, port, family=0, type=0, proto=0, flags=0):
+            if host == "slow-dns.example" and not flags & socket.AI_NUMERICHOST:
+                release.wait(30)  # a resolver that does not answer
+                raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+            return real(host, port, family, type, proto, flags)
+
+        with mock.patch("socket.getaddrinfo", slow_dns):
+            exp = self.exporter(traces_endpoint="http://slow-dns.example:4318/v1/traces", timeout_s=5.0)
+            started = time.monotonic()
+            outcome = exp.export(TRACES, trace_items(), started + 0.5)
+            self.assertLess(time.monotonic() - started, 1.5)
+            self.assertEqual(outcome.kind, RETRYABLE)
+            self.assertIn(outcome.cause, (FailureCause.DNS, FailureCause.TIMEOUT))
+            # One lookup in flight per host, however many exports wait for it.
+            before = threading.active_count()
+            exp.export(TRACES, trace_items(), time.monotonic() + 0.2)
+            self.assertLessEqual(threading.active_count(), before)
+
+
+class PartialSuccessCapTest(ExporterTestCase):
+    def test_rejections_are_capped_at_what_was_sent(self):
+        self.sink.set_reply(Reply(partial_rejected=2_000_000, partial_message="nope"))
+        outcome = self.export(self.exporter(), trace_request(3))
+        self.assertEqual((outcome.kind, outcome.rejected_records), (SUCCESS, 3))
+        self.assertEqual(self.loss.snapshot(), {(TRACES, EXPORT_REJECTED): 3})
+
+
+class DeadBackendIsNotSilentTest(ExporterTestCase):
+    def test_first_failure_of_each_kind_is_logged_once_with_endpoint_and_cause(self):
+        port = free_port()
+        exp = self.exporter(traces_endpoint=f"http://user:hunter2@127.0.0.1:{port}/v1/traces?token=tok3n")
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcomes = [exp.export(TRACES, trace_items(), time.monotonic() + 0.3) for _ in range(3)]
+        self.assertEqual({(o.kind, o.cause) for o in outcomes}, {(RETRYABLE, FailureCause.CONNECT)})
+        self.assertEqual(len(logs.output), 1, logs.output)
+        line = logs.output[0]
+        self.assertIn(f"127.0.0.1:{port}/v1/traces", line)
+        self.assertIn("refused", line)
+        for secret in ("hunter2", "user", "tok3n"):
+            self.assertNotIn(secret, line)
+            self.assertNotIn(secret, outcomes[0].error)
+
+    def test_each_http_status_is_its_own_kind(self):
+        self.sink.script([Reply(status=503), Reply(status=503), Reply(status=502)])
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            self.assertEqual(self.export(self.exporter()).kind, SUCCESS)
+        self.assertEqual(len(logs.output), 2, logs.output)
+
+
+class SecretsInLogsTest(ExporterTestCase):
+    def test_header_value_with_cr_lf_is_never_sent_nor_printed(self):
+        for value in ("Bearer abc\r\nX-Injected: 1", "tok\nen", "a\x00b"):
+            with self.subTest(value=repr(value)):
+                exp = self.exporter(headers={"Authorization": value})
+                with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+                    outcome = self.export(exp)
+                self.assertEqual((outcome.kind, outcome.cause), (REJECTED, FailureCause.CONFIG))
+                text = "\n".join(logs.output) + outcome.error
+                for part in value.replace("\r", "\n").replace("\x00", "\n").split("\n"):
+                    if len(part) > 2:
+                        self.assertNotIn(part, text)
+                self.assertNotIn("\r", text)
+                self.assertIn("Authorization", text)
+        self.assertEqual(self.sink.requests, [])
+
+    def test_error_bodies_cannot_inject_log_lines(self):
+        self.sink.set_reply(Reply(status=400, body=b"bad\r\nlambda-otel: FAKE LINE " + SECRET.encode()))
+        exp = self.exporter(headers={"Authorization": SECRET})
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcome = self.export(exp)
+        self.assertEqual(outcome.kind, REJECTED)
+        for text in logs.output + [outcome.error]:
+            self.assertNotIn("\n", text)
+            self.assertNotIn("\r", text)
+            self.assertNotIn("s3cr3t", text)
+
+
+class HooksTest(ExporterTestCase):
+    """RequestSigner and HeaderSource (docs/design.md): what the AWS signer and secret headers plug into."""
+
+    class Signer:
+        def __init__(self):
+            self.calls = []
+
+        def sign(self, method, url, headers, body):
+            self.calls.append((method, url, dict(headers), body))
+            return {"X-Test-Signature": hashlib.sha256(body).hexdigest()}
+
+    class Headers:
+        def __init__(self, value=None):
+            self.value = value
+
+        def headers(self, signal=None):
+            return None if self.value is None else {"Authorization": self.value}
+
+        def secret_values(self):
+            return (self.value,) if self.value else ()
+
+    def test_signer_signs_exactly_the_bytes_sent_once_per_attempt(self):
+        self.sink.script([Reply(status=503)])
+        signer = self.Signer()
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces"), compression="gzip"), self.loss,
+                           signer=signer)
+        self.addCleanup(exp.close)
+        self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(2, timeout=5))
+        self.assertEqual(len(signer.calls), 2)
+        for (method, url, headers, body), rec in zip(signer.calls, self.sink.requests):
+            self.assertEqual((method, url), ("POST", self.sink.url("traces")))
+            self.assertEqual(rec.body_sha256, hashlib.sha256(body).hexdigest())
+            self.assertEqual(rec.headers["x-test-signature"], rec.body_sha256)
+            self.assertEqual(headers["Content-Encoding"], "gzip")
+            self.assertEqual(headers["Content-Type"], "application/x-protobuf")
+
+    def test_header_source_not_ready_defers_without_sending(self):
+        source = self.Headers()
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces")), self.loss, header_source=source)
+        self.addCleanup(exp.close)
+        self.assertEqual(self.export(exp).kind, NOT_READY)
+        self.assertEqual(self.sink.requests, [])
+        source.value = "Bearer resolved-secret-value"
+        self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertEqual(self.sink.requests[0].headers["authorization"], source.value)
+        self.sink.set_reply(Reply(status=400, body=source.value.encode()))
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcome = self.export(exp)
+        self.assertNotIn("resolved-secret-value", outcome.error + "".join(logs.output))
+
+    def test_requests_are_http_1_1(self):
+        self.assertEqual(self.export(self.exporter()).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
+        self.assertEqual(self.sink.requests[0].http_version, "HTTP/1.1")
+
+
+class RequestCapTest(ExporterTestCase):
+    def test_a_batch_over_the_record_cap_is_split_in_order(self):
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces")), self.loss, max_request_records=2)
+        self.addCleanup(exp.close)
+        outcome = exp.export(TRACES, trace_items(5), time.monotonic() + 10)
+        self.assertEqual((outcome.kind, outcome.attempts), (SUCCESS, 3))
+        self.assertEqual([s.name for s in self.sink.spans()], [f"span-{i}" for i in range(5)])
+        self.assertEqual([sum(len(ss.spans) for rs in r.decoded.resource_spans for ss in rs.scope_spans)
+                          for r in self.sink.requests], [2, 2, 1])
+        for rec in self.sink.requests:  # every piece keeps its resource
+            self.assertEqual(rec.decoded.resource_spans[0].resource.attributes[0].value.string_value, "exporter-test")
+
+    def test_a_batch_over_the_byte_cap_is_split_under_it(self):
+        cap = 1000
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces"), compression="none"), self.loss,
+                           max_request_bytes=cap)
+        self.addCleanup(exp.close)
+        self.assertEqual(exp.export(TRACES, trace_items(12), time.monotonic() + 10).kind, SUCCESS)
+        self.assertGreater(len(self.sink.requests), 2)
+        self.assertTrue(all(r.body_size <= cap for r in self.sink.requests), [r.body_size for r in self.sink.requests])
+        self.assertEqual(len(self.sink.spans()), 12)
+
+
+def metric_items() -> list:
+    rm = metrics_pb2.ResourceMetrics()
+    rm.resource.attributes.add(key="service.name").value.string_value = "exporter-test"
+    metric = rm.scope_metrics.add().metrics.add(name="requests", unit="1")
+    metric.sum.aggregation_temporality = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
+    metric.sum.is_monotonic = True
+    metric.sum.data_points.add(as_int=42, start_time_unix_nano=1_700_000_000_000_000_000,
+                               time_unix_nano=1_700_000_001_000_000_000)
+    return [rm]
+
+
+def log_items() -> list:
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.add(key="service.name").value.string_value = "exporter-test"
+    lr = rl.scope_logs.add().log_records.add(time_unix_nano=1_700_000_000_000_000_000, severity_number=9,
+                                              trace_id=bytes([7]) * 16, span_id=bytes([1]) * 8)
+    lr.body.string_value = "hello json"
+    return list(req.resource_logs)
+
+
+JSON_PROTOCOLS = {"traces_protocol": OtlpProtocol.HTTP_JSON, "metrics_protocol": OtlpProtocol.HTTP_JSON,
+                  "logs_protocol": OtlpProtocol.HTTP_JSON}
+
+
+class JsonExportTest(ExporterTestCase):
+    """OTLP/JSON export (OTEL_EXPORTER_OTLP_PROTOCOL=http/json)."""
+
+    def test_json_requests_per_signal(self):
+        exp = self.exporter(metrics_endpoint=self.sink.url("metrics"), **JSON_PROTOCOLS)
+        for signal, items in ((TRACES, trace_items()), ("metrics", metric_items()), (LOGS, log_items())):
+            self.assertEqual(exp.export(signal, items, time.monotonic() + 10).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(3, timeout=5))
+        self.assertEqual({r.headers["content-type"] for r in self.sink.requests}, {"application/json"})
+        self.assertEqual(self.sink.spans(), [s for rs in trace_items() for ss in rs.scope_spans for s in ss.spans])
+        self.assertEqual(self.sink.log_records()[0], log_items()[0].scope_logs[0].log_records[0])
+        self.assertEqual(self.sink.metrics()[0].point.as_int, 42)
+
+    def test_one_signal_json_the_others_protobuf(self):
+        exp = self.exporter(logs_protocol=OtlpProtocol.HTTP_JSON)
+        self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertEqual(exp.export(LOGS, log_items(), time.monotonic() + 10).kind, SUCCESS)
+        self.assertEqual([r.headers["content-type"] for r in self.sink.requests],
+                         ["application/x-protobuf", "application/json"])
+
+
+def _rotel_agent() -> str:
+    import rotel
+
+    return os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
+
+
+class RotelAcceptsOurJsonTest(ExporterTestCase):
+    """A real collector we did not write (Rotel) decodes our OTLP/JSON: what it forwards (as
+    protobuf, to the sink) is exactly what we sent, ids included."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.port = free_port()
+        self.agent = subprocess.Popen(
+            [_rotel_agent(), "start", "--otlp-http-endpoint", f"127.0.0.1:{self.port}",
+             "--otlp-grpc-endpoint", f"127.0.0.1:{free_port()}", "--exporter", "otlp",
+             "--otlp-exporter-endpoint", self.sink.endpoint, "--otlp-exporter-protocol", "http",
+             "--disable-batching"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(self._stop_agent)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # bounded: until its HTTP receiver listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.05)
+        else:
+            self.fail("rotel-agent did not start listening")
+
+    def _stop_agent(self) -> None:
+        self.agent.terminate()
+        try:
+            self.agent.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.agent.kill()
+            self.agent.wait(timeout=10)
+
+    def test_traces_metrics_logs(self):
+        base = f"http://127.0.0.1:{self.port}"
+        exp = self.exporter(traces_endpoint=base + "/v1/traces", metrics_endpoint=base + "/v1/metrics",
+                            logs_endpoint=base + "/v1/logs", **JSON_PROTOCOLS)
+        sent = {TRACES: trace_items(), "metrics": metric_items(), LOGS: log_items()}
+        for signal, items in sent.items():
+            outcome = exp.export(signal, items, time.monotonic() + 10)
+            self.assertEqual(outcome.kind, SUCCESS, outcome)
+        arrived = lambda: self.sink.spans() and self.sink.metrics() and self.sink.log_records()  # noqa: E731
+        self.assertTrue(self.sink.wait_for(arrived, timeout=20), self.sink.requests)
+        self.assertEqual(self.sink.spans(), [s for rs in sent[TRACES] for ss in rs.scope_spans for s in ss.spans])
+        self.assertEqual(self.sink.log_records(), [lr for rl in sent[LOGS] for sl in rl.scope_logs
+                                                   for lr in sl.log_records])
+        point = self.sink.metrics()[0]
+        self.assertEqual((point.name, point.point.as_int, point.metric.sum.is_monotonic), ("requests", 42, True))
+        self.assertEqual(self.sink.span_items()[0].resource["service.name"], "exporter-test")
+
+
 def make_self_signed(directory: str):
     """A throwaway certificate for 127.0.0.1 (cryptography if installed, else the openssl CLI)."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
@@ -400,6 +727,7 @@ class CertificateTest(unittest.TestCase):
         cls.tmp.cleanup()
 
     def setUp(self) -> None:
+        quiet_exporter_logs(self)
         if self.pair is None:
             self.skipTest("needs the 'cryptography' package or the openssl CLI to make a test certificate")
         self.sink = OtlpSink(tls=self.pair).start()
@@ -412,13 +740,16 @@ class CertificateTest(unittest.TestCase):
         self.addCleanup(exp.close)
         return exp
 
-    def test_untrusted_certificate_is_rejected_once_and_logged_once(self):
+    def test_untrusted_certificate_is_a_failure_tried_once_and_logged_once(self):
+        # A failure like a refused connection (so the flush breaker opens), not a rejection of the
+        # data, and not retried within the export: it will not verify a moment later.
         exp = self.exporter()
         with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
             outcomes = [exp.export(TRACES, trace_items(), time.monotonic() + 10) for _ in range(2)]
         for outcome in outcomes:
-            self.assertEqual((outcome.kind, outcome.attempts, outcome.status), (REJECTED, 1, None))
-            self.assertIn("certificate verification failed", outcome.error)
+            self.assertEqual((outcome.kind, outcome.attempts, outcome.status, outcome.cause),
+                             (RETRYABLE, 1, None, FailureCause.TLS))
+            self.assertIn("certificate verification", outcome.error)
             self.assertNotIn("s3cr3t", outcome.error)
         self.assertEqual(len(logs.output), 1)
         self.assertEqual(self.sink.spans(), [])
@@ -430,7 +761,7 @@ class CertificateTest(unittest.TestCase):
         self.addCleanup(exp.close)
         with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
             for signal in (TRACES, "metrics", "logs"):
-                self.assertEqual(exp.export(signal, items_for(signal), time.monotonic() + 10).kind, REJECTED)
+                self.assertEqual(exp.export(signal, items_for(signal), time.monotonic() + 10).kind, RETRYABLE)
         self.assertEqual(len(logs.output), 1, logs.output)
 
     def test_configured_ca_bundle_is_trusted(self):

@@ -144,6 +144,22 @@ class EncodingTest(unittest.TestCase):
         self.assertEqual((record["traceId"], record["spanId"]), (TRACE_ID.hex(), SPAN_ID.hex()))
         self.assertEqual(record["severityNumber"], logs_pb2.SEVERITY_NUMBER_INFO)
 
+    def test_json_64_bit_integers_are_numbers_when_a_double_holds_them(self):
+        rm = metrics_pb2.ResourceMetrics()
+        metric = rm.scope_metrics.add().metrics.add(name="h")
+        metric.sum.data_points.add(as_int=42, time_unix_nano=1_700_000_000_123_456_789)
+        metric.histogram.data_points.add(count=3, bucket_counts=[1, 2], time_unix_nano=5)
+        obj = json.loads(otlp.encode_request(METRICS, [rm], otlp.JSON))
+        point = obj["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["histogram"]["dataPoints"][0]
+        self.assertEqual((point["count"], point["bucketCounts"], point["timeUnixNano"]), (3, [1, 2], 5))
+        rm2 = metrics_pb2.ResourceMetrics()
+        rm2.scope_metrics.add().metrics.add(name="s").sum.data_points.add(as_int=2**60, time_unix_nano=1_700_000_000_123_456_789)
+        obj = json.loads(otlp.encode_request(METRICS, [rm2], otlp.JSON))
+        point = obj["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["sum"]["dataPoints"][0]
+        self.assertEqual((point["asInt"], point["timeUnixNano"]), (str(2**60), "1700000000123456789"))
+        value = common_pb2.AnyValue(string_value="42")  # a string stays a string
+        self.assertEqual(json.loads(otlp.encode_message(value, otlp.JSON)), {"stringValue": "42"})
+
     def test_json_round_trip_per_signal(self):
         for signal in SIGNALS:
             items = [ITEMS[signal]()]

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
+import select
 import socket
 import ssl
 import struct
@@ -81,6 +83,7 @@ class Reply:
     # answer, as if the kept-alive connection had died while idle (e.g. across a Lambda freeze).
     stale_keepalive: bool = False
     close_after: bool = False  # answer, then close the connection (without "Connection: close")
+    drip: float = 0.0  # send the answer one byte at a time, this many seconds apart (status line included)
 
 
 OK = Reply()
@@ -99,6 +102,8 @@ class SinkRequest:
     nth_on_connection: int  # 0 for the first request on a connection
     end: Optional[float] = None
     body_size: int = 0  # bytes received on the wire (possibly compressed)
+    body_sha256: str = ""  # of those bytes, exactly as received (e.g. to check a signature)
+    http_version: str = ""  # e.g. "HTTP/1.1", from the request line
     decoded: Optional[Message] = None
     decode_error: Optional[str] = None
     status: Optional[int] = None  # None when no answer was sent
@@ -231,6 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
             connection_id=self.conn_id,
             nth=self.served,
         )
+        rec.http_version = self.request_version
         try:
             self._serve(sink, rec, path)
         except OSError:
@@ -257,6 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         raw = self._read_chunked() if chunked else self.rfile.read(length)
         rec.body_size = len(raw)
+        rec.body_sha256 = hashlib.sha256(raw).hexdigest()
         if reply.close:
             self.close_connection = True
             try:
@@ -307,12 +314,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             resp = otlp.build_response(signal, reply.partial_rejected, reply.partial_message)
             body, ctype = otlp.encode_message(resp, content_type), content_type
-        self._send(rec, reply.status, body, ctype, reply.retry_after)
+        self._send(rec, reply.status, body, ctype, reply.retry_after, reply.drip)
         if reply.close_after:
             self.close_connection = True
         sink._close_request(rec, outcome="answered", status=reply.status)
 
-    def _send(self, rec: SinkRequest, status: int, body: bytes, ctype: str, retry_after: Optional[str]) -> None:
+    def _send(self, rec: SinkRequest, status: int, body: bytes, ctype: str, retry_after: Optional[str],
+              drip: float = 0.0) -> None:
         # Status first: a client that has read the answer must already see it recorded (spans()).
         self.server.sink._set_status(rec, status)
         self.send_response(status)
@@ -320,9 +328,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
+        if drip > 0:
+            self._headers_buffer.append(b"\r\n")
+            answer = b"".join(self._headers_buffer) + body
+            self._headers_buffer = []
+            for i in range(len(answer)):  # bounded: one byte per step; stop() interrupts the pause
+                self._pause_unless_client_left(drip)
+                self.wfile.write(answer[i:i + 1])
+            return
         self.end_headers()
         self.wfile.write(body)
         self.wfile.flush()
+
+    def _pause_unless_client_left(self, seconds: float) -> None:
+        """Wait ``seconds``; raise OSError at once if the client closes (so ``end`` is when it did)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.server.sink._stopping.is_set():
+                raise OSError("sink stopped while dripping an answer")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if isinstance(self.connection, ssl.SSLSocket):  # no MSG_PEEK on TLS: just wait
+                self.server.sink._stopping.wait(remaining)
+                continue
+            readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.05))
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                raise OSError("client closed the connection while the answer was dripping")
 
     def _read_chunked(self) -> bytes:
         parts: List[bytes] = []

@@ -1,0 +1,382 @@
+"""The HTTP client under the exporter: ``requests``, bounded as a whole and cheap per call.
+
+Two things ``requests`` does not give us, and one it costs too much for:
+
+- **A deadline for the whole request.** Its timeout applies to each socket operation, so a
+  backend that drips its answer a byte at a time keeps a request open for ever, across a freeze.
+  ``Watchdog`` (one daemon thread per exporter) shuts the request's socket down at the request's
+  deadline, which ends any read or write in progress at once.
+- **Bounded DNS.** ``getaddrinfo`` has no timeout. ``Resolver`` runs it on a helper thread and
+  waits at most the connect timeout (at most one lookup in flight per host; results cached for
+  ``DNS_CACHE_S``, forgotten when a connection to them fails).
+- **Cheap calls.** One ``requests.Session`` per endpoint origin, with ``trust_env`` off; each
+  request is a ``PreparedRequest`` built by hand (URL prepared once per URL) and sent straight
+  through the session's adapter: no per-call environment merging, proxy lookup (done once per
+  URL), cookie jar, hooks or redirect handling.
+
+The connection classes hook into urllib3 (``_new_conn`` and ``request``), the one place where a
+socket of ours can be reached; anything unexpected there fails the attempt, never the process.
+``requests`` and urllib3 are imported on first use.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # pragma: no cover
+    import requests
+
+DNS_CACHE_S = 30.0
+MAX_RESPONSE_BYTES = 1024 * 1024  # an OTLP response is a few bytes; an error page is cut here
+_READ_CHUNK = 16384
+
+AddrInfo = Tuple[int, int, int, str, Any]
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request was still open at its deadline and was cut (by closing its socket)."""
+
+
+class Resolver:
+    """``getaddrinfo`` with a timeout and a short cache. Thread-safe."""
+
+    def __init__(self, cache_s: float = DNS_CACHE_S, clock=time.monotonic) -> None:
+        self._cache_s = cache_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: Dict[Tuple[str, int], Tuple[float, List[AddrInfo]]] = {}
+        self._pending: Dict[Tuple[str, int], "_Lookup"] = {}
+
+    def resolve(self, host: str, port: int, timeout: Optional[float]) -> List[AddrInfo]:
+        """Addresses for ``host``; raises ``socket.gaierror`` or ``DeadlineExceeded`` (too slow)."""
+        try:  # an address literal needs no lookup
+            return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            pass
+        key = (host, port)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and self._clock() < cached[0]:
+                return cached[1]
+            lookup = self._pending.get(key)
+            if lookup is None:  # at most one thread per host, however slow its DNS
+                lookup = self._pending[key] = _Lookup(host, port, self._done)
+                lookup.start()
+        if not lookup.finished.wait(timeout):
+            raise DeadlineExceeded(f"DNS resolution of {host} took longer than {timeout:.3g}s")
+        if lookup.error is not None:
+            raise lookup.error
+        return lookup.result
+
+    def forget(self, host: Optional[str] = None) -> None:
+        """Drop cached addresses (of one host, or all): the next connection asks DNS again."""
+        with self._lock:
+            for key in [k for k in self._cache if host is None or k[0] == host]:
+                del self._cache[key]
+
+    def _done(self, lookup: "_Lookup") -> None:
+        with self._lock:
+            self._pending.pop((lookup.host, lookup.port), None)
+            if lookup.error is None:
+                self._cache[(lookup.host, lookup.port)] = (self._clock() + self._cache_s, lookup.result)
+
+
+class _Lookup(threading.Thread):
+    def __init__(self, host: str, port: int, on_done) -> None:
+        super().__init__(name="lambda-otel-dns", daemon=True)
+        self.host, self.port = host, port
+        self.finished = threading.Event()
+        self.result: List[AddrInfo] = []
+        self.error: Optional[BaseException] = None
+        self._on_done = on_done
+
+    def run(self) -> None:
+        try:
+            self.result = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            self.error = exc if isinstance(exc, OSError) else socket.gaierror(str(exc))
+        finally:
+            self._on_done(self)
+            self.finished.set()
+
+
+class Watchdog:
+    """Cuts the socket of a request still open at its deadline.
+
+    The exporter ``arm``s it before an attempt and ``disarm``s it after reading the answer; the
+    connection hooks ``attach`` each socket the attempt uses. One thread, started on first use.
+    """
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition(threading.Lock())
+        self._deadline: Optional[float] = None
+        self._sock: Optional[socket.socket] = None
+        self._fired = False
+        self._thread: Optional[threading.Thread] = None
+
+    def arm(self, deadline: float) -> None:
+        with self._cond:
+            self._deadline, self._sock, self._fired = deadline, None, False
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lambda-otel-export-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._cond:
+            if self._fired:
+                _cut(sock)
+            elif self._deadline is not None:
+                self._sock = sock
+
+    def disarm(self) -> bool:
+        """End the attempt's watch; True if the deadline cut it."""
+        with self._cond:
+            fired = self._fired
+            self._deadline, self._sock, self._fired = None, None, False
+            self._cond.notify()
+            return fired
+
+    @property
+    def fired(self) -> bool:
+        with self._cond:
+            return self._fired
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._deadline is None or self._fired:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - self._clock()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._fired = True
+                if self._sock is not None:
+                    _cut(self._sock)
+
+
+def _cut(sock: socket.socket) -> None:
+    """Shut a socket down (both ways) so a read or write blocked on it returns now.
+
+    ``socket.socket.shutdown`` directly: for a TLS socket it acts on the descriptor without
+    touching the TLS object the other thread is using. The owner still closes it.
+    """
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+class Transport:
+    """POSTs through one ``requests.Session`` per endpoint origin; see the module docstring.
+
+    Used from one thread at a time (the exporter's); ``close()`` may come from another.
+    """
+
+    def __init__(self, verify: Any) -> None:
+        self.verify = verify
+        self.resolver = Resolver()
+        self.watchdog = Watchdog()
+        self._lock = threading.Lock()
+        self._sessions: Dict[str, "requests.Session"] = {}
+        self._urls: Dict[str, Tuple[str, Dict[str, str]]] = {}  # url -> (prepared url, proxies)
+        self._adapter_cls = None
+
+    def warm_up(self) -> None:
+        """Import requests and urllib3 and build the adapter class, so the first export does not."""
+        if self._adapter_cls is None:
+            self._adapter_cls = _adapter_class(self)
+
+    def post(self, url: str, headers: Mapping[str, str], body: bytes, timeout: float,
+             deadline: float) -> Tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body up to MAX_RESPONSE_BYTES); raises requests' exceptions, or
+        ``DeadlineExceeded`` when the deadline cut the request."""
+        import requests
+
+        session, prepared_url, proxies = self._session_for(url)
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = prepared_url
+        request.headers = dict(headers)
+        request.headers["Content-Length"] = str(len(body))
+        request.body = body
+        adapter = session.get_adapter(prepared_url)
+        self.watchdog.arm(deadline)
+        try:
+            response = adapter.send(request, stream=True, timeout=timeout, verify=self.verify, cert=None,
+                                    proxies=proxies)
+            try:
+                content = _read_limited(response)
+            finally:
+                response.close()  # back to the pool if fully read, else the connection is dropped
+        except Exception as exc:
+            if self.watchdog.disarm():
+                raise DeadlineExceeded("request cut at its deadline") from exc
+            raise
+        self.watchdog.disarm()
+        return response.status_code, response.headers, content
+
+    def has_idle_connection(self, url: str) -> bool:
+        """Whether the next request to ``url`` will go out on a kept-alive pooled connection.
+
+        Looks inside urllib3's pool (there is no public API for this); any surprise means "no",
+        which only costs the stale-connection shortcut, never correctness.
+        """
+        with self._lock:
+            session = self._sessions.get(_origin(url))
+        if session is None:
+            return False
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            manager = session.get_adapter(url).poolmanager
+            for key in manager.pools.keys():
+                pool = manager.pools.get(key)
+                if pool is None or pool.host != parts.hostname or pool.port != port or pool.pool is None:
+                    continue
+                with pool.pool.mutex:
+                    if any(c is not None and getattr(c, "sock", None) is not None for c in pool.pool.queue):
+                        return True
+        except Exception:  # noqa: BLE001 - introspection only
+            return False
+        return False
+
+    def drop_connections(self, url: Optional[str] = None) -> None:
+        """Close pooled connections (of one endpoint, or all); sessions stay usable."""
+        with self._lock:
+            sessions = [s for o, s in self._sessions.items() if url is None or o == _origin(url)]
+        for session in sessions:
+            session.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.close()
+        self.resolver.forget()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _session_for(self, url: str):
+        with self._lock:
+            known = self._urls.get(url)
+            origin = _origin(url)
+            session = self._sessions.get(origin)
+        if known is None:
+            import requests
+            from requests.utils import get_environ_proxies
+
+            prepared = requests.PreparedRequest()
+            prepared.prepare_url(url, None)
+            # HTTPS_PROXY/HTTP_PROXY/NO_PROXY, looked up once per URL rather than per call.
+            known = (prepared.url, get_environ_proxies(url))
+            with self._lock:
+                self._urls[url] = known
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            session.trust_env = False  # no ~/.netrc, no REQUESTS_CA_BUNDLE surprises: only our config
+            adapter = self._adapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            with self._lock:
+                session = self._sessions.setdefault(origin, session)
+        return session, known[0], known[1]
+
+    def _adapter(self):
+        if self._adapter_cls is None:
+            self._adapter_cls = _adapter_class(self)
+        return self._adapter_cls()
+
+
+def _adapter_class(transport: Transport):
+    """An ``HTTPAdapter`` whose urllib3 connections resolve through ``transport.resolver`` and
+    hand their sockets to ``transport.watchdog``."""
+    import requests.adapters
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    class _Bounded:
+        def _new_conn(self):  # replaces urllib3's create_connection(): same errors, bounded DNS
+            timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+            host = self._dns_host
+            try:
+                infos = transport.resolver.resolve(host, self.port, timeout)
+            except socket.gaierror as exc:
+                raise NameResolutionError(self.host, self, exc) from exc
+            except DeadlineExceeded as exc:
+                raise ConnectTimeoutError(self, str(exc)) from exc
+            error: Optional[OSError] = None
+            for family, socktype, proto, _, address in infos:
+                sock = None
+                try:
+                    sock = socket.socket(family, socktype, proto)
+                    transport.watchdog.attach(sock)
+                    for option in self.socket_options or ():
+                        sock.setsockopt(*option)
+                    if timeout is not None:
+                        sock.settimeout(timeout)
+                    if self.source_address:
+                        sock.bind(self.source_address)
+                    sock.connect(address)
+                    return sock
+                except socket.timeout as exc:
+                    if sock is not None:
+                        sock.close()
+                    raise ConnectTimeoutError(
+                        self, f"Connection to {self.host} timed out. (connect timeout={timeout})") from exc
+                except OSError as exc:
+                    error = exc
+                    if sock is not None:
+                        sock.close()
+            transport.resolver.forget(host)
+            raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
+
+        def request(self, *args, **kwargs):
+            if self.sock is not None:  # a reused connection, or TLS just set up: watch this socket
+                transport.watchdog.attach(self.sock)
+            return super().request(*args, **kwargs)
+
+    http_connection = type("BoundedHTTPConnection", (_Bounded, HTTPConnection), {})
+    https_connection = type("BoundedHTTPSConnection", (_Bounded, HTTPSConnection), {})
+    pools = {
+        "http": type("BoundedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_connection}),
+        "https": type("BoundedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https_connection}),
+    }
+
+    class BoundedAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy, **proxy_kwargs):
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
+    return BoundedAdapter
+
+
+def _read_limited(response: "requests.Response") -> bytes:
+    chunks = []
+    size = 0
+    for chunk in response.iter_content(_READ_CHUNK):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= MAX_RESPONSE_BYTES:
+            break
+    return b"".join(chunks)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}".lower()

@@ -1,0 +1,76 @@
+"""Hostile backends against the real extension under the simulator (issue 13, exporter side).
+
+A backend may answer anything: a Retry-After no server should send, or an answer dripped a byte
+at a time. Whatever it does, the extension keeps running, every invocation stays within its
+budget, no request is open while the sandbox is frozen, it exits 0 before the SHUTDOWN deadline,
+and every function log line is delivered or counted.
+"""
+
+import email.utils
+import time
+import unittest
+
+from lambda_otel.local.sink import Reply
+from tests.reliability_support import dropped_by, expected_lines, function_lines
+from tests.test_reliability_faults import FAULT_ENV, LINES, FaultScenarioCase
+
+HOSTILE_RETRY_AFTER = ("1e10", "inf", "1e400", "NaN", "-5", "Fri, 31 Dec 9999 23:59:59 GMT")
+
+
+class HostileBackendTest(FaultScenarioCase):
+    def extension_output(self, sim) -> str:
+        # The simulator reads the extension's stderr on a thread of its own: after the exit, give
+        # it a moment (bounded) to catch up with the last lines (the final flush's summary).
+        deadline = time.monotonic() + 5.0
+        output = super().extension_output(sim)
+        while "final flush:" not in output and time.monotonic() < deadline:
+            time.sleep(0.05)
+            output = super().extension_output(sim)
+        return output
+
+    def assert_delivered_or_counted(self, sink, results, summary):
+        seen = function_lines(sink)
+        expected = expected_lines(results, LINES)
+        self.assertTrue(set(seen) <= expected)
+        lost = len(expected - set(seen))
+        counted = dropped_by(sink.metrics(), "logs") if not summary["dropped"] else sum(summary["dropped"].values())
+        self.assertGreaterEqual(counted, lost, (summary, lost))
+
+    def test_retry_after_values_no_server_should_send(self):
+        future = email.utils.formatdate(time.time() + 50 * 365 * 86400, usegmt=True)
+        for value in HOSTILE_RETRY_AFTER + (future,):
+            with self.subTest(retry_after=value):
+                sink = self.make_sink()
+                sim, results, summary, output = self.run_phases(
+                    self.make_env(sink, **FAULT_ENV),
+                    fault=lambda: sink.set_reply(Reply(status=503, retry_after=value)),
+                    recover=lambda: sink.set_reply(Reply()),
+                )
+                self.assertNotIn("Traceback", output)
+                self.assertNotIn("OverflowError", output)
+                self.assertTrue(any(r.status == 503 for r in sink.requests), "the fault never happened")
+                self.assert_delivered_or_counted(sink, results, summary)
+
+    def test_an_answer_dripped_a_byte_at_a_time(self):
+        sink = self.make_sink()
+        sim, results, summary, output = self.run_phases(
+            self.make_env(sink, **FAULT_ENV),
+            fault=lambda: sink.set_reply(Reply(drip=0.05)),
+            recover=lambda: sink.set_reply(Reply()),
+        )
+        dripped = [r for r in sink.requests if r.outcome == "error"]
+        self.assertTrue(dripped, "no request was cut: the fault never happened")
+        # Not one request stays open across a freeze, however slowly the backend answers.
+        for freeze in sim.freezes:
+            open_then = sink.open_at(freeze.frozen_at.mono)
+            self.assertEqual(open_then, [], [(freeze.frozen_at.mono - r.start, (r.end or 0) - freeze.frozen_at.mono, r.outcome) for r in open_then])
+        self.assertIn("before the request's deadline", output)  # the first failure, named once
+        # The sink decoded (and so counts as delivered) what it was dripping an answer for: at least
+        # once, never lost.
+        seen = function_lines(sink)
+        self.assertEqual(set(seen), expected_lines(results, LINES))
+        self.assertEqual(summary["unsent"], 0, summary)
+
+
+if __name__ == "__main__":
+    unittest.main()
