@@ -111,6 +111,7 @@ _TIME_RE = re.compile(
 )
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _day_cache: Dict[str, int] = {}
+_time_cache: Dict[str, int] = {}  # whole value -> ns: a batch's lines share their milliseconds
 _second_cache: Dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" (UTC) -> epoch seconds, for parse_time_ns
 _REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}", re.ASCII)
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII)
@@ -126,11 +127,23 @@ def parse_time_ns(value: object) -> Optional[int]:
     """RFC 3339 as Lambda writes it (``2024-05-01T10:00:00.100Z``, 0-9 fraction digits,
     ``Z`` or ``+hh:mm``) -> epoch ns; None when malformed or outside 2000-2100.
 
-    Every event has a time and a batch's events share few seconds, so the common UTC form
-    looks its whole second up in a small cache (filled by the full parse below) and only
-    parses the fraction: this function was the top entry of the converter's profile."""
-    if not isinstance(value, str) or len(value) > 40:
+    Every event has a time and a batch's events share few milliseconds, so a whole value is
+    looked up first; on a miss the common UTC form looks its whole second up in a second cache
+    and only parses the fraction: this function was the top entry of the converter's profile."""
+    if value.__class__ is not str or len(value) > 40:  # (a str subclass is not a Telemetry API time)
         return None
+    cached = _time_cache.get(value)
+    if cached is not None:
+        return cached
+    ns = _parse_time_ns(value)
+    if ns is not None:
+        if len(_time_cache) >= 4096:
+            _time_cache.clear()
+        _time_cache[value] = ns
+    return ns
+
+
+def _parse_time_ns(value: str) -> Optional[int]:
     if value[19:20] == "." and value[-1:] in "Zz" and len(value) <= 30:
         secs = _second_cache.get(value[:19])
         frac = value[20:-1]
@@ -318,6 +331,8 @@ class _Batch:
         self.ss = None
         self.rl: Optional[logs_pb2.ResourceLogs] = None
         self.scopes: Dict[str, logs_pb2.ScopeLogs] = {}
+        self.journal: list = []  # the ScopeLogs of every record added, in order (for rollback)
+        self.n_spans = 0
         self.runtime_done: List[str] = []
         self.reports: List[str] = []
         self.started: List[str] = []
@@ -331,6 +346,7 @@ class _Batch:
             self.ss = self.rs.scope_spans.add()
             self.ss.scope.name = SCOPE_SPANS
             self.ss.scope.version = lambda_otel.__version__
+        self.n_spans += 1
         return self.ss.spans.add()
 
     def log(self, scope: str) -> logs_pb2.LogRecord:
@@ -342,17 +358,24 @@ class _Batch:
             sl = self.scopes[scope] = self.rl.scope_logs.add()
             sl.scope.name = scope
             sl.scope.version = lambda_otel.__version__
+        self.journal.append(sl)
         return sl.log_records.add()
 
     def mark(self):
-        return (len(self.ss.spans) if self.ss is not None else 0,
-                {name: len(sl.log_records) for name, sl in self.scopes.items()})
+        """Taken before every event (``process`` inlines it): cheap, since rollbacks are rare."""
+        return (self.n_spans, len(self.journal))
 
     def rollback(self, mark) -> None:
         if self.ss is not None:
             del self.ss.spans[mark[0]:]
-        for name, sl in self.scopes.items():
-            del sl.log_records[mark[1].get(name, 0):]
+            self.n_spans = len(self.ss.spans)
+        added = self.journal[mark[1]:]
+        del self.journal[mark[1]:]
+        counts: Dict[int, list] = {}  # id(ScopeLogs) -> [ScopeLogs, records added since the mark]
+        for sl in added:
+            counts.setdefault(id(sl), [sl, 0])[1] += 1
+        for sl, n in counts.values():
+            del sl.log_records[len(sl.log_records) - n:]
 
     def result(self) -> Converted:
         out = Converted(runtime_done=self.runtime_done, reports=self.reports, started=self.started,
@@ -452,8 +475,9 @@ class TelemetryConverter:
                 return batch.result()
             while self._to_release:
                 self._release(self._to_release.pop(), batch)
+            journal = batch.journal
             for event in events:
-                mark = batch.mark()
+                mark = (batch.n_spans, len(journal))
                 try:
                     self._dispatch(event, batch)
                 except Exception:  # never let one event break the batch; undo its output
@@ -539,6 +563,9 @@ class TelemetryConverter:
             self._ignore(UNKNOWN_TYPE, batch)
             return
         if handler is None:
+            return
+        if etype in _LOG_EVENTS:  # most lines carry their own time: parse the event's only if needed
+            handler(event.get("time"), event["record"], batch)
             return
         t = parse_time_ns(event.get("time"))
         if t is None:
@@ -752,7 +779,9 @@ class TelemetryConverter:
         span.kind = trace_pb2.Span.SPAN_KIND_INTERNAL
         span.start_time_unix_nano = start
         span.end_time_unix_nano = end
-        set_attributes(span.attributes, {"faas.invocation_id": inv.request_id})
+        kv = span.attributes.add()
+        kv.key = "faas.invocation_id"
+        kv.value.string_value = inv.request_id
 
     def _child_span(self, inv: _Invocation, item: object, batch: _Batch) -> None:
         """One of runtimeDone.spans: {"name", "start", "durationMs"}."""
@@ -1049,18 +1078,22 @@ class TelemetryConverter:
             attrs["aws.lambda.logs_dropped.reason"] = reason
         set_attributes(lr.attributes, attrs)
 
-    def _on_function_log(self, t: int, record: object, batch: _Batch) -> None:
-        self._log(t, record, SCOPE_FUNCTION, batch)
+    def _on_function_log(self, event_time: object, record: object, batch: _Batch) -> None:
+        self._log(event_time, record, SCOPE_FUNCTION, batch)
 
-    def _on_extension_log(self, t: int, record: object, batch: _Batch) -> None:
-        self._log(t, record, SCOPE_EXTENSION, batch)
+    def _on_extension_log(self, event_time: object, record: object, batch: _Batch) -> None:
+        self._log(event_time, record, SCOPE_EXTENSION, batch)
 
-    def _log(self, t: int, record: object, scope: str, batch: _Batch) -> None:
+    def _log(self, event_time: object, record: object, scope: str, batch: _Batch) -> None:
         line = _parse_line(record, scope, self._service_name)
         if line is None:
             self._ignore(MALFORMED_RECORD, batch)
             return
         if line.time_ns is None:
+            t = parse_time_ns(event_time)
+            if t is None:
+                self._ignore(BAD_TIME, batch)
+                t = batch.now
             line.time_ns = t
         inv = self._lookup(line.rid) if line.rid is not None else self._active_at(line.time_ns)
         if line.exception_type and inv is not None and line.uncaught:
@@ -1069,7 +1102,8 @@ class TelemetryConverter:
             if inv is not None and not inv.done and inv.request_id == line.rid:
                 self._hold(inv, line, batch)  # decided when the invocation ends (the SDK flushes by then)
                 return
-            if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
+            if self._sdk_view.sdk_logs_seen and self._sdk_view.take_log(line.severity_number, line.dedup_text,
+                                                                        *line.window):
                 self._deduplicated(1, batch)
                 return
         self._emit_log(line, inv, batch)
@@ -1090,6 +1124,10 @@ class TelemetryConverter:
             return
         self._holding.remove(inv)
         self._held_count -= len(held)
+        if not self._sdk_view.sdk_logs_seen:  # the function's SDK sends no logs: nothing to compare
+            for line in held:
+                self._emit_log(line, inv, batch)
+            return
         deduplicated = 0
         for line in held:
             if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
@@ -1138,10 +1176,12 @@ class TelemetryConverter:
                 set_key(kv, key)
                 set_any_value(kv.value, value)
                 n += 1
-        if rid is not None:
-            attrs["faas.invocation_id"] = rid
         if attrs:
             set_attributes(lr.attributes, attrs)
+        if rid is not None:
+            kv = lr.attributes.add()
+            kv.key = "faas.invocation_id"
+            kv.value.string_value = rid
 
     def _active_at(self, t: int) -> Optional[_Invocation]:
         """The invocation running at time t, else the most recent one started before t."""
@@ -1163,6 +1203,7 @@ class TelemetryConverter:
 
 # ---------------------------------------------------------------------- function and extension lines
 
+_LOG_EVENTS = frozenset(("function", "extension"))  # their handlers get the raw event time
 _MAX_HELD_LINES = 4096  # function lines waiting for their invocation's end (log deduplication)
 _SECOND = 1_000_000_000
 EXCEPTION_EVENT = "faas.invocation.exception"  # semconv: the log event of an uncaught exception
@@ -1181,25 +1222,26 @@ _POWERTOOLS_NO_SERVICE = "service_undefined"
 
 
 class _LogLine:
-    """One function/extension line, parsed; emitted now or after its invocation's end."""
+    """One function/extension line, parsed; emitted now or after its invocation's end.
 
-    __slots__ = ("scope", "time_ns", "severity_number", "severity_text", "body", "rid", "attrs", "extra",
-                 "window", "dedup_text", "event_name", "exception_type", "uncaught")
+    The class attributes are the defaults (all immutable): a line sets only what it has, which is
+    most of the cost of a plain line saved (this runs for every line)."""
+
+    time_ns: Optional[int] = None  # the line's own timestamp, else the event's
+    severity_number = 0
+    severity_text = ""
+    body: object = None
+    rid: Optional[str] = None
+    attrs: Optional[dict] = None
+    extra: Optional[list] = None  # (key, JSON value) pairs of a structured record
+    window: Optional[tuple] = None  # (lo, hi) ns: where the SDK's copy's time may fall
+    dedup_text = ""
+    event_name = ""
+    exception_type: Optional[str] = None
+    uncaught = False  # the runtime's own report of the handler's exception
 
     def __init__(self, scope: str) -> None:
         self.scope = scope
-        self.time_ns: Optional[int] = None  # the line's own timestamp, else the event's
-        self.severity_number = 0
-        self.severity_text = ""
-        self.body: object = None
-        self.rid: Optional[str] = None
-        self.attrs: dict = {}
-        self.extra: list = []  # (key, JSON value) pairs of a structured record
-        self.window: Optional[tuple] = None  # (lo, hi) ns: where the SDK's copy's time may fall
-        self.dedup_text = ""
-        self.event_name = ""
-        self.exception_type: Optional[str] = None
-        self.uncaught = False  # the runtime's own report of the handler's exception
 
 
 def _parse_line(record: object, scope: str, service_name: Optional[str]) -> Optional[_LogLine]:
@@ -1222,7 +1264,7 @@ def _parse_line(record: object, scope: str, service_name: Optional[str]) -> Opti
             return line
     line.body = text
     if scope == SCOPE_EXTENSION and text.startswith(SELF_LOG_PREFIX):
-        line.attrs["lambda_otel.self"] = True
+        line.attrs = {"lambda_otel.self": True}
         level = text[len(SELF_LOG_PREFIX):].lstrip().split(" ", 1)[0]
         if level in SEVERITY:
             line.severity_text, line.severity_number = level, SEVERITY[level]
@@ -1274,8 +1316,7 @@ def _parse_uncaught_text(line: _LogLine, text: str) -> None:
     line.event_name = EXCEPTION_EVENT
     line.uncaught = True
     line.exception_type = name
-    line.attrs["exception.type"] = name
-    line.attrs["exception.message"] = message.strip()
+    line.attrs = {"exception.type": name, "exception.message": message.strip()}
     if trace:
         line.attrs["exception.stacktrace"] = trace.replace("\r", "\n").replace("\u00a0", " ")
 
@@ -1300,7 +1341,8 @@ def _parse_object(line: _LogLine, obj: dict, service_name: Optional[str]) -> Non
     if isinstance(rid, str) and _REQUEST_ID_RE.fullmatch(rid):
         line.rid = rid
     message = obj.get("message")
-    attrs = line.attrs
+    attrs = line.attrs = {}
+    extra = line.extra = []
     if "message" in obj:
         line.body = message
     elif "errorType" in obj or "errorMessage" in obj:
@@ -1332,7 +1374,7 @@ def _parse_object(line: _LogLine, obj: dict, service_name: Optional[str]) -> Non
             if value != service_name and value != _POWERTOOLS_NO_SERVICE:
                 attrs["powertools.service"] = _text(value, 256)  # never a second service.name
         elif value is not None:
-            line.extra.append((key, value))
+            extra.append((key, value))
     exc_type = attrs.get("exception.type")
     if isinstance(exc_type, str):
         line.exception_type = exc_type
