@@ -129,9 +129,137 @@ class LambdaOtelEndToEndTest(unittest.TestCase):
         summary = "\n".join(lines_after(out, "Summary:"))
         self.assertIn("invocations: 5 (1 error, 4 success)", summary)
         self.assertIn("extension lambda-otel: exit code 0, exited in time", summary)
+        self.assertIn("dropped by the extension (lambda_otel.dropped): nothing", summary)
+        self.assertNotIn("never delivered", summary)
+        self.assertRegex(metrics, r"faas\.mem_usage = count=5 sum=[0-9.]+ min=[0-9.]+ max=[0-9.]+ MiB")
+        self.assertEqual(proc.stderr.count("Traceback"), 0, proc.stderr)
+
+    def test_the_function_spans_hang_under_the_invocation_span(self):
+        """One tree per invocation with exactly one SERVER span: the demo's, under lambda-otel's."""
+        proc = run_cli("-n", "3")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        traces = span_trees(lines_after(proc.stdout, "Spans ("))
+        self.assertEqual(len(traces), 3)
+        for spans in traces.values():
+            roots = [(name, tags) for depth, name, tags in spans if depth == 0]
+            self.assertEqual(len(roots), 1, spans)  # one tree ...
+            self.assertEqual(roots[0][0], "test-function")  # ... rooted at the invocation span
+            self.assertEqual([name for _, name, tags in spans if "server" in tags], ["demo.handler"])
+            depth = {name: d for d, name, _ in spans}
+            self.assertEqual((depth["demo.handler"], depth["demo.work"]), (1, 2))
+        self.assertNotIn("(parent not received)", proc.stdout)
+
+    def test_init_error_cause_is_said_once_without_verbose(self):
+        proc = run_cli("-n", "2", "--env", "LAMBDA_OTEL_FLUSH_STRATEGY=bogus")
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertEqual(proc.stderr.count("\n"), 1, proc.stderr)  # one line, not one per retried init
+        self.assertIn("init failed: error Extension.InitError", proc.stderr)
+        self.assertIn("LAMBDA_OTEL_FLUSH_STRATEGY: 'bogus' is not allowed", proc.stderr)  # the cause itself
+        summary = "\n".join(lines_after(proc.stdout, "Summary:"))
+        self.assertIn("LAMBDA_OTEL_FLUSH_STRATEGY", summary)
+        self.assertEqual(summary.count("(init failed again)"), 2)
+        self.assertIn("dropped by the extension: unknown (no metrics reached the backend)", summary)
+
+    def test_mistyped_handler_is_one_clear_line(self):
+        proc = run_cli("-n", "1", "--handler", "demo_function.no_such_handler",
+                       "--handler-dir", os.path.join(ROOT, "lambda_otel", "local"))
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertNotIn("socketserver", proc.stderr)
+        self.assertIn("Runtime.HandlerNotFound", proc.stderr)
+        self.assertIn("no_such_handler", proc.stderr)
+
+    def test_printed_lines_are_capped(self):
+        proc = run_cli("-n", "4", "--max-lines", "3")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        logs = lines_after(proc.stdout, "Logs (")
+        self.assertEqual(len(logs), 4)
+        self.assertRegex(logs[-1], r"^  \.\.\. \d+ more \(--max-lines 0 prints all\)$")
+        spans = lines_after(proc.stdout, "Spans (")
+        self.assertEqual(sum(1 for line in spans if line.startswith("  trace ")), 1)  # whole traces only
+        self.assertRegex(spans[-1], r"^  \.\.\. 3 more trace\(s\), \d+ spans")
+
+    def test_snapstart_mode_two_restores_two_sandboxes(self):
+        proc = run_cli("-n", "4", "--mode", "snapstart")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        summary = "\n".join(lines_after(proc.stdout, "Summary:"))
+        self.assertIn("init (snap-start): success", summary)
+        self.assertRegex(summary, r"restore 1: success in [0-9.]+ ms \(lambda-otel pid \d+\)")
+        self.assertRegex(summary, r"restore 2: success in [0-9.]+ ms \(lambda-otel pid \d+\)")
+        self.assertEqual(summary.count("extension lambda-otel: exit code 0, exited in time"), 2)
+        metrics = "\n".join(lines_after(proc.stdout, "Metrics ("))
+        # the 3 successful invocations, counted by two sandboxes, summed (not the latest of one)
+        self.assertRegex(metrics, r"faas\.invocations = 3 \{invocation\}  \[sum, \d+ points, 2 sandboxes\]")
+        self.assertRegex(metrics, r"aws\.lambda\.restore_duration = count=2 ")
+
+
+def span_trees(lines: list) -> dict:
+    """{trace id: [(depth, name, tags)]} from the printed span trees."""
+    traces: dict = {}
+    current = None
+    for line in lines:
+        if line.startswith("  trace "):
+            current = traces.setdefault(line.split()[1], [])
+        elif line.lstrip().startswith("- ") and current is not None:
+            depth = (len(line) - len(line.lstrip()) - 4) // 2
+            name = line.lstrip()[2:].split(" ")[0]
+            tags = line.rsplit("[", 1)[1].split("]")[0].split(", ")
+            current.append((depth, name, tags))
+    return traces
+
+
+def metric_point(name, value, instance, unit="", kind="sum", delta=False, when=1):
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    from lambda_otel.local.sink import MetricPoint
+
+    metric = metrics_pb2.Metric(name=name, unit=unit)
+    temporality = 1 if delta else 2
+    if kind == "sum":
+        point = metric.sum.data_points.add(as_int=value, time_unix_nano=when)
+        metric.sum.aggregation_temporality = temporality
+    else:
+        point = metric.histogram.data_points.add(count=1, sum=value, min=value, max=value, time_unix_nano=when)
+        metric.histogram.aggregation_temporality = temporality
+    return MetricPoint(name, point, {"faas.instance": instance}, metric)
 
 
 class ArgumentsTest(unittest.TestCase):
+    def test_series_are_summed_over_sandboxes(self):
+        """A backend's view: the latest cumulative point of each sandbox, added up; delta points all added."""
+        points = [metric_point("faas.invocations", 1, "a", when=1), metric_point("faas.invocations", 2, "a", when=2),
+                  metric_point("faas.invocations", 5, "b", when=3),
+                  metric_point("d", 1, "a", delta=True), metric_point("d", 1, "a", delta=True, when=2),
+                  metric_point("faas.mem_usage", 64 * 1024 * 1024, "a", unit="By", kind="histogram"),
+                  metric_point("faas.mem_usage", 32 * 1024 * 1024, "b", unit="By", kind="histogram")]
+        out = io.StringIO()
+        cli.print_metrics(points, out)
+        text = out.getvalue()
+        self.assertIn("faas.invocations = 7  [sum, 3 points, 2 sandboxes]", text)
+        self.assertIn("d = 2  [sum, 2 points]", text)
+        self.assertIn("faas.mem_usage = count=2 sum=96.000 min=32.000 max=64.000 MiB  [histogram, 2 points, 2 sandboxes]",
+                      text)
+
+    def test_dropped_counts_per_signal_and_reason(self):
+        from opentelemetry.proto.common.v1 import common_pb2
+
+        points = []
+        for instance, value in (("a", 3), ("b", 4)):
+            mp = metric_point("lambda_otel.dropped", value, instance)
+            for key, val in (("signal", "logs"), ("reason", "queue_full")):
+                mp.point.attributes.append(common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=val)))
+            points.append(mp)
+        self.assertEqual(cli.dropped_counts(points), {("logs", "queue_full"): 7})
+        self.assertEqual(cli.dropped_counts([metric_point("faas.invocations", 1, "a")]), {})
+
+    def test_modes_and_limits(self):
+        args = cli.parse_args(["--mode", "managed-instances", "--concurrency", "8"])
+        self.assertEqual((args.mode, args.concurrency), ("managed-instances", 8))
+        self.assertIn("--mode", self.assert_usage_error("--mode", "provisioned"))
+        self.assertIn("--concurrency", self.assert_usage_error("--concurrency", "0"))
+        self.assertIn("--restores", self.assert_usage_error("--restores", "0"))
+        self.assertIn("--max-lines", self.assert_usage_error("--max-lines", "-1"))
+
     def assert_usage_error(self, *argv: str) -> str:
         err = io.StringIO()
         with redirect_stderr(err), self.assertRaises(SystemExit) as ctx:
@@ -163,7 +291,8 @@ class ArgumentsTest(unittest.TestCase):
             self.assertTrue(os.access(path, os.X_OK))
             # The launcher's interpreter and path must be the ones running now: check by running it
             # with a module that only prints where lambda_otel comes from.
-            script = open(path).read().replace("-m lambda_otel", "-c 'import lambda_otel; print(lambda_otel.__file__)'")
+            with open(path) as fh:
+                script = fh.read().replace("-m lambda_otel", "-c 'import lambda_otel; print(lambda_otel.__file__)'")
             probe = os.path.join(folder, "probe")
             with open(probe, "w") as fh:
                 fh.write(script)
@@ -186,6 +315,15 @@ class ArgumentsTest(unittest.TestCase):
         self.assertIn("(parent not received)", text)
         self.assertIn("(parent links form a cycle:)", text)  # shown once each, no endless loop
         self.assertEqual((text.count("- A "), text.count("- B ")), (1, 1))
+
+
+class SimulatorMainTest(unittest.TestCase):
+    def test_exits_non_zero_when_init_fails(self):
+        proc = subprocess.run([sys.executable, "-m", "lambda_otel.local.simulator", "--handler", "no_such_module.handler",
+                               "--handler-dir", ROOT, "--invokes", "1"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertIn('"errorType": "Runtime.ImportModuleError"', proc.stdout)
 
 
 if __name__ == "__main__":

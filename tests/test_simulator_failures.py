@@ -87,6 +87,9 @@ class Timeouts(SimTestCase):
         self.assertIn("initDurationMs", res2.report["metrics"])
         # the fresh extension process registered again and got the new INVOKE
         self.assertEqual(len(self.records("ext-a", "register")), 2)
+        # a new execution environment: its own instance id (and log stream), as backends tell sandboxes apart
+        ids = [e["record"]["instanceId"] for e in sim.telemetry_events("platform.initStart")]
+        self.assertNotEqual(ids[0], ids[1])
 
     def test_extension_never_ready_burns_the_function_timeout(self):
         sim = self.make_sim([("ext-a", ["--never-next-after-invoke"])], timeout_s=0.5, shutdown_budget_ms=300)
@@ -158,6 +161,8 @@ class Errors(SimTestCase):
         init = sim.start(timeout=20, check=False)
         self.assertEqual((init.status, init.error_type), ("error", "Extension.InitError"))
         self.assertEqual(self.records("ext-bad", "init_error")[0]["status"], 202)
+        self.assertIn("bad config", init.message)  # the extension's own errorMessage is the cause
+        self.assertEqual(init.extensions[0].error_message, "bad config")
         ext = sim.telemetry_events("platform.extension")[-1]["record"]
         self.assertEqual((ext["name"], ext["state"], ext["errorType"]), ("ext-bad", "InitError", "Extension.ConfigInvalid"))
         self.assertEqual([proc_state(p) for p in init.extension_pids.values()], [None])  # torn down

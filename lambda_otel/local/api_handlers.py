@@ -26,6 +26,16 @@ from .sandbox import (
 from .telemetry_delivery import Subscriber, Subscription, ValidationError, parse_subscription
 
 
+def _reported_message(data: bytes) -> str:
+    """The errorMessage of an init/exit error body (what the extension says went wrong), bounded."""
+    try:
+        doc = json.loads(data or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return data[:500].decode("utf-8", "replace").strip()
+    message = doc.get("errorMessage") if isinstance(doc, dict) else None
+    return str(message)[:500] if message else ""
+
+
 class ApiHandlers:
     """Request handling (mixin; see simulator.Simulator for the state)."""
 
@@ -275,14 +285,17 @@ class ApiHandlers:
             if ext.info.state in ("InitError", "ExitError"):
                 return error(403, "Extension.InvalidExtensionState", f"extension {ext.info.name} already reported")
             env = ext.env
+            cause = _reported_message(body.data)
+            ext.info.error_message = cause
+            cause = f": {cause}" if cause else ""
             if kind == "init":
                 if env.phase != "init":
                     return error(403, "Extension.InvalidExtensionState", "init error after init")
                 ext.info.state, ext.info.error_type = "InitError", error_type
-                self._fatal(env, "Extension.InitError", f"extension {ext.info.name} init error {error_type}")
+                self._fatal(env, "Extension.InitError", f"extension {ext.info.name} init error {error_type}{cause}")
             else:
                 ext.info.state, ext.info.error_type = "ExitError", error_type
-                self._fatal(env, "Extension.ExitError", f"extension {ext.info.name} exit error {error_type}")
+                self._fatal(env, "Extension.ExitError", f"extension {ext.info.name} exit error {error_type}{cause}")
             self._cv.notify_all()
             return ACCEPTED
 

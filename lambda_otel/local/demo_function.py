@@ -4,8 +4,10 @@ It produces a bit of every kind of telemetry so that the printed output has some
 - a plain text log line and a JSON log line (function logs, via stdout);
 - a short sleep, so the invocation has a visible duration;
 - its own OpenTelemetry spans, sent to the extension's OTLP receiver, when the OpenTelemetry SDK
-  is installed and ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (parented on the invocation's X-Ray
-  trace header, so they hang under the platform spans in the printed tree);
+  is installed and ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set: a SERVER span whose parent is the X-Ray
+  trace header's ``Parent`` id, as the standard Lambda instrumentation makes it, and a child. lambda-otel
+  gives its invocation span that same id (and makes it INTERNAL once it sees the function's SERVER
+  span), so the function's spans hang under the invocation span: one tree, one SERVER span;
 - an exception when the event asks for one (``{"error": true}``), to show a failed invocation.
 """
 
@@ -79,7 +81,9 @@ def handler(event: Any, context: Any) -> Dict[str, Any]:
     if _tracer is None:
         return _work(event, request_id)
     # The SDK records the exception and sets ERROR status on the span when _work raises.
-    with _tracer.start_as_current_span("demo.handler", context=_xray_parent()) as span:
+    from opentelemetry.trace import SpanKind
+
+    with _tracer.start_as_current_span("demo.handler", context=_xray_parent(), kind=SpanKind.SERVER) as span:
         span.set_attribute("faas.invocation_id", request_id)
         with _tracer.start_as_current_span("demo.work"):
             return _work(event, request_id)

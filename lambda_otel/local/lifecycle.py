@@ -143,6 +143,8 @@ class Lifecycle:
             self._gen += 1
             env = _Env(self._gen, phase)
             self._env = env
+            if self._gen > 1:  # every execution environment has its own instance id and log stream
+                self.instance_id = self.log_stream = self._new_instance_id()
             self._emit(env, "platform.initStart", {
                 "initializationType": self.mode.initialization_type,
                 "phase": phase,
@@ -809,6 +811,10 @@ class Lifecycle:
                     ext.info.state = "Exited" if results[name].exited_in_time and proc.exit_code == 0 \
                         else "ShutdownFailed"
         undelivered = sum(sub.stop(timeout=1.0) for sub in subs)
+        undelivered_types: dict[str, int] = {}
+        for sub in subs:
+            for kind, n in sub.undelivered_types.items():
+                undelivered_types[kind] = undelivered_types.get(kind, 0) + n
         with self._cv:
             env.phase = "down"
             for ext in env.exts.values():
@@ -824,6 +830,7 @@ class Lifecycle:
             extensions=results,
             shutdown_events_sent_at=events_sent_at,
             undelivered_events=undelivered,
+            undelivered_types=undelivered_types,
         )
         self.shutdowns.append(result)
         with self._rec_cv:

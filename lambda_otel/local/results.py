@@ -51,6 +51,7 @@ class ExtensionInfo:
     first_next_at: Optional[Instant] = None
     state: str = "Registered"  # Registered | Ready | InitError | ExitError | Crashed | Exited | ShutdownFailed
     error_type: Optional[str] = None
+    error_message: str = ""  # the errorMessage of its init/exit error, if it reported one
 
 
 @dataclass
@@ -115,6 +116,9 @@ class ShutdownResult:
     extensions: dict[str, ProcessExit]
     shutdown_events_sent_at: Optional[Instant]
     undelivered_events: int  # telemetry still buffered when the subscribers were gone
+    # ...by event type: normally only what an extension printed after its last /next (its exit lines),
+    # which it can no longer receive (Lambda drops those too)
+    undelivered_types: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

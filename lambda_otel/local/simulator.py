@@ -3,10 +3,9 @@
 Serves the Runtime API (/2018-06-01), Extensions API (/2020-01-01) and Telemetry API (/2022-07-01) on
 one 127.0.0.1 port, launches real processes (every executable of an /opt/extensions-like folder, then
 the function runtime — by default the real AWS Runtime Interface Client `awslambdaric`), generates
-platform telemetry (schema 2022-12-13) with Lambda's timing rules, freezes the processes with SIGSTOP
-between invocations, and shuts down like Lambda (SIGTERM runtime, SHUTDOWN event, SIGKILL at the
-deadline). The spec is /work/shared/reference/lambda-apis.md; every rule there marked as a Lambda
-behaviour is implemented unless listed under "Known gaps" below.
+platform telemetry with Lambda's timing rules, freezes the processes with SIGSTOP between invocations,
+and shuts down like Lambda (SIGTERM runtime, SHUTDOWN event, SIGKILL at the deadline). Every rule of
+Lambda's that a telemetry extension can observe is implemented unless listed under "Known gaps" below.
 
 Python API (stable; `lambda-otel-local` builds on it)::
 
@@ -28,7 +27,8 @@ Constructor: ``Simulator(extensions_dir=None, handler=None, handler_dir=None, ru
 function_name="test-function", function_version="$LATEST", memory_mb=128, timeout_s=3.0,
 shutdown_budget_ms=2000, init_timeout_s=10.0, freeze=True, port=0, region="us-east-1",
 account_id="123456789012", lenient=False, inherit_env=False, subscriber_buffer_items=10000,
-telemetry_post_timeout_s=2.0, telemetry_max_attempts=5)``.
+telemetry_post_timeout_s=2.0, telemetry_max_attempts=5, mode="on-demand", telemetry_schemas=None,
+concurrency=4, runtime_workers=None, instance_memory_mb=4096, lmi_runtime_done=True)``.
 
 - Runtime: ``handler="module.func"`` runs ``[sys.executable, "-m", "awslambdaric", handler]`` with
   ``handler_dir`` as cwd, LAMBDA_TASK_ROOT and on PYTHONPATH; ``runtime_cmd=[...]`` runs any other runtime
@@ -40,31 +40,64 @@ telemetry_post_timeout_s=2.0, telemetry_max_attempts=5)``.
 - ``lenient=True`` allows subscribing after init, listener hosts 127.0.0.1/localhost/0.0.0.0, and buffering
   values below the documented minimums. Off by default (strict = Lambda's rules).
 - ``freeze=False`` disables SIGSTOP/SIGCONT (telemetry is then never paused either).
+- ``telemetry_schemas``: the ``schemaVersion`` values a subscription may use (all on the one path
+  ``PUT /2022-07-01/telemetry``); default all three, only ``2025-01-29`` on Managed Instances. Pass
+  ``("2022-07-01", "2022-12-13")`` for a runtime that answers 400 to ``2025-01-29``. Each subscriber gets
+  events in its schema's shape (``telemetry_delivery.shape_event``).
+
+Modes (``mode=``; ``AWS_LAMBDA_INITIALIZATION_TYPE`` follows it, for every process):
+
+- ``"on-demand"``: one invocation at a time, frozen between them.
+- ``"managed-instances"``: registering for INVOKE is refused (403 Extension.InvalidEventType; SHUTDOWN-only
+  is accepted), schema 2025-01-29 only, no freeze. Invocations overlap up to ``concurrency``, each with its
+  own timeout (a timeout does not reset the environment). The real runtime client, given
+  ``AWS_LAMBDA_MAX_CONCURRENCY``, forks one worker process per concurrent request, each with its own init;
+  each worker's output reaches the Telemetry API through its own socket (``_LAMBDA_TELEMETRY_LOG_FD_PROVIDER_SOCKET``),
+  interleaved with the others'. ``platform.start`` when a worker takes the invocation; ``platform.runtimeDone``
+  at its /response or /error (``lmi_runtime_done=False`` omits it); ``platform.report`` with ``durationMs`` and
+  the response spans only. ``initStart.instanceMaxMemory`` is ``instance_memory_mb`` in bytes. Init ends
+  when ``runtime_workers`` (default: ``concurrency``) runtime /next calls came. SHUTDOWN waits for the
+  invocations in flight.
+- ``"snapstart"``: ``start()`` is the snapshot's init (nothing is delivered to an extension then; the
+  runtime client calls ``GET /2018-06-01/runtime/restore/next`` and runs the function's before-snapshot
+  hooks). The next ``invoke()`` (or ``restore()``) restores: ``platform.restoreStart`` (a new instanceId),
+  then the snapshot's init events (their own timestamps: they arrive after the restore, as on Lambda),
+  ``restoreRuntimeDone`` and ``restoreReport`` once the runtime (after its after-restore hooks) and every
+  extension are ready; the first report after it has ``restoreDurationMs``/``billedRestoreDurationMs``.
+  After a ``shutdown()`` the next restore is restore 2, ... of the same snapshot, emulated by fork: an
+  extension that forked one child by the end of init is a fork server (copy 1 at once; one more copy
+  per SIGUSR1, each left a zombie until then so its exit status can be read; SIGTERM at ``stop()``: reap
+  and exit 0 iff every copy exited 0, in ``fork_server_exits``); every copy keeps the snapshot's
+  extension id, subscription and ports. ``lambda_otel.local.restore_fork`` runs lambda-otel that way. The
+  runtime of restore 2+ is a fresh process (its own init is invisible to the platform events).
 
 Other members: ``runtime_api`` ("127.0.0.1:PORT"), ``port``, ``start(timeout=None, check=True, wait=True)``,
 ``wait_init(timeout)``, ``invoke(payload=b"{}", timeout=None, trace_header="auto", client_context=None,
-cognito_identity=None)``, ``invocations``, ``init_result`` / ``init_results``, ``shutdown_result`` /
-``shutdowns``, ``freezes`` (FreezeRecord: frozen_at / thawed_at, monotonic + wall), ``extensions``
-(ExtensionInfo of the current environment), ``runtime_pid``, ``extension_pids``, ``is_frozen``,
-``process_output(name)`` (captured lines of a process, for failure messages), ``stop()``.
-``trace_header``: "auto" = a fresh ``Root=1-<8hex>-<24hex>;Parent=<16hex>;Sampled=1``, None = untraced,
-or an explicit X-Amzn-Trace-Id value.
+cognito_identity=None)``, ``invocations``, ``init_result`` / ``init_results``, ``restore(timeout=None)`` /
+``restores`` (RestoreResult), ``shutdown_result`` / ``shutdowns``, ``freezes`` (FreezeRecord: frozen_at /
+thawed_at, monotonic + wall), ``extensions`` (ExtensionInfo of the current environment), ``runtime_pid``,
+``extension_pids``, ``is_frozen``, ``process_output(name)`` (captured lines of a process, for failure
+messages), ``stop()``. ``trace_header``: "auto" = a fresh ``Root=1-<8hex>-<24hex>;Parent=<16hex>;Sampled=1``,
+None = untraced, or an explicit X-Amzn-Trace-Id value.
 
-Lifecycle rules implemented (reference §3): extensions register before the runtime is spawned; init ends
-after the runtime's first /next and every extension's first /next; initStart is generated before any
-subscription and replayed to each subscriber; initRuntimeDone -> platform.extension -> initReport;
-platform.runtimeDone when the runtime calls /next again; platform.report after every INVOKE subscriber's
-/next, then freeze; timeout -> status timeout (Sandbox.Timedout) and a reset (SHUTDOWN timeout, processes
-end, the next invoke re-runs init); runtime exit / extension crash / exit error during an invoke ->
-status error and a reset with reason failure; /error -> status error, no reset.
+Lifecycle rules implemented: extensions register before the runtime is spawned; init ends after the
+runtime's first /next and every extension's first /next; initStart is generated before any subscription
+and replayed to each subscriber; initRuntimeDone -> platform.extension -> initReport; platform.runtimeDone
+when the runtime calls /next again; platform.report after every INVOKE subscriber's /next, then freeze;
+timeout -> status timeout (Sandbox.Timedout) and a reset (SHUTDOWN timeout, processes end, the next invoke
+re-runs init); runtime exit / extension crash / exit error during an invoke -> status error and a reset
+with reason failure; /error -> status error, no reset; an extension's init/exit error carries its
+errorMessage into the init result's message.
 
-Modules: `simulator` (this API), `lifecycle` (init/invoke/freeze/shutdown), `api_handlers` (answers to
-API requests), `runtime_api` (the HTTP server), `telemetry_delivery` (subscriptions, buffering, POSTs),
-`processes` (spawn, line readers, signals), `sandbox` (environment state), `results` (what tests read).
+Modules: `simulator` (this API), `lifecycle` (init/invoke/restore/freeze/shutdown), `api_handlers` (answers
+to API requests), `runtime_api` (the HTTP server), `telemetry_delivery` (subscriptions, schemas, buffering,
+POSTs), `processes` (spawn, line readers, worker sockets, fork copies, signals), `sandbox` (environment
+state, `Mode`), `results` (what tests read).
 
 Known gaps: TCP telemetry destinations (400), the Logs API (403), response streaming (400
-InvalidFunctionResponseMode), SnapStart/restore, provisioned concurrency, memory limits (maxMemoryUsedMB
-is the processes' peak RSS, not enforced), init retried as a "suppressed init" only after a failed init.
+InvalidFunctionResponseMode), provisioned concurrency, memory limits (maxMemoryUsedMB is the processes'
+peak RSS, not enforced), init retried as a "suppressed init" only after a failed init, SnapStart
+credentials (the container credentials endpoint) are not served.
 """
 
 from __future__ import annotations
@@ -550,12 +583,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--payload", default="{}")
     parser.add_argument("--timeout", type=float, default=3.0, help="function timeout in seconds")
     parser.add_argument("--no-freeze", action="store_true")
+    parser.add_argument("--mode", choices=[m.value for m in Mode], default=Mode.ON_DEMAND.value)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     extra = dict(item.split("=", 1) for item in args.env)
     with Simulator(extensions_dir=args.extensions_dir, handler=args.handler, handler_dir=args.handler_dir,
-                   env=extra, timeout_s=args.timeout, freeze=not args.no_freeze) as sim:
+                   env=extra, timeout_s=args.timeout, freeze=not args.no_freeze, mode=args.mode) as sim:
         init = sim.start(check=False)
         summary: dict[str, Any] = {"init": {"status": init.status, "errorType": init.error_type,
                                             "durationMs": init.duration_ms}, "invocations": []}
@@ -571,7 +605,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    for n, e in down.extensions.items()}
         summary["batches"] = len(sim.batches)
         print(json.dumps(summary, indent=2))
-    return 0
+    return 0 if init.ok else 1
 
 
 if __name__ == "__main__":

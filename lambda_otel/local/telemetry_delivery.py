@@ -192,6 +192,7 @@ class Subscriber:
         self._in_flight = False
         self._dropped_records = 0
         self._dropped_bytes = 0
+        self.undelivered_types: dict[str, int] = {}  # what stop() found still buffered, by event type
         self._conn: Optional[http.client.HTTPConnection] = None
         self._thread = threading.Thread(target=self._run, name=f"sim-telemetry-{name}", daemon=True)
 
@@ -250,6 +251,8 @@ class Subscriber:
         with self._cv:
             self._stopped = True
             left = len(self._buf)
+            for _, event, _ in self._buf:
+                self.undelivered_types[event["type"]] = self.undelivered_types.get(event["type"], 0) + 1
             self._buf.clear()
             self._cv.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
