@@ -1,8 +1,8 @@
 """Straight to AWS: what the exporter needs to send OTLP to CloudWatch and X-Ray with no collector.
 
 - Facts about AWS endpoints: which service a host belongs to (``xray.eu-west-1.amazonaws.com``
-  -> ``xray``), its region, and CloudWatch's OTLP limits per request (``CLOUDWATCH_*``; config
-  keeps the batch caps under them when an endpoint is CloudWatch's).
+  -> ``xray``), its region, and CloudWatch's OTLP limits per request (``CLOUDWATCH_*``; the
+  pipeline's exporter splits requests under them when an endpoint is CloudWatch's).
 - ``build_auth(config)``: the exporter's two hooks, an ``ExportSigner`` (SigV4 with each
   signal's service: ``xray`` for traces, ``monitoring`` for metrics, ``logs`` for logs) and a
   ``SecretHeaders`` header source (per-signal headers, ``${arn:...}`` references resolved, and
@@ -33,8 +33,6 @@ SIGNALS = ("traces", "metrics", "logs")
 # CloudWatch's OTLP endpoints accept at most this per request (uncompressed) and this many spans.
 CLOUDWATCH_MAX_REQUEST_BYTES = 5_000_000
 CLOUDWATCH_MAX_REQUEST_RECORDS = 10_000
-# A request is its items plus a few bytes of framing each: keep a batch's item bytes under this.
-CLOUDWATCH_MAX_BATCH_BYTES = CLOUDWATCH_MAX_REQUEST_BYTES - 64 * 1024
 CLOUDWATCH_SERVICES = frozenset({"xray", "logs", "monitoring"})
 
 LOG_GROUP_HEADER = "x-aws-log-group"

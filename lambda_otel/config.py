@@ -1001,16 +1001,10 @@ def _check_aws(values: Dict[str, Any], reader: _Reader, env: Mapping[str, str]) 
 
     endpoints = {signal: values[f"exporter.{signal}_endpoint"] for signal in SIGNALS}
     hosts = {signal: (urlsplit(url).hostname or "") if url else "" for signal, url in endpoints.items()}
+    # CloudWatch's OTLP endpoints take at most 5 MB / 10,000 records a request: the exporter splits
+    # batches under that when an endpoint is CloudWatch's (by its host, or by the SigV4 service below).
     values["aws.cloudwatch"] = any(aws_export.service_from_host(h) in aws_export.CLOUDWATCH_SERVICES
                                    for h in hosts.values() if h)
-    if values["aws.cloudwatch"]:
-        for key, name, limit in (
-            ("flush.max_batch_bytes", "LAMBDA_OTEL_MAX_BATCH_BYTES", aws_export.CLOUDWATCH_MAX_BATCH_BYTES),
-            ("flush.max_batch_records", "LAMBDA_OTEL_MAX_BATCH_RECORDS", aws_export.CLOUDWATCH_MAX_REQUEST_RECORDS),
-        ):
-            if values[key] > limit:
-                raise ConfigError(name, f"{values[key]} is above what CloudWatch's OTLP endpoints accept per request "
-                                        f"(allowed with a CloudWatch endpoint: up to {limit})")
 
     to_logs = bool(hosts["logs"]) and aws_export.service_from_host(hosts["logs"]) == "logs"
     if to_logs or values["aws.log_group"] or values["aws.log_stream"]:
@@ -1038,6 +1032,8 @@ def _check_aws(values: Dict[str, Any], reader: _Reader, env: Mapping[str, str]) 
                               f"{hosts[signal]!r} is unknown; set it (or LAMBDA_OTEL_EXPORTER_{signal.upper()}"
                               "_SIGV4_SERVICE): allowed: a signing name such as xray, logs, monitoring")
         values[key] = service
+    values["aws.cloudwatch"] = values["aws.cloudwatch"] or any(
+        values[f"aws.{signal}_service"] in aws_export.CLOUDWATCH_SERVICES for signal in SIGNALS if endpoints[signal])
     region = values["aws.region"]
     if region is not None and not aws_export.is_region(region):
         raise ConfigError("LAMBDA_OTEL_EXPORTER_SIGV4_REGION", f"{region!r} is not an AWS region (allowed: e.g. us-east-1)")

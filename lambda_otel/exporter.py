@@ -361,6 +361,9 @@ class OtlpExporter:
         secrets = self._secrets
         if self._header_source is not None:
             secrets = secrets + tuple(self._header_source.secret_values())
+        signer_secrets = getattr(self._signer, "secret_values", None)  # the signer's credentials
+        if signer_secrets is not None:
+            secrets = secrets + tuple(signer_secrets())
         for secret in secrets:
             for form in _forms(secret):
                 text = text.replace(form, "<redacted>")

@@ -31,7 +31,7 @@ class Pipeline:
     """Everything between the two listeners and the backend, wired once.
 
     Attributes (read by app.py, tests and benchmarks): ``config``, ``loss``, ``resource_attributes``, ``resource``,
-    ``aggregator``, ``metrics``, ``converter``, ``exporter``, ``gate``, ``flush_manager``,
+    ``aggregator``, ``metrics``, ``converter``, ``auth`` (aws_export.ExportAuth), ``exporter``, ``gate``, ``flush_manager``,
     ``worker``, ``coordinator``, ``rwlock``; ``listener`` and ``receiver`` once ``start`` ran
     (``receiver`` stays None when it is disabled).
     """
@@ -66,7 +66,16 @@ class Pipeline:
         self.sdk_view = FunctionSdkView()
         self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode,
                                             sampler=sampler_from_config(config), sdk_view=self.sdk_view)
-        self.exporter = OtlpExporter(config.exporter, self.loss)
+        from .aws_export import CLOUDWATCH_MAX_REQUEST_BYTES, CLOUDWATCH_MAX_REQUEST_RECORDS, build_auth
+
+        # SigV4 signing (LAMBDA_OTEL_EXPORTER_AUTH=sigv4) and the header source (per-signal headers,
+        # CloudWatch Logs' group/stream, secret references resolved off the /next path).
+        self.auth = build_auth(config)
+        cloudwatch = config.aws.cloudwatch
+        self.exporter = OtlpExporter(config.exporter, self.loss, signer=self.auth.signer,
+                                     header_source=self.auth.header_source,
+                                     max_request_bytes=CLOUDWATCH_MAX_REQUEST_BYTES if cloudwatch else None,
+                                     max_request_records=CLOUDWATCH_MAX_REQUEST_RECORDS if cloudwatch else None)
 
         self.gate = ExportGate()
         self.flush_manager = FlushManager(config.flush)
@@ -98,6 +107,7 @@ class Pipeline:
                                                      observer=self.sdk_view)
             self.receiver.start()
         if worker:
+            self.auth.start()  # resolves secret header references on its own thread (idempotent, bounded)
             self.worker.start()
 
     def stop(self) -> None:

@@ -90,21 +90,16 @@ class AwsConfiguration(unittest.TestCase):
                             "AWS_LAMBDA_INITIALIZATION_TYPE": "snap-start"})
         self.assertEqual(snap.warnings, (), "a SnapStart snapshot has no credentials until restore")
 
-    def test_cloudwatch_limits_on_batches(self):
-        with self.assertRaises(ConfigError) as ctx:
-            config(LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY, LAMBDA_OTEL_MAX_BATCH_BYTES=str(8 * 1024 * 1024),
-                   LAMBDA_OTEL_QUEUE_MAX_BYTES=str(64 * 1024 * 1024))
-        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_MAX_BATCH_BYTES")
-        with self.assertRaises(ConfigError) as ctx:
-            config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS, LAMBDA_OTEL_MAX_BATCH_RECORDS="20000",
-                   LAMBDA_OTEL_QUEUE_MAX_RECORDS="100000")
-        self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_MAX_BATCH_RECORDS")
-        self.assertIn("10000", str(ctx.exception))
-        c = config(LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY)
-        self.assertLessEqual(c.flush.max_batch_bytes, aws_export.CLOUDWATCH_MAX_BATCH_BYTES)
-        self.assertLessEqual(c.flush.max_batch_records, aws_export.CLOUDWATCH_MAX_REQUEST_RECORDS)
-        # Not CloudWatch: the general limits apply.
-        config(LAMBDA_OTEL_EXPORTER_ENDPOINT="https://otlp.example.com", LAMBDA_OTEL_MAX_BATCH_BYTES=str(8 * 1024 * 1024),
+    def test_cloudwatch_endpoints_are_recognised_by_host_or_signing_service(self):
+        self.assertTrue(config(LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY).aws.cloudwatch)
+        self.assertFalse(config(LAMBDA_OTEL_EXPORTER_ENDPOINT="https://otlp.example.com").aws.cloudwatch)
+        # A VPC endpoint's DNS name says nothing; the SigV4 service does.
+        vpce = "https://vpce-0abc-1234.xray.eu-west-1.vpce.amazonaws.com/v1/traces"
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=vpce,
+                   LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE="xray")
+        self.assertTrue(c.aws.cloudwatch)
+        # Batch caps above CloudWatch's limits are fine: the exporter splits requests under them.
+        config(LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY, LAMBDA_OTEL_MAX_BATCH_BYTES=str(8 * 1024 * 1024),
                LAMBDA_OTEL_QUEUE_MAX_BYTES=str(64 * 1024 * 1024))
 
     def test_log_group_and_stream(self):
@@ -150,6 +145,68 @@ class AwsConfiguration(unittest.TestCase):
         self.assertIn("exports no traces until it is fixed", c.warnings[0])
         source = build_auth(c, env={}).header_source
         self.assertIsNone(source.headers("traces"), "held: never sent without its headers")
+
+
+class CloudWatchRequestLimits(unittest.TestCase):
+    """The pipeline's exporter keeps each request under CloudWatch's 10,000 spans, signed."""
+
+    def test_a_large_batch_is_split_into_signed_requests_under_the_limit(self):
+        import os
+        import time
+        from unittest import mock
+
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        from lambda_otel.local.sink import OtlpSink
+        from lambda_otel.pipeline import Pipeline
+
+        sink = OtlpSink().start()
+        self.addCleanup(sink.stop)
+        env = {"LAMBDA_OTEL_EXPORTER_AUTH": "sigv4", "LAMBDA_OTEL_EXPORTER_ENDPOINT": sink.endpoint,
+               "LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE": "xray", "LAMBDA_OTEL_RECEIVER_ENABLED": "false",
+               "LAMBDA_OTEL_MAX_BATCH_RECORDS": "100000", "LAMBDA_OTEL_QUEUE_MAX_RECORDS": "1000000", **CREDS}
+        with mock.patch.dict(os.environ, env):
+            pipeline = Pipeline(config(**env), {})
+        rs = trace_pb2.ResourceSpans()
+        spans = rs.scope_spans.add().spans
+        for i in range(25_000):
+            span = spans.add()
+            span.name, span.trace_id, span.span_id = "s", i.to_bytes(16, "big"), (i + 1).to_bytes(8, "big")
+        with mock.patch.dict(os.environ, CREDS):
+            outcome = pipeline.exporter.export("traces", [rs], time.monotonic() + 30)
+        self.assertEqual(outcome.kind.name, "SUCCESS", outcome)
+        counts = [sum(len(ss.spans) for r in req.decoded.resource_spans for ss in r.scope_spans) for req in sink.requests]
+        self.assertEqual(sum(counts), 25_000)
+        self.assertTrue(all(n <= aws_export.CLOUDWATCH_MAX_REQUEST_RECORDS for n in counts), counts)
+        self.assertTrue(all("/xray/aws4_request" in r.headers["authorization"] for r in sink.requests))
+
+    def test_a_403_quoting_the_canonical_request_never_shows_the_token(self):
+        import time
+
+        from lambda_otel.exporter import OtlpExporter
+        from lambda_otel.local.sink import OtlpSink, Reply
+        from lambda_otel.loss import LossCounter
+
+        sink = OtlpSink().start()
+        self.addCleanup(sink.stop)
+        token = "the-session-token-value"
+        sink.set_reply(Reply(status=403, body=("{\"message\":\"x-amz-security-token:" + token + "\"}").encode(),
+                             content_type="application/json"))
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_ENDPOINT=sink.endpoint,
+                   LAMBDA_OTEL_EXPORTER_SIGV4_SERVICE="xray")
+        signer = ExportSigner(StaticCredentials(Credentials("AKID", "s3cr3t", token)), "eu-west-1",
+                              {c.exporter.endpoint("traces"): "xray"})
+        exporter = OtlpExporter(c.exporter, LossCounter(), signer=signer)
+        from opentelemetry.proto.trace.v1 import trace_pb2
+
+        rs = trace_pb2.ResourceSpans()
+        rs.scope_spans.add().spans.add().name = "s"
+        with self.assertLogs("lambda_otel", "WARNING") as logs:
+            outcome = exporter.export("traces", [rs], time.monotonic() + 10)
+        self.assertEqual(outcome.status, 403)
+        self.assertNotIn(token, outcome.error or "")
+        self.assertNotIn(token, "\n".join(logs.output))
+        self.assertEqual(sink.requests[0].headers["x-amz-security-token"], token, "sent, but never shown")
 
 
 class SignerHooks(unittest.TestCase):
