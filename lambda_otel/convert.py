@@ -458,6 +458,8 @@ class TelemetryConverter:
             "function": self._on_function_log,
             "extension": self._on_extension_log,
         }
+        # Log handlers take the event's raw time (most lines carry their own).
+        self._log_handlers = {"function": self._on_function_log, "extension": self._on_extension_log}
 
     @staticmethod
     def _function_name(resource: Resource) -> str:
@@ -550,6 +552,12 @@ class TelemetryConverter:
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, event: object, batch: _Batch) -> None:
+        if event.__class__ is dict:  # the well-formed case, with as few look-ups as possible
+            etype = event.get("type")
+            handler = self._log_handlers.get(etype) if etype.__class__ is str else None
+            if handler is not None and "record" in event:
+                handler(event.get("time"), event["record"], batch)
+                return
         if not isinstance(event, dict):
             self._ignore(MALFORMED_EVENT, batch)
             return
@@ -564,7 +572,7 @@ class TelemetryConverter:
             return
         if handler is None:
             return
-        if etype in _LOG_EVENTS:  # most lines carry their own time: parse the event's only if needed
+        if etype in self._log_handlers:  # most lines carry their own time: parse the event's only if needed
             handler(event.get("time"), event["record"], batch)
             return
         t = parse_time_ns(event.get("time"))
@@ -1085,6 +1093,14 @@ class TelemetryConverter:
         self._log(event_time, record, SCOPE_EXTENSION, batch)
 
     def _log(self, event_time: object, record: object, scope: str, batch: _Batch) -> None:
+        if record.__class__ is str and scope is SCOPE_FUNCTION:
+            text = record[:-1] if record[-1:] == "\n" else record
+            if text[-1:] == "\r":
+                text = text[:-1]
+            head = text[:1]
+            if head != "{" and head != "[" and "\t" not in text[:120]:
+                self._plain_line(event_time, text, batch)  # print() output: most of a function's lines
+                return
         line = _parse_line(record, scope, self._service_name)
         if line is None:
             self._ignore(MALFORMED_RECORD, batch)
@@ -1107,6 +1123,30 @@ class TelemetryConverter:
                 self._deduplicated(1, batch)
                 return
         self._emit_log(line, inv, batch)
+
+    def _plain_line(self, event_time: object, text: str, batch: _Batch) -> None:
+        """A function line with no structure: the event's time, the invocation running then."""
+        t = parse_time_ns(event_time)
+        if t is None:
+            self._ignore(BAD_TIME, batch)
+            t = batch.now
+        lr = batch.log(SCOPE_FUNCTION)
+        lr.time_unix_nano = t
+        lr.observed_time_unix_nano = batch.now
+        try:
+            lr.body.string_value = text
+        except ValueError:  # lone surrogates
+            set_str(lr.body, text)
+        inv = self._active_at(t)
+        if inv is not None:
+            if not inv.has_context:
+                self._ensure_context(inv, None, None, batch)
+            lr.trace_id = inv.trace_id
+            lr.span_id = inv.span_id
+            lr.flags = inv.flags & 0xFF
+            kv = lr.attributes.add()
+            kv.key = "faas.invocation_id"
+            kv.value.string_value = inv.request_id
 
     def _hold(self, inv: _Invocation, line: "_LogLine", batch: _Batch) -> None:
         if inv.held is None:
@@ -1184,7 +1224,17 @@ class TelemetryConverter:
             kv.value.string_value = rid
 
     def _active_at(self, t: int) -> Optional[_Invocation]:
-        """The invocation running at time t, else the most recent one started before t."""
+        """The invocation running at time t, else the most recent one started before t.
+
+        When several invocations run at t (Managed Instances), a line that names no request id
+        cannot be told apart: None, rather than the wrong invocation's trace."""
+        if len(self._open) > 1:
+            running = [inv for inv in self._open.values()
+                       if inv.start_ns is not None and inv.start_ns <= t and (inv.end_ns is None or t <= inv.end_ns)]
+            if len(running) > 1:
+                return None
+            if running:
+                return running[0]
         cur = self._current
         if cur is not None and cur.start_ns is not None and cur.start_ns <= t:
             if cur.end_ns is None or t <= cur.end_ns or not self._open:
@@ -1203,7 +1253,6 @@ class TelemetryConverter:
 
 # ---------------------------------------------------------------------- function and extension lines
 
-_LOG_EVENTS = frozenset(("function", "extension"))  # their handlers get the raw event time
 _MAX_HELD_LINES = 4096  # function lines waiting for their invocation's end (log deduplication)
 _SECOND = 1_000_000_000
 EXCEPTION_EVENT = "faas.invocation.exception"  # semconv: the log event of an uncaught exception

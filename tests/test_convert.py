@@ -1154,6 +1154,17 @@ class ManagedInstances(JoinBase):
             self.assertEqual((rec.trace_id, rec.span_id), (by_rid[rid].trace_id, by_rid[rid].span_id))
         self.assertEqual(self.counter("faas.invocations"), 40)
 
+    def test_a_line_without_request_id_is_not_guessed_into_one_of_several_running(self):
+        a, b = "00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000b"
+        starts = [ev("platform.start", T0, {"requestId": a, "tracing": TRACING}),
+                  ev("platform.start", T0 + MS, {"requestId": b})]
+        out = self.conv.process(starts + [ev("function", T0 + 5 * MS, "print from some worker\n"),
+                                          ev("function", T0 + 6 * MS, text_line("INFO", T0 + 6 * MS, b, "named"))])
+        self.conv.process([ev("platform.report", T0 + 9 * MS, {"requestId": x, "status": "success",
+                                                               "metrics": {"durationMs": 9.0}}) for x in (a, b)])
+        (anonymous,) = [r for _, r in parse_logs(out)]
+        self.assertEqual((anonymous.trace_id, attrs(anonymous).get("faas.invocation_id")), (b"", None))
+
     def test_instance_fields_of_schema_2025_01_29_reach_the_resource(self):
         self.conv.process([ev("platform.initStart", T0, {"initializationType": "lambda-managed-instances",
                                                           "phase": "init", "instanceId": "i-0abc",
