@@ -118,6 +118,7 @@ class Extension:
         renew_resource(pipeline.resource_attributes, pipeline.resource)
         pipeline.converter.renew_after_restore()  # id generator reseeded from os.urandom, invocations cleared
         pipeline.metrics.renew_after_restore()
+        pipeline.exporter.renew_after_restore()  # the snapshot's pooled connections are dead
         self.last_request_id = None
 
     # -- the events loop ---------------------------------------------------------------------
@@ -274,13 +275,13 @@ class Prepared:
         extension.start_servers(self.telemetry_sock, self.receiver_sock)
 
 
-def warm_export_client() -> None:
-    """Import the exporter's HTTP stack (~100 ms of CPU here) off every critical path, so that the
-    first flush, often held at the end of the first invocation, does not pay for it."""
+def warm_export_client(extension: Extension) -> None:
+    """Import the exporter's HTTP stack (~100 ms of CPU here) off every critical path. Until it is
+    done the exporter is not ``ready()`` and no hold waits for an export (the data waits instead)."""
     try:
-        import requests  # noqa: F401
-    except ImportError:  # pragma: no cover - a broken install fails at the first export instead
-        pass
+        extension.pipeline.exporter.warm_up()
+    except Exception as exc:  # a broken install: the first export reports it, counted
+        _logger().warning("could not prepare the exporter's HTTP stack: %s: %s", type(exc).__name__, exc)
 
 
 class Startup:
@@ -308,8 +309,8 @@ class Startup:
             self.error = exc
         finally:
             self._done.set()
-        if self.error is None:
-            warm_export_client()  # the events thread does not wait for this
+        if self.extension is not None:
+            warm_export_client(self.extension)  # the events thread does not wait for this
 
     def wait(self, timeout: float) -> Extension:
         """The built Extension; raise StartupError if building failed or took longer than timeout."""
@@ -412,10 +413,11 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     if prepared.config.init_type is InitType.SNAP_START:
         return _run_snap_start(prepared, at_snapshot)
 
-    startup = Startup(prepared).begin()
-    # The first /next ends our part of init; the pipeline is finished meanwhile on the startup thread.
+    startup = Startup(prepared)
+    # The first /next ends our part of init; the pipeline is built meanwhile on the startup thread,
+    # started once the request is on the wire (so that it never delays the /next itself).
     try:
-        first = client.next_event()
+        first = client.next_event(on_sent=startup.begin)
     except ExtensionsApiError as exc:
         setup_logging(prepared.config.log_level)
         _logger().error("event/next failed, exiting: %s", exc)
@@ -438,7 +440,7 @@ def _run_snap_start(prepared: Prepared, at_snapshot: Optional[Callable[[Extensio
     client = prepared.client
     try:
         extension = prepared.build()
-        warm_export_client()
+        warm_export_client(extension)  # imports only: its connections are made after the restore
     except Exception as exc:
         return _fail_init(client, prepared.config.log_level, "Extension.StartupFailed",
                           f"lambda-otel start-up failed: {type(exc).__name__}: {exc}", exc_info=True)

@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 API_VERSION = "2020-01-01"
 # register, subscribe and the error reports: bounded as a whole (the Runtime API is local).
@@ -145,9 +145,12 @@ class _Connection:
     def close(self) -> None:
         self._sock.close()
 
-    def exchange(self, request: bytes, timeout: Optional[float]) -> Response:
+    def exchange(self, request: bytes, timeout: Optional[float],
+                 on_sent: Optional[Callable[[], None]] = None) -> Response:
         self._sock.settimeout(timeout)
         self._sock.sendall(request)
+        if on_sent is not None:
+            on_sent()
         head = self._read_head()
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
@@ -249,6 +252,16 @@ def _encode_request(method: str, host: str, path: str, headers: Mapping[str, str
     return head + body if body else head
 
 
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = []
+
+    def call_once() -> None:
+        if not done:
+            done.append(True)
+            fn()
+    return call_once
+
+
 def _json_array(items: Iterable[str]) -> str:
     return json.dumps(list(items))
 
@@ -271,20 +284,24 @@ class ExtensionsApiClient:
     # -- plumbing -----------------------------------------------------------------------------
 
     def call(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[Mapping[str, str]] = None,
-             timeout: Optional[float] = REQUEST_TIMEOUT_S, fresh: bool = False) -> Response:
+             timeout: Optional[float] = REQUEST_TIMEOUT_S, fresh: bool = False,
+             on_sent: Optional[Callable[[], None]] = None) -> Response:
         """One request to any Runtime API path (e.g. ``/2022-07-01/telemetry``); a dropped
         keep-alive connection is reopened once. ``timeout`` None: wait for ever (``/next`` only).
-        ``fresh``: on a connection of its own (another thread may be blocked in ``/next``)."""
+        ``fresh``: on a connection of its own (another thread may be blocked in ``/next``).
+        ``on_sent``: called once the request is on the wire, before waiting for the answer."""
         request = _encode_request(method, self.runtime_api, path, headers or {}, body)
+        if on_sent is not None:
+            on_sent = _once(on_sent)  # a stale keep-alive connection may make us send twice
         if fresh:
-            return self._exchange_fresh(method, path, request, timeout)
+            return self._exchange_fresh(method, path, request, timeout, on_sent)
         with self._lock:
             for attempt in (1, 2):
                 reused = self._conn is not None
                 try:
                     conn = self._conn or _Connection(self._address)
                     self._conn = conn
-                    response = conn.exchange(request, timeout)
+                    response = conn.exchange(request, timeout, on_sent)
                 except (OSError, _ProtocolError) as exc:
                     self._drop()
                     if attempt == 1 and reused and not isinstance(exc, (socket.timeout, _ProtocolError)):
@@ -295,11 +312,12 @@ class ExtensionsApiClient:
                 return response
         raise AssertionError("unreachable")
 
-    def _exchange_fresh(self, method: str, path: str, request: bytes, timeout: Optional[float]) -> Response:
+    def _exchange_fresh(self, method: str, path: str, request: bytes, timeout: Optional[float],
+                        on_sent: Optional[Callable[[], None]]) -> Response:
         conn = None
         try:
             conn = _Connection(self._address)
-            return conn.exchange(request, timeout)
+            return conn.exchange(request, timeout, on_sent)
         except (OSError, _ProtocolError) as exc:
             raise ExtensionsApiError(f"{method} {path} failed: {exc}") from None
         finally:
@@ -338,10 +356,11 @@ class ExtensionsApiClient:
         self.extension_id = extension_id
         return Registration(extension_id, body=response.body)
 
-    def next_event(self) -> Event:
-        """Block until the next INVOKE or SHUTDOWN (no timeout: we may be frozen meanwhile)."""
+    def next_event(self, on_sent: Optional[Callable[[], None]] = None) -> Event:
+        """Block until the next INVOKE or SHUTDOWN (no timeout: we may be frozen meanwhile).
+        ``on_sent`` runs once the request is sent (the first ``/next`` starts the startup thread there)."""
         response = self.call("GET", f"/{API_VERSION}/extension/event/next", None,
-                             {"Lambda-Extension-Identifier": self._require_id()}, timeout=None)
+                             {"Lambda-Extension-Identifier": self._require_id()}, timeout=None, on_sent=on_sent)
         if response.status != 200:
             raise self._error("event/next", response)
         return parse_event(response.body)

@@ -171,6 +171,28 @@ class ClientTest(unittest.TestCase):
             self.assertEqual(client.next_event().request_id, "req-1")
         self.assertGreaterEqual(peer.connections, 3)
 
+    def test_on_sent_runs_once_before_the_answer_is_awaited(self):
+        hooks = []
+        waited_for_hook = []
+        hook_ran = threading.Event()
+
+        def script(request):
+            waited_for_hook.append(hook_ran.wait(5))  # answer only once the client's hook ran
+            hook_ran.clear()
+            return answer(200, INVOKE, {"Connection": "keep-alive"}), True  # then close: the next call resends
+        peer = self.peer(registered(script))
+        client = ExtensionsApiClient(peer.address)
+        self.addCleanup(client.close)
+        client.register("lambda-otel")
+
+        def hook(name):
+            hooks.append(name)
+            hook_ran.set()
+        for name in ("first", "second", "third"):
+            self.assertEqual(client.next_event(on_sent=lambda n=name: hook(n)).request_id, "req-1")
+        self.assertEqual(hooks, ["first", "second", "third"])  # once each, resends included
+        self.assertEqual(waited_for_hook, [True, True, True])
+
     def test_refusal_carries_status_and_error_type(self):
         def script(request):
             body = json.dumps({"errorType": "Extension.InvalidEventType", "errorMessage": "INVOKE: not allowed"}).encode()
