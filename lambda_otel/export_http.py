@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DNS_CACHE_S = 30.0
 MAX_RESPONSE_BYTES = 1024 * 1024  # an OTLP response is a few bytes; an error page is cut here
-_READ_CHUNK = 16384
 
 AddrInfo = Tuple[int, int, int, str, Any]
 
@@ -118,17 +117,22 @@ class Watchdog:
         self._sock: Optional[socket.socket] = None
         self._fired = False
         self._thread: Optional[threading.Thread] = None
+        self.opened = False  # whether the current/last attempt opened a new connection
 
     def arm(self, deadline: float) -> None:
         with self._cond:
             self._deadline, self._sock, self._fired = deadline, None, False
+            self.opened = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="lambda-otel-export-watchdog", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
-    def attach(self, sock: socket.socket) -> None:
+    def attach(self, sock: socket.socket, new: bool = False) -> None:
+        """The attempt now uses ``sock`` (``new``: a connection opened for it, not a pooled one)."""
         with self._cond:
+            if new:
+                self.opened = True
             if self._fired:
                 _cut(sock)
             elif self._deadline is not None:
@@ -188,11 +192,17 @@ class Transport:
         self._sessions: Dict[str, "requests.Session"] = {}
         self._urls: Dict[str, Tuple[str, Dict[str, str]]] = {}  # url -> (prepared url, proxies)
         self._adapter_cls = None
+        self._sent = False
 
     def warm_up(self) -> None:
         """Import requests and urllib3 and build the adapter class, so the first export does not."""
         if self._adapter_cls is None:
             self._adapter_cls = _adapter_class(self)
+
+    @property
+    def last_reused(self) -> bool:
+        """Whether the last ``post`` went out on a pooled connection (opened none of its own)."""
+        return self._sent and not self.watchdog.opened
 
     def post(self, url: str, headers: Mapping[str, str], body: bytes, timeout: float,
              deadline: float) -> Tuple[int, Mapping[str, str], bytes]:
@@ -208,6 +218,7 @@ class Transport:
         request.headers["Content-Length"] = str(len(body))
         request.body = body
         adapter = session.get_adapter(prepared_url)
+        self._sent = True
         self.watchdog.arm(deadline)
         try:
             response = adapter.send(request, stream=True, timeout=timeout, verify=self.verify, cert=None,
@@ -222,31 +233,6 @@ class Transport:
             raise
         self.watchdog.disarm()
         return response.status_code, response.headers, content
-
-    def has_idle_connection(self, url: str) -> bool:
-        """Whether the next request to ``url`` will go out on a kept-alive pooled connection.
-
-        Looks inside urllib3's pool (there is no public API for this); any surprise means "no",
-        which only costs the stale-connection shortcut, never correctness.
-        """
-        with self._lock:
-            session = self._sessions.get(_origin(url))
-        if session is None:
-            return False
-        try:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            manager = session.get_adapter(url).poolmanager
-            for key in manager.pools.keys():
-                pool = manager.pools.get(key)
-                if pool is None or pool.host != parts.hostname or pool.port != port or pool.pool is None:
-                    continue
-                with pool.pool.mutex:
-                    if any(c is not None and getattr(c, "sock", None) is not None for c in pool.pool.queue):
-                        return True
-        except Exception:  # noqa: BLE001 - introspection only
-            return False
-        return False
 
     def drop_connections(self, url: Optional[str] = None) -> None:
         """Close pooled connections (of one endpoint, or all); sessions stay usable."""
@@ -320,7 +306,7 @@ def _adapter_class(transport: Transport):
                 sock = None
                 try:
                     sock = socket.socket(family, socktype, proto)
-                    transport.watchdog.attach(sock)
+                    transport.watchdog.attach(sock, new=True)
                     for option in self.socket_options or ():
                         sock.setsockopt(*option)
                     if timeout is not None:
@@ -354,6 +340,19 @@ def _adapter_class(transport: Transport):
     }
 
     class BoundedAdapter(requests.adapters.HTTPAdapter):
+        def build_response(self, req, resp):
+            # What the base class does, minus the cookie jar (cookielib: the costliest step of a
+            # call, and an OTLP backend's cookies mean nothing to us) and the charset guess.
+            response = requests.Response()
+            response.status_code = resp.status
+            response.headers = resp.headers  # urllib3's HTTPHeaderDict: case-insensitive too
+            response.raw = resp
+            response.reason = resp.reason
+            response.url = req.url
+            response.request = req
+            response.connection = self
+            return response
+
         def init_poolmanager(self, *args, **kwargs):
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = pools
@@ -367,14 +366,8 @@ def _adapter_class(transport: Transport):
 
 
 def _read_limited(response: "requests.Response") -> bytes:
-    chunks = []
-    size = 0
-    for chunk in response.iter_content(_READ_CHUNK):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= MAX_RESPONSE_BYTES:
-            break
-    return b"".join(chunks)
+    """The body, at most MAX_RESPONSE_BYTES (the rest is not read: the connection is then dropped)."""
+    return response.raw.read(MAX_RESPONSE_BYTES, decode_content=True) or b""
 
 
 def _origin(url: str) -> str:

@@ -241,7 +241,6 @@ class OtlpExporter:
                 if cause is None:
                     cause, error = FailureCause.TIMEOUT, "deadline reached before the first attempt"
                 break
-            reused = self._transport.has_idle_connection(url)
             attempts += 1
             sent = headers
             if self._signer is not None:
@@ -264,7 +263,7 @@ class OtlpExporter:
                 fatal = self._config_error(exc, url)
                 if fatal is not None:
                     return self._config_problem(url, fatal, attempts=attempts, stale_retries=stale_retries)
-                if reused and stale_retries == 0 and _is_stale_connection_error(exc):
+                if self._transport.last_reused and stale_retries == 0 and _is_stale_connection_error(exc):
                     # A kept-alive connection died while idle: not the backend's fault, resend now.
                     log.debug("export %s: pooled connection was dead, resending on a fresh one", signal)
                     stale_retries += 1

@@ -14,7 +14,6 @@ they differ: trace and span ids are hex strings, enums are integers.
 
 from __future__ import annotations
 
-import json
 from collections import abc
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
@@ -171,6 +170,8 @@ def decode_request(signal: str, body: bytes, content_type: str = PROTOBUF):
 
 def encode_message(message, content_type: str = PROTOBUF) -> bytes:
     if content_type == JSON:
+        import json
+
         from google.protobuf import json_format
 
         obj = json_format.MessageToDict(message, use_integers_for_enums=True)
@@ -188,6 +189,8 @@ def decode_message(cls, body: bytes, content_type: str = PROTOBUF):
             return cls.FromString(body)
         except DecodeError as exc:
             raise ValueError(f"invalid protobuf {cls.__name__}: {exc}") from None
+    import json
+
     from google.protobuf import json_format
 
     try:

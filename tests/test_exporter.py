@@ -675,6 +675,20 @@ class RotelAcceptsOurJsonTest(ExporterTestCase):
         self.assertEqual(self.sink.span_items()[0].resource["service.name"], "exporter-test")
 
 
+class ExportBenchSmokeTest(unittest.TestCase):
+    """bench/bench_export.py runs (tiny size; nothing about its timings is asserted)."""
+
+    def test_runs_every_client(self):
+        from bench import bench_export
+
+        quiet_exporter_logs(self)
+        with mock.patch.object(bench_export, "WARMUP_ROUNDS", 1):
+            results = bench_export.run(2)
+        self.assertEqual(set(results), {"http.client", "requests.post", "OtlpExporter"})
+        self.assertTrue(all(r["cpu"].n == 2 and r["wall"].n == 2 for r in results.values()))
+        self.assertIn("OtlpExporter", bench_export.report(results))
+
+
 def make_self_signed(directory: str):
     """A throwaway certificate for 127.0.0.1 (cryptography if installed, else the openssl CLI)."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")

@@ -1,6 +1,7 @@
 """lambda_otel.otlp: the per-signal OTLP facts, the wire encodings and the AnyValue setters."""
 
 import json
+import os
 import subprocess
 import sys
 import unittest
@@ -19,6 +20,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from lambda_otel import otlp
 from lambda_otel.loss import LOGS, METRICS, SIGNALS, TRACES
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACE_ID = bytes.fromhex("5b8efff798038103d269b633813fc60c")
 SPAN_ID = bytes.fromhex("eee19b7ec3c1b174")
 PARENT_ID = bytes.fromhex("eee19b7ec3c1b173")
@@ -76,9 +78,11 @@ class SpecTest(unittest.TestCase):
             otlp.spec("profiles")
 
     def test_import_does_not_load_protobuf(self):
-        code = "import sys, lambda_otel.otlp; print(any(m.startswith('google.protobuf') for m in sys.modules))"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        self.assertEqual(out.stdout.strip(), "False", out.stderr)
+        code = ("import sys, lambda_otel.otlp; "
+                "print(sorted(m for m in ('google.protobuf', 'json') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT)
+        self.assertEqual(out.stdout.strip(), "[]", out.stderr)
 
 
 class SignalUrlTest(unittest.TestCase):
