@@ -437,6 +437,7 @@ class TelemetryConverter:
         self._restore_recorded = False  # restore duration and cold start counted for this copy
         self._holding: List[_Invocation] = []  # invocations with function lines held for deduplication
         self._held_count = 0
+        self._held_bytes = 0  # their message text (a line's own size is capped by the JSON/line limits)
         self._to_release: List[_Invocation] = []  # evicted while holding lines: released by the next batch
         self._span_name = self._function_name(resource)
         attrs = _string_attributes(resource)
@@ -520,6 +521,9 @@ class TelemetryConverter:
             self._first = None
             self._seen_invocation = False
             self._restore_recorded = False
+            self._holding.clear()
+            self._to_release.clear()
+            self._held_count = self._held_bytes = 0
             if self._sdk_view is not None:
                 self._sdk_view.renew_after_restore()
 
@@ -1154,7 +1158,8 @@ class TelemetryConverter:
             self._holding.append(inv)
         inv.held.append(line)
         self._held_count += 1
-        while self._held_count > _MAX_HELD_LINES and self._holding:
+        self._held_bytes += len(line.dedup_text)
+        while (self._held_count > _MAX_HELD_LINES or self._held_bytes > _MAX_HELD_BYTES) and self._holding:
             self._release(self._holding[0], batch)  # over budget: decide the oldest invocation's now
 
     def _release(self, inv: _Invocation, batch: _Batch) -> None:
@@ -1164,6 +1169,7 @@ class TelemetryConverter:
             return
         self._holding.remove(inv)
         self._held_count -= len(held)
+        self._held_bytes -= sum(len(line.dedup_text) for line in held)
         if not self._sdk_view.sdk_logs_seen:  # the function's SDK sends no logs: nothing to compare
             for line in held:
                 self._emit_log(line, inv, batch)
@@ -1253,7 +1259,8 @@ class TelemetryConverter:
 
 # ---------------------------------------------------------------------- function and extension lines
 
-_MAX_HELD_LINES = 4096  # function lines waiting for their invocation's end (log deduplication)
+_MAX_HELD_LINES = 4096
+_MAX_HELD_BYTES = 4 * 1024 * 1024  # function lines waiting for their invocation's end (log deduplication)
 _SECOND = 1_000_000_000
 EXCEPTION_EVENT = "faas.invocation.exception"  # semconv: the log event of an uncaught exception
 _EXCEPTION_NAME_RE = re.compile(r"[A-Za-z_][\w.]{0,127}", re.ASCII)

@@ -936,6 +936,14 @@ class LogDeduplication(JoinBase):
         out = self.conv.on_shutdown("timeout", NOW)
         self.assertEqual(len(self.function_logs(out)), 5000 - 4097)
 
+    def test_held_bytes_are_bounded_too(self):
+        self.start()
+        t = T0 + 800 * MS
+        big = "y" * 200_000
+        first = self.conv.process([ev("function", t, text_line("INFO", t, RID, f"{i} {big}")) for i in range(30)])
+        self.assertEqual(first.log_count, 21)  # 21 lines of 200 kB passed 4 MiB: decided at once
+        self.assertEqual(self.conv.on_shutdown("timeout", NOW).log_count, 9)
+
     def test_without_a_view_nothing_is_held(self):
         conv = TelemetryConverter(make_resource(), self.metrics, self.loss, clock_ns=lambda: NOW)
         conv.process([copy.deepcopy(START)])

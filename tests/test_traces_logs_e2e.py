@@ -372,3 +372,59 @@ class BadTelemetryInputTest(ExtensionTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SnapStartRestoreSpansTest(ExtensionTestCase):
+    """Issue 15: each restore of one snapshot (the simulator's snapstart mode, the extension forked
+    per restore) exports its own restore span and metrics, and no cold-start init of the snapshot."""
+
+    def test_restore_span_and_metrics_per_copy(self):
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from lambda_otel.local.simulator import Simulator
+        from tests.support import FUNCTIONS, final_cumulative
+        from tests.test_snapstart_e2e import write_fork_launcher
+
+        sink = self.make_sink()
+        root = Path(tempfile.mkdtemp(prefix="lambda-otel-restore-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        (root / "extensions").mkdir()
+        write_fork_launcher(root / "extensions")
+        sim = Simulator(extensions_dir=str(root / "extensions"), handler="e2e_handlers.handler",
+                        handler_dir=str(FUNCTIONS), env=self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY="end"),
+                        timeout_s=3.0, mode="snapstart")
+        self.addCleanup(sim.stop)
+        self.assertTrue(sim.start(timeout=60).ok)
+        rounds = []
+        for _ in range(2):
+            rounds.append([sim.invoke({"logs": 1}, timeout=30) for _ in range(2)])
+            sim.shutdown("spindown", timeout=30)
+        sim.stop()
+
+        reports = [e for e in sim.telemetry_events("platform.restoreReport")]
+        self.assertEqual(len(reports), 2)
+        items = sink.span_items()
+        for i, results in enumerate(rounds):
+            rids = {r.request_id for r in results}
+            with self.subTest(restore=i + 1):
+                mine = [it for it in items if it.span.kind == SERVER
+                        and attrs_to_dict(it.span.attributes)["faas.invocation_id"] in rids]
+                self.assertEqual(len(mine), 2)
+                (instance,) = {it.resource["faas.instance"] for it in mine}
+                spans = [it.span for it in items if it.resource.get("faas.instance") == instance]
+                names = Counter(s.name for s in spans)
+                self.assertEqual(names["restore"], 1)
+                self.assertEqual(names["init"], 0, "the snapshot's init is not this copy's cold start")
+                (restore,) = [s for s in spans if s.name == "restore"]
+                first = min(mine, key=lambda it: it.span.start_time_unix_nano).span
+                self.assertEqual((restore.trace_id, restore.parent_span_id), (first.trace_id, first.span_id))
+                self.assertIs(attrs_to_dict(first.attributes)["faas.coldstart"], True)
+                duration_ms = reports[i]["record"]["metrics"]["durationMs"]
+                self.assertLessEqual(abs((restore.end_time_unix_nano - restore.start_time_unix_nano) - duration_ms * MS), MS)
+        points = sink.metrics()
+        restore_points = final_cumulative(points, "aws.lambda.restore_duration")
+        self.assertEqual(sorted(p.count for p in restore_points.values()), [1, 1])
+        self.assertEqual(counter_total(points, "faas.coldstarts"), 2)
+        self.assertEqual(final_cumulative(points, "faas.init_duration"), {})
