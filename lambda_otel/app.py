@@ -119,6 +119,7 @@ class Extension:
         pipeline.converter.renew_after_restore()  # id generator reseeded from os.urandom, invocations cleared
         pipeline.metrics.renew_after_restore()
         pipeline.exporter.renew_after_restore()  # the snapshot's pooled connections are dead
+        pipeline.auth.renew_after_restore()  # credentials, signing keys, secrets: this copy's own
         self.last_request_id = None
 
     # -- the events loop ---------------------------------------------------------------------
