@@ -178,6 +178,17 @@ class ManagedProcess:
                     return False
                 self._io_cv.wait(min(left, 0.002))
 
+    def wait_output(self, timeout: float) -> bool:
+        """After the exit: wait (bounded) until its readers have emitted everything it wrote (EOF on every stream)."""
+        deadline = time.monotonic() + timeout
+        with self._io_cv:
+            while set(self._streams) - self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.exited.is_set():
+                    return False
+                self._io_cv.wait(min(left, 0.05))
+        return True
+
     def _watch(self) -> None:
         code = self.popen.wait()  # blocks in waitpid(); returns the moment the process exits
         self.exit_code = code

@@ -465,9 +465,14 @@ class Simulator(ApiHandlers, Lifecycle):
         return bool(env and env.frozen)
 
     def process_output(self, name: str) -> list[tuple[str, str]]:
-        """Lines captured from the named process (`runtime` or an extension file name), newest generation."""
+        """Lines captured from the named process (`runtime` or an extension file name), newest generation.
+
+        For a process that has exited, waits (at most a second) for its last lines to be read first.
+        """
         for proc in reversed(self._all_processes):
             if proc.name == name:
+                if proc.exited.is_set():
+                    proc.wait_output(1.0)
                 return list(proc.output)
         return []
 
