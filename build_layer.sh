@@ -1,8 +1,12 @@
 #!/bin/sh
-# Build the lambda-otel Lambda layer zip (see "Lambda layer" in README.rst).
+# Build the lambda-otel Lambda layer zip (see "Lambda layer" in README.rst), one per Python and arch.
 #
-#   ./build_layer.sh [--arch x86_64|arm64] [--python X.Y] [--python-bin PATH]
+#   ./build_layer.sh [--arch x86_64|arm64|all[,...]] [--python X.Y|all[,...]] [--python-bin PATH]...
 #                    [--out DIR] [--pip-cache DIR] [--constraints FILE] [--source DIR]
+#
+# Several versions or arches (comma lists, "all" = 3.12,3.13,3.14 / x86_64,arm64) build one zip each,
+# lambda-otel-layer-pythonX.Y-ARCH.zip; each needs a Python X.Y interpreter (found on PATH, in pyenv or
+# given with --python-bin, which may be repeated: its version says which target it is for).
 #
 # Why it looks like this:
 # - Dependencies are installed with pip's cross-platform options (--platform manylinux2014_*,
@@ -24,12 +28,16 @@ usage() {
     exit "${1:-0}"
 }
 
-ARCH=""; PYVER=""; PYBIN=""; OUT="$ROOT_DIR/layer-out"; PIP_CACHE=""; CONSTRAINTS=""; SRC_DIR=$ROOT_DIR
+ALL_PYTHONS="3.12,3.13,3.14"   # Lambda's current Python runtimes
+ALL_ARCHS="x86_64,arm64"
+ARCH=""; PYVER=""; PYBIN=""; PYBINS=""; OUT="$ROOT_DIR/layer-out"; PIP_CACHE=""; CONSTRAINTS=""; SRC_DIR=$ROOT_DIR
+COMMON=""  # the options every single build gets when several are asked for
 while [ $# -gt 0 ]; do
     case "$1" in
-        --arch) [ $# -ge 2 ] || die "--arch needs a value"; ARCH=$2; shift 2 ;;
-        --python) [ $# -ge 2 ] || die "--python needs a value"; PYVER=$2; shift 2 ;;
-        --python-bin) [ $# -ge 2 ] || die "--python-bin needs a value"; PYBIN=$2; shift 2 ;;
+        --arch) [ $# -ge 2 ] || die "--arch needs a value"; ARCH=${ARCH:+$ARCH,}$2; shift 2 ;;
+        --python) [ $# -ge 2 ] || die "--python needs a value"; PYVER=${PYVER:+$PYVER,}$2; shift 2 ;;
+        --python-bin) [ $# -ge 2 ] || die "--python-bin needs a value"; PYBIN=$2; PYBINS="$PYBINS
+$2"; shift 2 ;;
         --out) [ $# -ge 2 ] || die "--out needs a value"; OUT=$2; shift 2 ;;
         --pip-cache) [ $# -ge 2 ] || die "--pip-cache needs a value"; PIP_CACHE=$2; shift 2 ;;
         --constraints) [ $# -ge 2 ] || die "--constraints needs a value"; CONSTRAINTS=$2; shift 2 ;;
@@ -38,6 +46,37 @@ while [ $# -gt 0 ]; do
         *) echo "build_layer.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
 done
+
+# Prints "X.Y" if $1 runs and is CPython, nothing otherwise (pyenv shims of inactive versions fail).
+py_version_of() {
+    "$1" -c 'import sys, platform; platform.python_implementation() == "CPython" and print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true
+}
+
+# --- several targets: one build of this script per (Python, arch) ---------------------------------
+ARCH=$(echo "$ARCH" | sed "s/all/$ALL_ARCHS/g"); PYVER=$(echo "$PYVER" | sed "s/all/$ALL_PYTHONS/g")
+nbins=$(printf '%s' "$PYBINS" | grep -c . || true)
+if [ -z "$PYVER" ] && [ "$nbins" -gt 1 ]; then   # versions from the interpreters given
+    for b in $PYBINS; do v=$(py_version_of "$b"); [ -n "$v" ] || die "--python-bin '$b' does not run as a CPython interpreter"; PYVER=${PYVER:+$PYVER,}$v; done
+fi
+case "$ARCH$PYVER" in
+*,*)
+    for v in $(echo "$PYVER" | tr ',' ' '); do
+        bin=""
+        for b in $PYBINS; do [ "$(py_version_of "$b")" = "$v" ] && bin=$b; done
+        for a in $(echo "${ARCH:-local}" | tr ',' ' '); do
+            [ "$a" = local ] && a=""
+            set -- --out "$OUT" --source "$SRC_DIR"
+            [ -n "$a" ] && set -- "$@" --arch "$a"
+            [ -n "$v" ] && set -- "$@" --python "$v"
+            [ -n "$bin" ] && set -- "$@" --python-bin "$bin"
+            [ -n "$PIP_CACHE" ] && set -- "$@" --pip-cache "$PIP_CACHE"
+            [ -n "$CONSTRAINTS" ] && set -- "$@" --constraints "$CONSTRAINTS"
+            /bin/sh "$0" "$@" || die "the build for Python ${v:-default} ${a:-local arch} failed"
+        done
+    done
+    exit 0 ;;
+esac
+[ "$nbins" -le 1 ] || die "several --python-bin for one target (--python $PYVER)"
 
 # --- target architecture -------------------------------------------------------------------------
 if [ -z "$ARCH" ]; then
@@ -54,10 +93,6 @@ case "$ARCH" in
 esac
 
 # --- target Python version and its interpreter ---------------------------------------------------
-# Prints "X.Y" if $1 runs and is CPython, nothing otherwise (pyenv shims of inactive versions fail).
-py_version_of() {
-    "$1" -c 'import sys, platform; platform.python_implementation() == "CPython" and print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true
-}
 
 if [ -n "$PYBIN" ]; then
     got=$(py_version_of "$PYBIN")
