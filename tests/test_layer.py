@@ -441,7 +441,9 @@ class NothingRemovedInNewerPythonsTest(unittest.TestCase):
                         elif isinstance(node, ast.ImportFrom) and node.module:
                             names = [(node.module, a.name) for a in node.names]
                         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                            names = [(node.value.id, node.attr)]
+                            names = [(node.value.id, node.attr)]  # e.g. ast.Num (a local named like a module is fine)
+                            if names[0] not in REMOVED_NAMES:
+                                continue
                         else:
                             continue
                         for module, name in names:
@@ -527,7 +529,7 @@ class RuntimeLayerCase:
         """The checkout's unit tests (those that start no extension process) on this interpreter, with
         the layer's dependencies and deprecation warnings as errors."""
         modules = ["tests.test_metrics", "tests.test_resource", "tests.test_otlp", "tests.test_aggregator",
-                   "tests.test_flush", "tests.test_xray", "tests.test_convert"]
+                   "tests.test_flush", "tests.test_convert"]
         modules += ["tests.test_config." + c for c in ("DefaultsTest", "InitTypeTest", "EndpointTest",
                     "SelfExportTest", "RedactionTest", "HeadersTest", "ProtocolTest", "ValidationTest",
                     "LimitsTest", "TableTest")]
