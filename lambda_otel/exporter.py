@@ -89,6 +89,9 @@ class RequestSigner(Protocol):
         """The backend refused a signed request (400/401/403): True if the signer renewed what it
         signs with and the request should be sent again (once)."""
 
+    def secret_values(self) -> Sequence[str]:
+        """What it signs with (keys, session token): never in a log line, whatever a backend echoes."""
+
 
 class HeaderSource(Protocol):
     """Headers known only at run time (e.g. secrets resolved in the background)."""
@@ -360,9 +363,8 @@ class OtlpExporter:
         secrets = self._secrets
         if self._header_source is not None:
             secrets = secrets + tuple(self._header_source.secret_values())
-        signer_secrets = getattr(self._signer, "secret_values", None)  # the signer's credentials
-        if signer_secrets is not None:
-            secrets = secrets + tuple(signer_secrets())
+        if self._signer is not None:
+            secrets = secrets + tuple(self._signer.secret_values())
         for secret in secrets:
             for form in _forms(secret):
                 text = text.replace(form, "<redacted>")

@@ -12,6 +12,7 @@ import unittest
 
 from lambda_otel.local.sink import Reply
 from tests.reliability_support import dropped_by, expected_lines, function_lines
+from tests.support import free_port
 from tests.test_reliability_faults import FAULT_ENV, LINES, FaultScenarioCase
 
 HOSTILE_RETRY_AFTER = ("1e10", "inf", "1e400", "NaN", "-5", "Fri, 31 Dec 9999 23:59:59 GMT")
@@ -50,6 +51,21 @@ class HostileBackendTest(FaultScenarioCase):
                 self.assertNotIn("OverflowError", output)
                 self.assertTrue(any(r.status == 503 for r in sink.requests), "the fault never happened")
                 self.assert_delivered_or_counted(sink, results, summary)
+
+    def test_a_dead_backend_is_named_once_at_warning_without_its_credentials(self):
+        port = free_port()  # nothing listens there: connection refused
+        env = self.make_env(None, LAMBDA_OTEL_EXPORTER_ENDPOINT=f"http://user:pw-s3cret@127.0.0.1:{port}/?token=t0ken",
+                            **FAULT_ENV)
+        sim, results, summary, output = self.run_phases(env, faulty=3, healthy=0)
+        named = [line for line in output.splitlines() if "failed (connect)" in line]
+        self.assertEqual(len(named), 1, output)  # once, not per invocation or per signal
+        self.assertIn("WARNING", named[0])
+        self.assertIn(f"127.0.0.1:{port}/v1/", named[0])
+        self.assertIn("refused", named[0])
+        for secret in ("pw-s3cret", "t0ken"):
+            self.assertNotIn(secret, output)
+        lost = len(expected_lines(results, LINES))
+        self.assertGreaterEqual(sum(summary["dropped"].values()) + summary["unsent"], lost, summary)
 
     def test_an_answer_dripped_a_byte_at_a_time(self):
         sink = self.make_sink()

@@ -500,10 +500,18 @@ class HooksTest(ExporterTestCase):
     class Signer:
         def __init__(self):
             self.calls = []
+            self.rejected = []
 
         def sign(self, method, url, headers, body):
             self.calls.append((method, url, dict(headers), body))
-            return {"X-Test-Signature": hashlib.sha256(body).hexdigest()}
+            return {"X-Test-Signature": hashlib.sha256(body).hexdigest(), "X-Test-Token": "signer-secret-token"}
+
+        def on_rejected(self, status, body):
+            self.rejected.append(status)
+            return len(self.rejected) == 1  # renewed once
+
+        def secret_values(self):
+            return ("signer-secret-token",)
 
     class Headers:
         def __init__(self, value=None):
@@ -530,6 +538,30 @@ class HooksTest(ExporterTestCase):
             self.assertEqual(rec.headers["x-test-signature"], rec.body_sha256)
             self.assertEqual(headers["Content-Encoding"], "gzip")
             self.assertEqual(headers["Content-Type"], "application/x-protobuf")
+
+    def test_a_refused_signature_is_renewed_and_resent_once(self):
+        self.sink.set_reply(Reply(status=403, body=b"SignatureDoesNotMatch: x-amz-security-token:signer-secret-token"))
+        signer = self.Signer()
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces")), self.loss, signer=signer)
+        self.addCleanup(exp.close)
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcome = self.export(exp)
+        self.assertEqual((outcome.kind, outcome.status, len(signer.calls)), (REJECTED, 403, 2))
+        self.assertEqual(signer.rejected, [403])  # renewed once; the second refusal is final
+        self.assertNotIn("signer-secret-token", outcome.error + "".join(logs.output))
+
+    def test_a_signer_that_cannot_sign_sends_nothing(self):
+        class NoCredentials(self.Signer):
+            def sign(self, method, url, headers, body):
+                raise RuntimeError("no AWS credentials in the environment")
+
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces")), self.loss, signer=NoCredentials())
+        self.addCleanup(exp.close)
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcome = self.export(exp)
+        self.assertEqual((outcome.kind, outcome.cause, outcome.attempts), (RETRYABLE, FailureCause.AUTH, 0))
+        self.assertIn("no AWS credentials", logs.output[0])
+        self.assertEqual(self.sink.requests, [])
 
     def test_header_source_not_ready_defers_without_sending(self):
         source = self.Headers()
