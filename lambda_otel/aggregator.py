@@ -101,6 +101,8 @@ class Aggregator:
         self._loss = loss
         self._lock = threading.Lock()
         self._on_data: Optional[Callable[[], None]] = None
+        self._intake_records = 0  # everything ever queued (the flush policy's data rate)
+        self._intake_bytes = 0
         self._queues: Dict[str, Deque[_Entry]] = {s: deque() for s in SIGNALS}
         self._bytes = 0
         self._records = 0
@@ -155,6 +157,8 @@ class Aggregator:
                 self._queues[signal].append(_Entry(next(self._seq), item, records, nbytes))
                 self._bytes += nbytes
                 self._records += records
+                self._intake_records += records
+                self._intake_bytes += nbytes
             on_data = self._on_data
         if on_data is not None:
             on_data()
@@ -241,6 +245,12 @@ class Aggregator:
                 return self._records
             self._check_signal(signal)
             return sum(e.records for e in self._queues[signal])
+
+    def intake(self) -> Tuple[int, int]:
+        """(records, bytes) ever queued by ``add``/``add_many`` (not by ``requeue``): the
+        difference between two calls is what arrived in between."""
+        with self._lock:
+            return self._intake_records, self._intake_bytes
 
     def pending_bytes(self) -> int:
         with self._lock:

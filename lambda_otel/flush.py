@@ -43,7 +43,11 @@ continuous  As ``periodic`` (the timer still drives metrics-only flushes), and i
 ==========  ===================================================================
 
 In every strategy: a full batch (``max_batch_records``/``max_batch_bytes``
-pending) starts exporting as soon as it is queued while the gate is open, an
+pending) starts exporting as soon as it is queued while the gate is open; an
+invocation that may fill the buffer (what is pending at INVOKE plus the largest
+volume one of the last ``VOLUME_HISTORY`` invocations brought reaches
+``NEAR_BUDGET_FRACTION`` of the aggregator's budget) is held as in ``end``, so a
+chatty function's data drains while it runs instead of being dropped; an
 invocation whose deadline is within ``deadline_margin_s`` flushes at INVOKE, and
 after ``ESCALATION_FAILURES`` consecutive failed flushes the effective strategy is
 ``continuous`` (a success resets it). With the breaker (default 3 failures) this
@@ -122,6 +126,9 @@ PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_
 BREAKER_INITIAL_BACKOFF_S = 1.0
 GATE_CLOSE_GRACE_S = 0.25  # slack on top of the in-flight request's own deadline
 MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
+# A function whose invocations bring this share of the buffer budget is held for (any strategy).
+NEAR_BUDGET_FRACTION = 0.5
+VOLUME_HISTORY = 5  # invocations whose data volume the near-budget decision remembers
 # The longest single wait: an idle worker re-decides at least this often, and no computed
 # wait (a Retry-After, a far deadline) can reach threading.TIMEOUT_MAX.
 MAX_WAIT_S = 5.0
@@ -176,7 +183,10 @@ class DrainStatus(enum.Enum):
 
 
 class BatchQueue(Protocol):
-    """What the worker needs of the aggregator."""
+    """What the worker and the coordinator need of the aggregator."""
+
+    max_bytes: int
+    max_records: int
 
     def add(self, signal: str, item: object, records: int, nbytes: Optional[int] = None,
             evict: bool = True) -> bool: ...
@@ -188,6 +198,8 @@ class BatchQueue(Protocol):
     def pending_records(self, signal: Optional[str] = None) -> int: ...
 
     def pending_bytes(self) -> int: ...
+
+    def intake(self) -> Tuple[int, int]: ...
 
     def discard_all(self, reason: str) -> int: ...
 
@@ -301,9 +313,21 @@ def decide(now: float, s: FlushState) -> Decision:
     return Decision(Action.WAIT, wait_s=wait_s)
 
 
-def holds_next(strategy: Strategy, breaker_open: bool) -> bool:
-    """Whether ``before_next`` holds ``/next`` for runtimeDone and flushes (``end``, breaker closed)."""
-    return strategy is Strategy.END and not breaker_open
+def holds_next(strategy: Strategy, breaker_open: bool, near_budget: bool = False) -> bool:
+    """Whether ``before_next`` holds ``/next`` for runtimeDone and flushes.
+
+    ``end`` always does. Every strategy does for an invocation that may fill the buffer
+    (``near_budget``): holding keeps the gate open while the function runs, so full batches
+    drain as they arrive instead of being dropped. Never with the breaker open.
+    """
+    return not breaker_open and (strategy is Strategy.END or near_budget)
+
+
+def near_budget(pending: Tuple[int, int], recent: Tuple[int, int], budget: Tuple[int, int]) -> bool:
+    """Whether an invocation may fill the buffer: what is pending at INVOKE plus the largest
+    volume a recent invocation brought reaches ``NEAR_BUDGET_FRACTION`` of the budget, in
+    records or in bytes. Each argument is ``(records, bytes)``."""
+    return any(p + v >= NEAR_BUDGET_FRACTION * b for p, v, b in zip(pending, recent, budget))
 
 
 def request_deadline(now: float, flush_until: float, final: bool, budget_s: float, cap: Optional[float]) -> float:
@@ -910,6 +934,10 @@ class FlushCoordinator:
         self._rd_degraded = False
         self._gave_up: "OrderedDict[str, float]" = OrderedDict()  # holds that missed runtimeDone
         self._invoke_flush: Optional[FlushTicket] = None  # a flush due at INVOKE, waited for before /next
+        self._volumes: Deque[Tuple[int, int]] = deque(maxlen=VOLUME_HISTORY)  # (records, bytes) per invocation
+        self._intake_at_invoke: Optional[Tuple[int, int]] = None
+        self._near_budget = False  # the current invocation may fill the buffer: hold for it
+        self._telemetry_drops = 0  # platform.logsDropped seen (a runtimeDone may be among the lost)
         self.last_hold = HoldReport()
 
     @property
@@ -926,8 +954,16 @@ class FlushCoordinator:
         """Right after ``/next`` returned INVOKE: open the gate, note the invocation."""
         now = self._clock()
         deadline = self.to_monotonic(deadline_ms)
+        queue = self.worker.aggregator
+        intake = queue.intake()
+        pending = (queue.pending_records(), queue.pending_bytes())
         with self._cond:
             self._current = (request_id, deadline)
+            if self._intake_at_invoke is not None:  # what the previous invocation brought
+                self._volumes.append((intake[0] - self._intake_at_invoke[0], intake[1] - self._intake_at_invoke[1]))
+            self._intake_at_invoke = intake
+            recent = (max((v[0] for v in self._volumes), default=0), max((v[1] for v in self._volumes), default=0))
+            self._near_budget = near_budget(pending, recent, (queue.max_records, queue.max_bytes))
         # Requests may run until the deadline minus the margin; for a very short
         # remaining time, until half of it (there is no later chance to flush).
         cap = deadline - min(self.config.deadline_margin_s, max(0.0, deadline - now) / 2)
@@ -956,11 +992,23 @@ class FlushCoordinator:
             # The telemetry path works; that function simply ran longer than our wait.
             self._adapt(True)
 
+    def on_telemetry_dropped(self) -> None:
+        """From the telemetry thread: Lambda dropped events (``platform.logsDropped``).
+
+        The runtimeDone a hold waits for may be among them: the hold then waits at most
+        ``runtime_done_wait_s`` more instead of until the invocation deadline.
+        """
+        with self._cond:
+            self._telemetry_drops += 1
+            self._cond.notify_all()
+
     def before_next(self) -> None:
         """Right before ``/next``: maybe hold for runtimeDone and flush; always close the gate.
 
-        The hold (``end`` strategy, breaker closed) starts right after INVOKE, while the
-        function runs, so waiting costs the function nothing until it is done. It waits
+        The hold (``holds_next``: ``end``, or any strategy for an invocation that may fill
+        the buffer; never with the breaker open) starts right after INVOKE, while the
+        function runs, so waiting costs the function nothing until it is done; the gate
+        stays open meanwhile, so full batches go out as they fill. It waits
         for this invocation's runtimeDone up to the invocation deadline minus
         ``deadline_margin_s`` (a function cannot run longer), then flushes what is
         pending for at most ``flush_budget_s``.
@@ -976,8 +1024,9 @@ class FlushCoordinator:
         t0 = self._clock()
         with self._cond:
             current, self._current = self._current, None
+            near = self._near_budget
         report = HoldReport()
-        if current is not None and holds_next(self.manager.effective_strategy(), self.worker.breaker.is_open):
+        if current is not None and holds_next(self.manager.effective_strategy(), self.worker.breaker.is_open, near):
             request_id, deadline = current
             limit = deadline - self.config.deadline_margin_s
             if limit > t0:
@@ -1026,14 +1075,20 @@ class FlushCoordinator:
         for (_, reason), n in self.worker.loss.snapshot().items():
             dropped[reason] = dropped.get(reason, 0) + n
         summary = ShutdownSummary(dict(result.sent), dropped, unsent, self._clock() - t0, completed)
-        log.info("final flush: sent %s, unsent at deadline %d, dropped over lifetime %s, %.3fs",
-                 summary.sent or "{}", unsent, dropped or "{}", summary.elapsed_s)
+        # A warning when anything was lost, so it shows at every log level a user may choose.
+        log.log(logging.WARNING if unsent or dropped else logging.INFO,
+                "final flush: sent %s, unsent at deadline %d, dropped over lifetime %s, %.3fs",
+                summary.sent or "{}", unsent, dropped or "{}", summary.elapsed_s)
         return summary
 
     # -- helpers ------------------------------------------------------------------------
     def _wait_runtime_done(self, request_id: str, until: float) -> bool:
         with self._cond:
+            drops = self._telemetry_drops
             while request_id not in self._done:
+                if self._telemetry_drops != drops:  # it may have been dropped: bound the rest
+                    drops = self._telemetry_drops
+                    until = min(until, self._clock() + self.config.runtime_done_wait_s)
                 remaining = until - self._clock()
                 if not remaining > 0:
                     return False

@@ -20,7 +20,7 @@ import threading
 from typing import Any, List, Mapping, Optional, Set
 
 from .config import Config
-from .loss import LOGS, TRACES
+from .loss import LOGS, PLATFORM_LOGS_DROPPED, TRACES
 
 # Request ids remembered for wait_for_report(); past this the set is cleared (only the
 # latest invocation's report is ever waited for).
@@ -122,10 +122,13 @@ class Pipeline:
     def process_batch(self, events: List[Any]) -> None:
         """Convert one batch and queue the result, under the read lock (the listener answers 200 after)."""
         with self.rwlock.gen_rlock():
+            lambda_dropped = self.loss.total(PLATFORM_LOGS_DROPPED)
             converted = self.converter.process(events)
             self.add_converted(converted)
             for request_id in converted.runtime_done:
                 self.coordinator.on_runtime_done(request_id)
+            if self.loss.total(PLATFORM_LOGS_DROPPED) != lambda_dropped:
+                self.coordinator.on_telemetry_dropped()  # a runtimeDone may be among the lost
             self._note_reports(converted.reports)
 
     def add_converted(self, converted) -> None:

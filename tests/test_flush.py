@@ -28,6 +28,7 @@ from lambda_otel.flush import (
     decide,
     effective_strategy,
     holds_next,
+    near_budget,
 )
 
 
@@ -245,6 +246,17 @@ class DecideTest(unittest.TestCase):
         d = decide(NOW, state(Occasion.INVOKE, invocation_deadline=NOW + 0.4, cap=NOW + 0.2, breaker_open=True,
                               next_probe_at=NOW + 5))
         self.assertIs(d.action, Action.WAIT, "breaker open: no flush at a near deadline either")
+
+    def test_near_budget_holds_in_every_strategy(self):
+        budget = (1000, 1_000_000)
+        self.assertFalse(near_budget((0, 0), (499, 1000), budget))
+        self.assertTrue(near_budget((0, 0), (500, 1000), budget), "half the records")
+        self.assertTrue(near_budget((0, 0), (10, 500_000), budget), "half the bytes")
+        self.assertTrue(near_budget((300, 0), (200, 0), budget), "pending plus a recent invocation's volume")
+        for strategy in (Strategy.PERIODIC, Strategy.CONTINUOUS):
+            self.assertFalse(holds_next(strategy, breaker_open=False))
+            self.assertTrue(holds_next(strategy, breaker_open=False, near_budget=True))
+            self.assertFalse(holds_next(strategy, breaker_open=True, near_budget=True), "never with the breaker open")
 
     def test_bounded(self):
         self.assertEqual([bounded(x) for x in (-1.0, 0.0, 0.5, 1e10, float("inf"), float("nan"))],

@@ -345,6 +345,42 @@ class CoordinatorTest(unittest.TestCase):
         h.coordinator.before_next()
         self.assertTrue(h.coordinator.last_hold.runtime_done)
 
+    def test_periodic_holds_an_invocation_whose_predecessor_came_near_the_budget(self):
+        h = Harness(self, strategy="periodic", interval_s=60.0, max_batch_records=100)
+        # Budget 100,000 records (Harness): a predecessor that brought half of it is chatty.
+        h.coordinator.on_invoke("quiet", epoch_ms_in(10))
+        h.coordinator.before_next()
+        self.assertFalse(h.coordinator.last_hold.held, "nothing known yet: periodic does not hold")
+        h.coordinator.on_invoke("chatty", epoch_ms_in(10))
+        h.gate.close()  # as after before_next: the function runs with the gate closed
+        h.aggregator.add(L.LOGS, logs(50_000), records=50_000)
+        h.coordinator.before_next()
+        self.assertFalse(h.coordinator.last_hold.held)
+        h.coordinator.on_invoke("next", epoch_ms_in(10))
+        t = threading.Timer(0.2, lambda: (h.aggregator.add(L.LOGS, logs(300), records=300),
+                                          h.coordinator.on_runtime_done("next")))
+        t.start()
+        self.addCleanup(t.cancel)
+        h.coordinator.before_next()
+        self.assertTrue(h.coordinator.last_hold.held, "the predecessor brought half the budget: hold")
+        self.assertTrue(h.coordinator.last_hold.runtime_done)
+        self.assertEqual(h.aggregator.pending_records(), 0, "drained while held")
+        self.assertEqual(len(h.sink.log_records()), 50_300)
+
+    def test_dropped_telemetry_bounds_the_wait_for_runtime_done(self):
+        # Lambda dropped events (platform.logsDropped): this invocation's runtimeDone may be
+        # among them, so the hold may not wait for it until the invocation deadline (60 s here).
+        h = Harness(self, strategy="end", runtime_done_wait_s=0.2)
+        h.coordinator.on_invoke("lost-done", epoch_ms_in(60))
+        t = threading.Timer(0.1, h.coordinator.on_telemetry_dropped)
+        t.start()
+        self.addCleanup(t.cancel)
+        t0 = time.monotonic()
+        with self.assertLogs("lambda_otel.flush", "INFO"):  # the runtimeDone miss is logged once
+            h.coordinator.before_next()
+        self.assertFalse(h.coordinator.last_hold.runtime_done)
+        self.assertLess(time.monotonic() - t0, 30.0, "waited as if runtimeDone were still coming")
+
     def test_periodic_does_not_hold_but_waits_for_the_request_in_flight(self):
         h = Harness(self, strategy="periodic", interval_s=0.05)
         h.sink.set_reply(Reply(delay=0.3))
