@@ -45,7 +45,7 @@ class DefaultsTest(unittest.TestCase):
         self.assertEqual(c.flush.strategy, "default")
         self.assertEqual(c.flush.interval_s, 20.0)
         self.assertEqual(c.telemetry.types, ("platform", "function", "extension"))
-        self.assertEqual((c.telemetry.max_items, c.telemetry.max_bytes, c.telemetry.timeout_ms), (1000, 262144, 25))
+        self.assertEqual((c.telemetry.max_items, c.telemetry.max_bytes, c.telemetry.timeout_ms), (10000, 1048576, 25))
         self.assertEqual(c.receiver.port, 4318)
         self.assertTrue(c.receiver.enabled)
         self.assertEqual(c.metrics_temporality, "cumulative")

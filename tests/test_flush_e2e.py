@@ -519,13 +519,6 @@ def final_flush_line(sim) -> str:
     return lines[-1] if lines else "(no final flush line: the extension did not log one)"
 
 
-# A 100,000-line burst outruns our Telemetry listener on this shared machine when Lambda sends it
-# in 1000-event POSTs (Lambda's per-subscriber buffer overflows: platform_logs_dropped, counted,
-# not a queue loss); with the API's largest batches it does not. To be dropped once the
-# subscription defaults are the API maximums.
-BIG_TELEMETRY_BATCHES = {"LAMBDA_OTEL_TELEMETRY_MAX_ITEMS": "10000", "LAMBDA_OTEL_TELEMETRY_MAX_BYTES": "1048576"}
-
-
 class ChattyFunctionTest(FlushE2ECase):
     """A function printing many ~110-byte lines per invocation, with a backend that answers at once.
 
@@ -560,7 +553,7 @@ class ChattyFunctionTest(FlushE2ECase):
         self.assert_freeze_safe(sim, sink)
 
     def test_end_single_100000_line_invocation_loses_nothing(self):
-        sim, sink, results, lost = self.run_chatty("end", 100_000, 1, **BIG_TELEMETRY_BATCHES)
+        sim, sink, results, lost = self.run_chatty("end", 100_000, 1)
         summary = final_flush_line(sim)
         self.assertEqual(lost, 0, f"{lost} of 100000 lines lost; {summary}")
         self.assertEqual(dropped(sink), 0, summary)

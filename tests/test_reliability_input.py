@@ -14,6 +14,7 @@ import socket
 import unittest
 import uuid
 
+from lambda_otel.config import TelemetryConfig
 from tests.reliability_support import ReliabilityTestCase, expected_lines, function_lines, shutdown_summary
 from tests.support import counter_total, histogram_totals
 
@@ -78,7 +79,7 @@ class ListenerInputTest(ReliabilityTestCase):
         self.finish()
 
     def test_batch_far_over_twice_max_bytes_is_413_before_reading_it(self):
-        limit = 2 * 262144 + 64 * 1024
+        limit = 2 * TelemetryConfig().max_bytes + 64 * 1024
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             # Declare 50 MB, send a little: the answer must come without the rest being read.
             s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

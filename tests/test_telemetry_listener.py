@@ -102,7 +102,7 @@ class SubscriptionShapeTest(unittest.TestCase):
         body = subscription_body(TelemetryConfig(), 4322)
         self.assertEqual(body["schemaVersion"], "2025-01-29")
         self.assertEqual(body["types"], ["platform", "function", "extension"])
-        self.assertEqual(body["buffering"], {"maxItems": 1000, "maxBytes": 262144, "timeoutMs": 25})
+        self.assertEqual(body["buffering"], {"maxItems": 10000, "maxBytes": 1048576, "timeoutMs": 25})
         self.assertEqual(body["destination"], {"protocol": "HTTP", "URI": f"http://{SANDBOX_HOST}:4322/"})
 
 
