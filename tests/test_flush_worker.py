@@ -67,7 +67,7 @@ class Harness:
     """One extension's worth of flush machinery wired to a fresh sink."""
 
     def __init__(self, test: unittest.TestCase, endpoints: bool = True, breaker_backoff_s: float = 1.0,
-                 exporter_timeout_s: float = 10.0, **flush) -> None:
+                 exporter_timeout_s: float = 10.0, queue_records: int = 100_000, **flush) -> None:
         self.sink = OtlpSink().start()
         test.addCleanup(self.sink.stop)
         ep = self.sink.endpoint if endpoints else None
@@ -77,7 +77,7 @@ class Harness:
             logs_endpoint=ep and ep + "/v1/logs", compression="none", timeout_s=exporter_timeout_s), self.loss)
         test.addCleanup(self.exporter.close)
         self.config = replace(FlushConfig(), **flush)
-        self.aggregator = Aggregator(16 * 1024 * 1024, 100_000, self.loss)
+        self.aggregator = Aggregator(16 * 1024 * 1024, queue_records, self.loss)
         self.metrics = MetricsState(resource(), "delta", self.loss)
         self.manager = FlushManager(self.config)
         self.gate = ExportGate()
@@ -346,14 +346,14 @@ class CoordinatorTest(unittest.TestCase):
         self.assertTrue(h.coordinator.last_hold.runtime_done)
 
     def test_periodic_holds_an_invocation_whose_predecessor_came_near_the_budget(self):
-        h = Harness(self, strategy="periodic", interval_s=60.0, max_batch_records=100)
-        # Budget 100,000 records (Harness): a predecessor that brought half of it is chatty.
+        h = Harness(self, strategy="periodic", interval_s=60.0, max_batch_records=100, queue_records=2000)
+        # A predecessor that brought half of the budget (2000 records) is chatty.
         h.coordinator.on_invoke("quiet", epoch_ms_in(10))
         h.coordinator.before_next()
         self.assertFalse(h.coordinator.last_hold.held, "nothing known yet: periodic does not hold")
         h.coordinator.on_invoke("chatty", epoch_ms_in(10))
         h.gate.close()  # as after before_next: the function runs with the gate closed
-        h.aggregator.add(L.LOGS, logs(50_000), records=50_000)
+        h.aggregator.add(L.LOGS, logs(1000), records=1000)
         h.coordinator.before_next()
         self.assertFalse(h.coordinator.last_hold.held)
         h.coordinator.on_invoke("next", epoch_ms_in(10))
@@ -365,7 +365,7 @@ class CoordinatorTest(unittest.TestCase):
         self.assertTrue(h.coordinator.last_hold.held, "the predecessor brought half the budget: hold")
         self.assertTrue(h.coordinator.last_hold.runtime_done)
         self.assertEqual(h.aggregator.pending_records(), 0, "drained while held")
-        self.assertEqual(len(h.sink.log_records()), 50_300)
+        self.assertEqual(len(h.sink.log_records()), 1300)
 
     def test_dropped_telemetry_bounds_the_wait_for_runtime_done(self):
         # Lambda dropped events (platform.logsDropped): this invocation's runtimeDone may be
