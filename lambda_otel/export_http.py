@@ -204,6 +204,15 @@ class Transport:
         """Whether the last ``post`` went out on a pooled connection (opened none of its own)."""
         return self._sent and not self.watchdog.opened
 
+    def resolve(self, url: str, timeout: float) -> bool:
+        """Look the URL's host up now (cached for the first connection); False if that failed."""
+        parts = urlsplit(url)
+        try:
+            self.resolver.resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), timeout)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def post(self, url: str, headers: Mapping[str, str], body: bytes, timeout: float,
              deadline: float) -> Tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body up to MAX_RESPONSE_BYTES); raises requests' exceptions, or

@@ -111,6 +111,7 @@ MAX_ATTEMPTS = 8  # a bound on top of the deadline, so the loop is bounded in co
 MIN_ATTEMPT_S = 0.005  # do not start an attempt with less time than this left
 IDLE_CLOSE_S = 30.0  # pooled connections older than this are presumed dead (freeze, NAT timeout)
 MAX_RETRY_AFTER_S = 120.0  # a backend's Retry-After beyond this is read as this
+WARM_UP_DNS_S = 2.0  # how long warm_up() waits for each endpoint's DNS answer
 GZIP_LEVEL = 1
 USER_AGENT = f"lambda-otel/{__version__}"
 
@@ -169,10 +170,14 @@ class OtlpExporter:
         """Whether the HTTP stack is imported, so an export does not wait ~100 ms for imports."""
         return self._ready
 
-    def warm_up(self) -> None:
-        """Import the HTTP stack now (call it off every critical path, e.g. on a start-up thread)."""
+    def warm_up(self, dns_timeout_s: float = WARM_UP_DNS_S) -> None:
+        """Import the HTTP stack and resolve the endpoints' hosts now, so the first export pays
+        neither (call it off every critical path, e.g. on a start-up thread; bounded)."""
         self._transport.warm_up()
         self._ready = True
+        for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None}:
+            if not _never_resolves(url):
+                self._transport.resolve(url, dns_timeout_s)
 
     # --- public API -------------------------------------------------------------------------
 

@@ -577,6 +577,25 @@ class HooksTest(ExporterTestCase):
             outcome = self.export(exp)
         self.assertNotIn("resolved-secret-value", outcome.error + "".join(logs.output))
 
+    def test_warm_up_imports_and_resolves_ahead_of_the_first_export(self):
+        looked_up = []
+        real = socket.getaddrinfo
+
+        def recording(host, port, family=0, type=0, proto=0, flags=0):
+            if flags & socket.AI_NUMERICHOST or host != "backend.test":
+                return real(host, port, family, type, proto, flags)
+            looked_up.append(host)
+            return real("127.0.0.1", port, family, type, proto, flags)
+
+        with mock.patch("socket.getaddrinfo", recording):
+            exp = self.exporter(traces_endpoint=f"http://backend.test:{self.sink.port}/v1/traces")
+            self.assertFalse(exp.ready())
+            exp.warm_up()
+            self.assertTrue(exp.ready())
+            self.assertEqual(looked_up, ["backend.test"])
+            self.assertEqual(self.export(exp).kind, SUCCESS)
+            self.assertEqual(looked_up, ["backend.test"])  # the export used the warm answer
+
     def test_requests_are_http_1_1(self):
         self.assertEqual(self.export(self.exporter()).kind, SUCCESS)
         self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
