@@ -180,7 +180,6 @@ class TelemetryConfig:
     max_items: int = 10000
     max_bytes: int = 1048576
     timeout_ms: int = 25
-    schema_version: str = "2022-12-13"
     report_grace_s: float = 0.3
 
 

@@ -64,17 +64,24 @@ def to_proto(attrs: Mapping[str, AttrValue]):
 
 
 MIB = 1024 * 1024
+MANAGED_INSTANCES = "lambda-managed-instances"  # initializationType (config.InitType.MANAGED_INSTANCES)
 
 
 def instance_attributes(record: Mapping[str, Any]) -> Dict[str, AttrValue]:
     """What a ``platform.initStart`` record says about the instance (schema 2025-01-29, Managed
     Instances): ``instanceId`` -> ``faas.instance``, ``instanceMaxMemory`` -> ``faas.max_memory``.
 
-    ``instanceMaxMemory`` is taken as bytes, which is what live systems send; a value below 1 MiB
-    can only be megabytes (the documentation's example reads that way) and is converted. Anything
-    malformed is left out.
+    Only on Managed Instances (``initializationType``): elsewhere ``faas.instance`` stays the log
+    stream name, which the function's own resource detector reports too, and the per-function
+    memory setting is the memory. ``instanceMaxMemory`` is taken as bytes, which is what live systems
+    send; a value below 1 MiB can only be megabytes (the documentation's example reads that way) and
+    is converted. Anything malformed is left out. A ``faas.instance`` set in
+    ``OTEL_RESOURCE_ATTRIBUTES`` is replaced too: one environment variable is shared by every
+    instance, so it cannot name one.
     """
     attrs: Dict[str, AttrValue] = {}
+    if record.get("initializationType") != MANAGED_INSTANCES:
+        return attrs
     instance_id = record.get("instanceId")
     if isinstance(instance_id, str) and instance_id.strip() and len(instance_id) <= 256:
         attrs["faas.instance"] = instance_id.strip()

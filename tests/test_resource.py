@@ -39,13 +39,22 @@ class BuildTest(unittest.TestCase):
 
 class ManagedInstancesTest(unittest.TestCase):
     def test_instance_attributes(self):
-        self.assertEqual(instance_attributes({"instanceId": "i-0abc", "instanceMaxMemory": 2147483648}),
+        lmi = {"initializationType": "lambda-managed-instances"}
+        self.assertEqual(instance_attributes({**lmi, "instanceId": "i-0abc", "instanceMaxMemory": 2147483648}),
                          {"faas.instance": "i-0abc", "faas.max_memory": 2147483648})
-        self.assertEqual(instance_attributes({"instanceMaxMemory": 2048}), {"faas.max_memory": 2048 * 1024 * 1024})
+        self.assertEqual(instance_attributes({**lmi, "instanceMaxMemory": 2048}), {"faas.max_memory": 2048 * 1024 * 1024})
         for bad in ({"instanceId": 5, "instanceMaxMemory": "2 GB"}, {"instanceMaxMemory": True},
                     {"instanceMaxMemory": -1}, {"instanceMaxMemory": 2**64}, {"instanceId": "  "}, {}):
             with self.subTest(bad=bad):
-                self.assertEqual(instance_attributes(bad), {})
+                self.assertEqual(instance_attributes({**lmi, **bad}), {})
+
+    def test_elsewhere_the_log_stream_stays_the_instance(self):
+        # A 2025-01-29 initStart may name an instance on-demand too: the function's own resource
+        # detector reports the log stream name, so do we; and the series must not split mid-life.
+        for kind in ("on-demand", "provisioned-concurrency", "snap-start", None):
+            with self.subTest(kind=kind):
+                self.assertEqual(instance_attributes({"initializationType": kind, "instanceId": "i-1",
+                                                      "instanceMaxMemory": 2147483648}), {})
 
     def test_init_start_updates_the_shared_resource_everything_exports(self):
         attrs = build_resource({}, load_config({**ENV, "AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances"}))
