@@ -538,10 +538,20 @@ class SharedValuesNeverFailInitTest(ExtensionTestCase):
         self.assertEqual(output.count("OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is not supported"), 1, output)
         self.assertTrue(sink.log_items(), "exported over OTLP/HTTP")
 
-    def test_http_json_protocol_starts_without_a_warning(self):
+    def test_http_json_protocol_starts_without_a_warning_and_exports_json(self):
         sim, sink, output = self.run_with(OTEL_EXPORTER_OTLP_PROTOCOL="http/json")
         self.assertNotIn("OTEL_EXPORTER_OTLP_PROTOCOL", output)
         self.assertTrue(sink.requests, "exported")
+        self.assertEqual({r.headers.get("content-type") for r in sink.requests}, {"application/json"})
+        self.assertTrue(sink.log_items(), "the sink decoded the OTLP/JSON")
+
+    def test_per_signal_protocols(self):
+        sim, sink, output = self.run_with(OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+                                          OTEL_EXPORTER_OTLP_LOGS_PROTOCOL="http/json")
+        types = {(r.path, r.headers.get("content-type")) for r in sink.requests}
+        self.assertIn(("/v1/logs", "application/json"), types)
+        self.assertIn(("/v1/metrics", "application/x-protobuf"), types)
+        self.assertEqual(output.count("OTEL_EXPORTER_OTLP_PROTOCOL: "), 1, output)
 
     def test_malformed_shared_values_start_and_warn(self):
         receiver_port = free_port()
