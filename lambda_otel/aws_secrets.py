@@ -75,7 +75,7 @@ class SecretReference:
     arn: str  # without "#jsonKey"
     service: str  # "secretsmanager" or "ssm"
     region: str
-    lookup: str  # SecretId (the ARN) or parameter Name
+    lookup: str  # SecretId / parameter Name: the ARN itself (works across accounts too)
     json_key: Optional[str] = None
 
     @property
@@ -105,10 +105,8 @@ def parse_reference(text: str, variable: str) -> SecretReference:
             raise SecretReferenceError(
                 f"{variable}: {_shown(arn)} is not an SSM parameter ARN "
                 "(allowed: ${arn:aws:ssm:<region>:<12-digit account>:parameter/<name>[#<jsonKey>]})")
-        name = m["name"]
-        # A hierarchical name ("/team/key") keeps its leading slash; the ARN shares it with "parameter/".
-        lookup = "/" + name if "/" in name else name
-        return SecretReference(text, arn, "ssm", m["region"], lookup, json_key or None)
+        # GetParameter takes the ARN as Name, which also reaches a parameter shared from another account.
+        return SecretReference(text, arn, "ssm", m["region"], arn, json_key or None)
     raise SecretReferenceError(
         f"{variable}: {_shown(arn)} names service {service or '(none)'!r}; "
         "references are resolved from secretsmanager or ssm only")

@@ -51,10 +51,10 @@ class ReferenceParsing(unittest.TestCase):
         self.assertEqual(ref.json_key, "apiKey")
         self.assertEqual(ref.arn, f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:otlp")
 
-    def test_ssm_names_flat_and_hierarchical(self):
-        self.assertEqual(parse_reference(f"${{arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/flat}}", "V").lookup, "flat")
-        self.assertEqual(parse_reference(f"${{arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/team/otlp/key}}", "V").lookup,
-                         "/team/otlp/key")
+    def test_ssm_parameters_are_looked_up_by_arn(self):
+        arn = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/team/otlp/key"
+        self.assertEqual(parse_reference(f"${{{arn}}}", "V").lookup, arn)
+        self.assertEqual(parse_reference(f"${{arn:aws:ssm:{REGION}:210987654321:parameter/shared}}", "V").region, REGION)
         self.assertEqual(parse_reference("${arn:aws-cn:ssm:cn-north-1:123456789012:parameter/x}", "V").region, "cn-north-1")
 
     def test_several_references_and_surrounding_text(self):
