@@ -158,16 +158,10 @@ class Extension:
         if self.last_request_id is not None and grace > 0:
             self.pipeline.wait_for_report(self.last_request_id, grace)
 
-        # Wait for batches being processed right now (read locks) before the final flush.
-        # We keep the write lock to the end: a batch that arrives later gets no 200 from us.
+        # Close both listeners' intake and wait (bounded) for batches being processed right now:
+        # from here on nothing is acknowledged that the final flush would miss.
         pipeline = self.pipeline
-        write_lock = pipeline.rwlock.gen_wlock()
-        if not write_lock.acquire(timeout=max(0.01, min(0.5, remaining_s / 4))):
-            log.warning("telemetry still being processed at shutdown; flushing what is in the queue")
-
-        pipeline.add_converted(pipeline.converter.on_shutdown(event.reason))
-        if pipeline.receiver is not None:
-            pipeline.receiver.close_intake()  # no 200 for data that would arrive after the final flush
+        pipeline.close_intake(event.reason, timeout=max(0.01, min(0.5, remaining_s / 4)))
         pipeline.coordinator.on_shutdown_event(event.deadline_ms)  # logs the one summary line ("final flush: ...")
         log.info("SHUTDOWN handled in %.0f ms", (time.monotonic() - started) * 1000)
         return 0

@@ -20,6 +20,7 @@ EXPORT_FAILED = "export_failed"  # the backend was unreachable or kept failing u
 SHUTDOWN_DEADLINE = "shutdown_deadline"
 PLATFORM_LOGS_DROPPED = "platform_logs_dropped"
 NO_ENDPOINT = "no_endpoint"
+INVALID_RECORD = "invalid_record"  # refused at intake: e.g. a trace or span id of the wrong length
 
 REASONS = (
     QUEUE_FULL,
@@ -29,6 +30,7 @@ REASONS = (
     SHUTDOWN_DEADLINE,
     PLATFORM_LOGS_DROPPED,
     NO_ENDPOINT,
+    INVALID_RECORD,
 )
 
 # Signals, as named in OTLP/HTTP paths (/v1/<signal>).

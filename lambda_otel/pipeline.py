@@ -15,16 +15,24 @@ listeners' threads call ``process_batch``, the worker is started by ``start``.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
 from typing import Any, List, Mapping, Optional, Set
 
 from .config import Config
 from .loss import LOGS, PLATFORM_LOGS_DROPPED, TRACES
+from .telemetry_api import BatchRefused
+
+log = logging.getLogger("lambda_otel.pipeline")
 
 # Request ids remembered for wait_for_report(); past this the set is cleared (only the
 # latest invocation's report is ever waited for).
 _REPORTS_REMEMBERED = 10_000
+# A batch waits this long for the read lock (only SHUTDOWN's write lock holds it up) before it
+# is refused: the write lock is kept until the process exits.
+BATCH_LOCK_WAIT_S = 1.0
 
 
 class Pipeline:
@@ -87,6 +95,12 @@ class Pipeline:
         self.rwlock = rwlock.RWLockWrite()
         self.listener = None
         self.receiver = None
+        # Intake: closed at SHUTDOWN (no new batch starts), sealed once the final flush may start
+        # (no batch may be queued after it).
+        self._intake_lock = threading.Lock()
+        self._intake_closed = False
+        self._sealed = False
+        self._convert_lock = threading.Lock()  # the converter, so SHUTDOWN can wait for it bounded
         self._reports_seen: Set[str] = set()
         self._reports_cond = threading.Condition()
 
@@ -104,7 +118,7 @@ class Pipeline:
             from .receiver import OtlpReceiver
 
             self.receiver = OtlpReceiver.from_config(self.config.receiver, self.aggregator, self.loss, sock=receiver_sock,
-                                                     observer=self.sdk_view)
+                                                     memory_mb=self.config.queue.memory_mb, observer=self.sdk_view)
             self.receiver.start()
         if worker:
             self.auth.start()  # resolves secret header references on its own thread (idempotent, bounded)
@@ -120,16 +134,62 @@ class Pipeline:
     # -- one Telemetry API batch ------------------------------------------------------------------
 
     def process_batch(self, events: List[Any]) -> None:
-        """Convert one batch and queue the result, under the read lock (the listener answers 200 after)."""
-        with self.rwlock.gen_rlock():
-            lambda_dropped = self.loss.total(PLATFORM_LOGS_DROPPED)
-            converted = self.converter.process(events)
-            self.add_converted(converted)
+        """Convert one batch and queue the result, under the read lock (the listener answers 200 after).
+
+        Raises ``BatchRefused`` (answered 503, so not acknowledged) once SHUTDOWN closed the intake,
+        or when the batch could not be queued before the final flush started: an acknowledged
+        batch is always in the queue the final flush drains.
+        """
+        with self._intake_lock:
+            if self._intake_closed:
+                raise BatchRefused("lambda-otel is shutting down")
+        read_lock = self.rwlock.gen_rlock()
+        if not read_lock.acquire(timeout=BATCH_LOCK_WAIT_S):
+            raise BatchRefused("lambda-otel is shutting down")
+        try:
+            with self._convert_lock:
+                lambda_dropped = self.loss.total(PLATFORM_LOGS_DROPPED)
+                converted = self.converter.process(events)
+                lambda_dropped = self.loss.total(PLATFORM_LOGS_DROPPED) != lambda_dropped
+            with self._intake_lock:
+                if self._sealed:  # the final flush has started without this batch
+                    raise BatchRefused("lambda-otel is shutting down")
+                self.add_converted(converted)
             for request_id in converted.runtime_done:
                 self.coordinator.on_runtime_done(request_id)
-            if self.loss.total(PLATFORM_LOGS_DROPPED) != lambda_dropped:
+            if lambda_dropped:
                 self.coordinator.on_telemetry_dropped()  # a runtimeDone may be among the lost
             self._note_reports(converted.reports)
+        finally:
+            read_lock.release()
+
+    def close_intake(self, reason: str, timeout: float) -> bool:
+        """SHUTDOWN, before the final flush: stop taking telemetry (both listeners), let the batches
+        being processed finish (RWLock write lock), and queue the spans the converter synthesises
+        for invocations that never finished. Bounded by ``timeout`` as a whole; False (and one
+        warning) if a batch was still being processed then: it is refused (503), never acknowledged.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._intake_lock:
+            self._intake_closed = True
+        if self.receiver is not None:
+            self.receiver.close_intake()  # no plain 200 for data that would arrive after the final flush
+        # Kept to the end (the process exits after the final flush): no batch runs after this.
+        write_lock = self.rwlock.gen_wlock()
+        drained = write_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        with self._intake_lock:
+            self._sealed = True
+        if not drained:
+            log.warning("telemetry still being processed at shutdown: that batch is refused, the rest flushed")
+        # The converter is free once no batch runs; a batch still converting is waited for only until the deadline.
+        if self._convert_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                self.add_converted(self.converter.on_shutdown(reason))
+            finally:
+                self._convert_lock.release()
+        else:
+            log.warning("converter still busy at shutdown: unfinished invocations get no synthesised span")
+        return drained
 
     def add_converted(self, converted) -> None:
         """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown)."""

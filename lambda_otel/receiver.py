@@ -29,23 +29,20 @@ import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 
 from lambda_otel import otlp
 from lambda_otel.aggregator import Aggregator
 from lambda_otel.config import ReceiverConfig
-from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
+from lambda_otel.http_server import BadRequest as HttpBadRequest
+from lambda_otel.http_server import BoundedHandler, BoundedHTTPServer, Request, ServerLimits
+from lambda_otel.loss import INVALID_RECORD, LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
 from lambda_otel.otlp import JSON, PATHS, PROTOBUF, count_records, encode_message
 
 log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/health"
 
-DEFAULT_SOCKET_TIMEOUT_S = 10.0
-DEFAULT_BODY_TIMEOUT_S = 30.0
-DEFAULT_MAX_CONNECTIONS = 32
-_READ_CHUNK = 64 * 1024
 _INFLATE_STEP = 64 * 1024
 
 # google.rpc.Code values for the Status body (the spec says clients must not depend on them).
@@ -128,6 +125,156 @@ def decode_request(signal: str, body: bytes, content_type: str):
         raise BadRequest(str(exc)) from None
 
 
+# --- bounding what a request can make us build -----------------------------------------------
+
+
+def _message_paths(signal: str) -> Tuple[Tuple[int, ...], ...]:
+    """Field numbers, level by level, of the nested messages of one signal's export request.
+
+    Read from the descriptors (not written down twice): request -> Resource* -> Scope* ->
+    records, and for metrics one level more (metric -> gauge/sum/... -> data points).
+    """
+    cls = otlp.spec(signal).request_class
+    items = cls.DESCRIPTOR.fields_by_name[otlp.spec(signal).items_field]
+    scope = [f for f in items.message_type.fields if f.name.startswith("scope_")][0]
+    records = [f for f in scope.message_type.fields if f.message_type is not None and f.name != "scope"][0]
+    paths = [(items.number,), (scope.number,), (records.number,)]
+    if signal == METRICS:
+        kinds = [f for f in records.message_type.fields if f.containing_oneof is not None and f.message_type]
+        paths.append(tuple(f.number for f in kinds))
+        paths.append((kinds[0].message_type.fields_by_name["data_points"].number,))
+    return tuple(paths)
+
+
+_PATHS_CACHE: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
+
+
+def _varint(data: bytes, pos: int) -> Tuple[int, int]:
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    result, shift = byte & 0x7F, 7
+    while True:
+        pos += 1
+        byte = data[pos]
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos + 1
+        shift += 7
+        if shift > 63:
+            raise BadRequest("invalid protobuf: varint too long")
+
+
+def count_messages(signal: str, data: bytes, limit: int) -> int:
+    """How many nested messages (resources, scopes, records, data points) a protobuf export
+    request holds, read from the wire without building any; stops counting past ``limit``.
+
+    What the protobuf runtime builds costs memory per message (~100 bytes even for an empty
+    record), so 15 KiB of gzip can inflate to millions of them; this walk is what lets the
+    receiver refuse such a request before building it. Raises BadRequest on malformed framing.
+    """
+    paths = _PATHS_CACHE.get(signal)
+    if paths is None:
+        paths = _PATHS_CACHE[signal] = _message_paths(signal)
+    count = 0
+    stack = [(0, len(data), 0)]  # (start, end, level)
+    try:
+        while stack:
+            pos, end, level = stack.pop()
+            wanted = paths[level] if level < len(paths) else ()
+            while pos < end:
+                key, pos = _varint(data, pos)
+                wire = key & 7
+                if wire == 2:
+                    size, pos = _varint(data, pos)
+                    if pos + size > end:
+                        raise BadRequest("invalid protobuf: length past the end of its message")
+                    if (key >> 3) in wanted:
+                        count += 1
+                        if count > limit:
+                            return count
+                        if level + 1 < len(paths):
+                            stack.append((pos, pos + size, level + 1))
+                    pos += size
+                elif wire == 0:
+                    _, pos = _varint(data, pos)
+                elif wire == 1:
+                    pos += 8
+                elif wire == 5:
+                    pos += 4
+                else:
+                    raise BadRequest(f"invalid protobuf: wire type {wire}")
+            if pos != end:
+                raise BadRequest("invalid protobuf: truncated field")
+    except IndexError:
+        raise BadRequest("invalid protobuf: truncated message") from None
+    return count
+
+
+def _json_objects(data: bytes) -> int:
+    """An upper bound of the JSON objects in a body (C speed: one count of ``{``)."""
+    return data.count(b"{")
+
+
+# Valid id lengths: (trace id, span id, parent span id) in bytes; 0 = absent, where allowed.
+_SPAN_IDS = ((16,), (8,), (0, 8))
+_LOG_IDS = ((0, 16), (0, 8))
+
+
+def drop_invalid_ids(signal: str, request) -> int:
+    """Remove spans (and span links) and log records whose trace or span id has the wrong length
+    (a strict backend refuses the whole batch for one of them); returns the records removed."""
+    if signal == METRICS:
+        return 0
+    removed = 0
+    for item in getattr(request, otlp.spec(signal).items_field):
+        for scope in (item.scope_spans if signal == TRACES else item.scope_logs):
+            records = scope.spans if signal == TRACES else scope.log_records
+            valid = _valid_span if signal == TRACES else _valid_log
+            if all(valid(r) for r in records):
+                continue
+            keep = [r for r in records if valid(r)]
+            removed += len(records) - len(keep)
+            del records[:]
+            records.extend(keep)
+    return removed
+
+
+def _valid_span(span) -> bool:
+    return (len(span.trace_id) == 16 and len(span.span_id) == 8 and len(span.parent_span_id) in (0, 8)
+            and all(len(link.trace_id) == 16 and len(link.span_id) == 8 for link in span.links))
+
+
+def _valid_log(record) -> bool:
+    return len(record.trace_id) in (0, 16) and len(record.span_id) in (0, 8)
+
+
+# --- limits from the function's memory -------------------------------------------------------
+
+
+def limits_for_memory(memory_mb: int) -> Dict[str, Any]:
+    """The receiver's limits for a function of ``memory_mb`` MB (it lives in that memory).
+
+    * connections: ``clamp(memory_mb / 4, 16, 256)`` (a thread each; 32 at 128 MB, 256 from
+      1 GB: Managed Instances run up to 16 worker processes per vCPU, each with its exporters);
+    * decompressed body: ``clamp(memory_mb x 32 KiB, 4 MiB, 16 MiB)``;
+    * concurrent decodes (body, inflate, parse): ``clamp(memory_mb / 256, 2, 8)``.
+    """
+    if memory_mb < 1:
+        memory_mb = 128
+    return {
+        "max_connections": max(16, min(256, memory_mb // 4)),
+        "max_decompressed_bytes": max(4 * MiB, min(16 * MiB, memory_mb * 32 * 1024)),
+        "decode_slots": max(2, min(8, memory_mb // 256)),
+    }
+
+
+MiB = 1024 * 1024
+# A body up to this size is read before waiting for a decode slot (it costs little to hold).
+_SMALL_BODY = 256 * 1024
+DECODE_WAIT_S = 5.0  # a request waits this long for a decode slot before a 503 (real overload only)
+
+
 # --- the HTTP server -----------------------------------------------------------------------
 
 
@@ -167,170 +314,62 @@ class _Stats:
             }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, address, receiver: "OtlpReceiver", family: int, sock: Optional[socket.socket]) -> None:
-        self.address_family = family
+class _Server(BoundedHTTPServer):
+    def __init__(self, sock: socket.socket, receiver: "OtlpReceiver") -> None:
         self.receiver = receiver
-        self._slots = threading.BoundedSemaphore(receiver.max_connections)
-        super().__init__(address, _Handler, bind_and_activate=sock is None)
-        if sock is not None:  # already bound and listening (bound early by the app)
-            self.socket.close()
-            self.socket = sock
-            self.server_address = sock.getsockname()
-            self.server_name, self.server_port = self.server_address[:2]
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would call socket.getfqdn(), a DNS lookup at cold start we don't need.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def process_request(self, request, client_address):
-        # Bounded concurrency: past the limit a connection gets a bodiless 503 and is closed
-        # rather than a thread of its own.
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\n"
-                    b"Content-Length: 0\r\nConnection: close\r\n\r\n" % self.receiver.retry_after_s
-                )
-            except OSError:
-                pass
-            self.receiver._stats.response(503)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    _bug_logged = False
-
-    def handle_error(self, request, client_address):
-        # A broken connection is the client's business; anything else is our bug: logged once.
-        if isinstance(sys.exc_info()[1], OSError) or self._bug_logged:
-            log.debug("OTLP receiver: error while serving a connection", exc_info=True)
-        else:
-            self._bug_logged = True
-            log.exception("OTLP receiver: unexpected error while serving a request (logged once)")
+        super().__init__(sock, _Handler, receiver.limits, "otlp-receiver")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else every keep-alive response waits ~40 ms on delayed ACK
-    server_version = "lambda-otel"
-    sys_version = ""
+class _Handler(BoundedHandler):
+    """One connection to the receiver: routes each request; the export itself is the receiver's."""
+
     server: _Server
 
-    def setup(self) -> None:
-        self.timeout = self.server.receiver.socket_timeout_s  # per recv: idle keep-alive, slow headers
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass  # never one log line per request
-
-    # -- routing --------------------------------------------------------------------------------
-
-    def do_POST(self) -> None:
+    def handle_request(self, request: Request) -> None:
         receiver = self.server.receiver
-        path = self.path.split("?", 1)[0]
+        path = request.path
         signal = PATHS.get(path)
-        if signal is None:
-            allow = "GET" if path == HEALTH_PATH else None
-            self._error(405 if allow else 404, f"no OTLP endpoint at {path}", PROTOBUF, allow=allow, close=True)
-            return
-        receiver._handle_export(self, signal)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == HEALTH_PATH:
-            receiver = self.server.receiver
+        if request.method == "POST" and signal is not None:
+            receiver._handle_export(self, request, signal)
+        elif request.method == "GET" and path == HEALTH_PATH:
             health = {"status": "ready", **receiver._stats.snapshot(),
                       "queued_records": receiver.aggregator.pending_records(),
-                      "queued_bytes": receiver.aggregator.pending_bytes()}
-            body = json.dumps(health).encode()
-            self._send(200, body, JSON)
-        elif path in PATHS:
-            self._error(405, f"{path} accepts POST only", PROTOBUF, allow="POST")
+                      "queued_bytes": receiver.aggregator.pending_bytes(),
+                      "connections": self.server.http_stats.snapshot()}
+            self.answer(request, 200, json.dumps(health).encode(), JSON)
         else:
-            self._error(404, f"nothing at {path}", PROTOBUF)
+            allow = "POST" if signal is not None else "GET" if path == HEALTH_PATH else None
+            if allow:
+                self.error(request, 405, f"{path} does not accept {request.method[:16]}", PROTOBUF, allow=allow)
+            else:
+                self.error(request, 404, f"nothing at {path[:200]}", PROTOBUF)
 
-    def _other_method(self) -> None:
-        path = self.path.split("?", 1)[0]
-        allow = "POST" if path in PATHS else "GET" if path == HEALTH_PATH else None
-        if allow:
-            self._error(405, f"{path} does not accept {self.command}", PROTOBUF, allow=allow, close=True)
-        else:
-            self._error(404, f"nothing at {path}", PROTOBUF, close=True)
-
-    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _other_method
-
-    # -- responses ------------------------------------------------------------------------------
-
-    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None,
-              close: bool = False, note: str = "") -> None:
+    def answer(self, request: Request, status: int, body: bytes, content_type: str,
+               headers: Optional[Dict[str, str]] = None, close: bool = False, note: str = "") -> None:
         if self.server.receiver._stats.response(status):
             log.warning("OTLP receiver: first HTTP %d answer (%s); later ones are only counted in /health",
                         status, note)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.send(status, body, content_type, headers, close=close, head_only=request.method == "HEAD")
 
-    def _error(self, status: int, message: str, content_type: str, allow: Optional[str] = None,
-               close: bool = False, headers: Optional[Dict[str, str]] = None) -> None:
+    def error(self, request: Request, status: int, message: str, content_type: str, allow: Optional[str] = None,
+              close: bool = False, headers: Optional[Dict[str, str]] = None) -> None:
         status_msg = _status_class()(code=_RPC_CODES.get(status, 2), message=message)
         extra = dict(headers or {})
         if allow:
             extra["Allow"] = allow
-        self._send(status, encode_message(status_msg, content_type), content_type, extra, close, note=message)
-
-    # -- body ---------------------------------------------------------------------------------
-
-    def read_body(self, length: int, deadline: float) -> Optional[bytes]:
-        """Exactly ``length`` bytes before ``deadline`` (monotonic), or None (then close)."""
-        parts: List[bytes] = []
-        remaining = length
-        try:
-            while remaining > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.connection.settimeout(min(self.timeout, left))
-                chunk = self.rfile.read1(min(remaining, _READ_CHUNK))
-                if not chunk:
-                    return None
-                parts.append(chunk)
-                remaining -= len(chunk)
-        except (socket.timeout, OSError):
-            return None
-        finally:
-            try:
-                self.connection.settimeout(self.timeout)
-            except OSError:
-                pass
-        return b"".join(parts)
+        self.answer(request, status, encode_message(status_msg, content_type), content_type, extra, close,
+                    note=message)
 
 
 class OtlpReceiver:
-    """OTLP/HTTP receiver on loopback. ``start()`` binds and serves on a daemon thread."""
+    """OTLP/HTTP receiver on loopback. ``start()`` serves on a daemon thread.
+
+    ``limits`` bound connections and their timing (``http_server.ServerLimits``);
+    ``max_body_bytes`` / ``max_decompressed_bytes`` bound one body; ``decode_slots`` bounds how many
+    requests are read, inflated and parsed at once (each holds up to both sizes in memory); a
+    request with more messages than the queue could ever hold is refused before it is built.
+    ``from_config`` derives all of them from the function's memory (``limits_for_memory``).
+    """
 
     def __init__(
         self,
@@ -340,10 +379,8 @@ class OtlpReceiver:
         port: int = 4318,
         max_body_bytes: int = ReceiverConfig.max_body_bytes,
         max_decompressed_bytes: int = ReceiverConfig.max_decompressed_bytes,
-        retry_after_s: int = 1,
-        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
-        body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        limits: Optional[ServerLimits] = None,
+        decode_slots: int = 4,
         poll_interval_s: float = 0.5,
         sock: Optional[socket.socket] = None,
         observer=None,
@@ -368,32 +405,36 @@ class OtlpReceiver:
         self.loss = loss
         self.max_body_bytes = max_body_bytes
         self.max_decompressed_bytes = max_decompressed_bytes
-        self.retry_after_s = max(1, int(retry_after_s))
-        self.socket_timeout_s = socket_timeout_s
-        self.body_timeout_s = body_timeout_s
-        self.max_connections = max_connections
+        self.limits = limits or ServerLimits()
+        self._decode_slots = threading.BoundedSemaphore(max(1, decode_slots))
+        # Messages (resources, scopes, records) one request may hold: what the queue could ever
+        # keep, plus their envelopes. Past it the request is refused before it is built.
+        self.max_request_messages = 2 * aggregator.max_records + 64
         self.poll_interval_s = poll_interval_s  # how long stop() may wait for the serve loop
         self._stats = _Stats()
         self._sock = sock
         self._observer = observer
         self._server: Optional[_Server] = None
-        self._thread: Optional[threading.Thread] = None
         # Guards "accepted into the aggregator" against close_intake(), so that every 200 we
         # answer is for data that is in the queue before the final flush starts.
         self._intake_lock = threading.Lock()
         self._intake_closed = False
 
     @classmethod
-    def from_config(cls, config, aggregator: Aggregator, loss: LossCounter,
-                    sock: Optional[socket.socket] = None, observer=None) -> "OtlpReceiver":
-        """From ``config.ReceiverConfig`` (port, max_body_bytes, max_decompressed_bytes)."""
-        return cls(aggregator, loss, port=config.port, max_body_bytes=config.max_body_bytes,
-                   max_decompressed_bytes=config.max_decompressed_bytes, sock=sock, observer=observer)
+    def from_config(cls, config: ReceiverConfig, aggregator: Aggregator, loss: LossCounter,
+                    sock: Optional[socket.socket] = None, memory_mb: int = 128, observer=None) -> "OtlpReceiver":
+        """From ``config.ReceiverConfig`` and the function's memory (the smaller size limit wins)."""
+        derived = limits_for_memory(memory_mb)
+        return cls(aggregator, loss, port=config.port, sock=sock, observer=observer,
+                   max_body_bytes=min(config.max_body_bytes, derived["max_decompressed_bytes"]),
+                   max_decompressed_bytes=min(config.max_decompressed_bytes, derived["max_decompressed_bytes"]),
+                   limits=ServerLimits(max_connections=derived["max_connections"]),
+                   decode_slots=derived["decode_slots"])
 
     @property
     def port(self) -> int:
         """The bound port (the real one when 0 was asked for); the requested one before start()."""
-        return self._server.server_address[1] if self._server else self._requested_port
+        return self._server.port if self._server else self._requested_port
 
     @property
     def address(self) -> str:
@@ -403,14 +444,26 @@ class OtlpReceiver:
     def stats(self) -> Dict[str, Any]:
         return self._stats.snapshot()
 
+    def connection_stats(self) -> Dict[str, int]:
+        """What the HTTP layer refused or gave up on (connection cap, slow clients), by kind."""
+        return self._server.http_stats.snapshot() if self._server else {}
+
     def start(self) -> None:
         if self._server is not None:
             return
-        self._server = _Server((self.host, self._requested_port), self, self._family, self._sock)
+        sock = self._sock
+        if sock is None:
+            sock = socket.socket(self._family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.host, self._requested_port))
+                sock.listen(64)
+            except OSError:
+                sock.close()
+                raise
         self._sock = None  # the server owns it now (closed by stop())
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": self.poll_interval_s},
-                                        name="otlp-receiver", daemon=True)
-        self._thread.start()
+        self._server = _Server(sock, self)
+        self._server.start(self.poll_interval_s)
         # debug: the extension starts us after its first /next (app.py), i.e. possibly inside an
         # invocation, where it prints nothing at info; app.py logs the address during init.
         log.debug("OTLP receiver serving on %s", self.address)
@@ -419,80 +472,94 @@ class OtlpReceiver:
         """SHUTDOWN, before the final flush: from now on keep nothing (refused with a
         ``partial_success`` and counted as ``shutdown_deadline``).
 
-        When this returns, every request we answered (or will answer) 200 is already in the
-        aggregator, so the final flush sends it or counts it; a 200 after the final flush
-        would be a silent loss (the process exits right after it).
+        When this returns, every request we answered (or will answer) with a plain 200 is
+        already in the aggregator, so the final flush sends it or counts it; a 200 after the
+        final flush would be a silent loss (the process exits right after it).
         """
         with self._intake_lock:
             self._intake_closed = True
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop accepting; connections being served finish on their own (daemon threads)."""
-        server, thread = self._server, self._thread
+        server = self._server
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
+        server.stop(timeout)
         self._server = None
-        self._thread = None
 
     # -- one export request -------------------------------------------------------------------------
 
-    def _handle_export(self, h: _Handler, signal: str) -> None:
-        raw_type = h.headers.get("Content-Type", "")
+    def _handle_export(self, h: _Handler, req: Request, signal: str) -> None:
+        raw_type = req.headers.get("content-type", "")
         content_type = raw_type.split(";", 1)[0].strip().lower()
-        encoding = h.headers.get("Content-Encoding", "identity").strip().lower()
-        length_header = h.headers.get("Content-Length")
+        encoding = req.headers.get("content-encoding", "identity").strip().lower()
+        answer_type = content_type if content_type in (PROTOBUF, JSON) else PROTOBUF
 
         # Everything decidable from the headers alone, before reading a byte of body.
-        if h.headers.get("Transfer-Encoding") is not None:
-            h._error(411, "Content-Length is required (chunked bodies are not accepted)",
-                     content_type if content_type in (PROTOBUF, JSON) else PROTOBUF, close=True)
-            return
         try:
-            length = int(length_header) if length_header is not None else 0
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            h._error(400, f"invalid Content-Length {length_header!r}", PROTOBUF, close=True)
+            length = req.content_length()
+        except HttpBadRequest as exc:
+            h.error(req, exc.status, str(exc), answer_type, close=True)
             return
         if content_type not in (PROTOBUF, JSON):
-            h._error(415, f"unsupported Content-Type {raw_type!r} (use {PROTOBUF} or {JSON})", PROTOBUF,
-                     close=length > 0)
+            h.error(req, 415, f"unsupported Content-Type {raw_type[:100]!r} (use {PROTOBUF} or {JSON})", PROTOBUF)
             return
         if encoding not in ("identity", "gzip", "x-gzip", ""):
-            h._error(415, f"unsupported Content-Encoding {encoding!r} (use gzip or none)", content_type, close=True)
+            h.error(req, 415, f"unsupported Content-Encoding {encoding[:40]!r} (use gzip or none)", content_type)
             return
         if length > self.max_body_bytes:
-            h._error(413, f"body of {length} bytes is over the {self.max_body_bytes}-byte limit", content_type,
-                     close=True)
+            h.error(req, 413, f"body of {length} bytes is over the {self.max_body_bytes}-byte limit", content_type)
             return
 
-        body = h.read_body(length, time.monotonic() + self.body_timeout_s)
-        if body is None:  # client too slow or gone: nothing sensible to answer on this connection
-            h.close_connection = True
-            self._stats.response(408)
+        # Reading, inflating and parsing hold memory: only ``decode_slots`` requests at a time (a
+        # small body is read first: it costs little to hold while waiting).
+        body = None
+        if length <= _SMALL_BODY:
+            body = h.read_body(length)
+            if body is None:  # client too slow or gone: nothing sensible to answer on this connection
+                self._stats.response(408)
+                return
+        if not self._decode_slots.acquire(timeout=DECODE_WAIT_S):
+            h.error(req, 503, "too many concurrent requests", content_type, headers={"Retry-After": "1"})
             return
-        # From here the body is consumed: errors keep the connection alive.
+        try:
+            if body is None:
+                body = h.read_body(length)
+                if body is None:
+                    self._stats.response(408)
+                    return
+            request = self._decode(h, req, signal, body, content_type, encoding)
+        finally:
+            self._decode_slots.release()
+        if request is not None:
+            self._accept(h, req, signal, request, content_type)
+
+    def _decode(self, h: _Handler, req: Request, signal: str, body: bytes, content_type: str, encoding: str):
+        """Inflate and parse within the limits; None once an error has been answered."""
         if encoding in ("gzip", "x-gzip"):
             try:
                 body = inflate_bounded(body, self.max_decompressed_bytes)
             except BadRequest as exc:
-                h._error(400, str(exc), content_type)
-                return
+                h.error(req, 400, str(exc), content_type)
+                return None
             if body is None:
-                h._error(413, f"decompressed body is over the {self.max_decompressed_bytes}-byte limit",
-                         content_type)
-                return
+                h.error(req, 413, f"decompressed body is over the {self.max_decompressed_bytes}-byte limit",
+                        content_type)
+                return None
         try:
-            request = decode_request(signal, body, content_type)
+            messages = (_json_objects(body) if content_type == JSON
+                        else count_messages(signal, body, self.max_request_messages))
+            if messages > self.max_request_messages:
+                h.error(req, 413, f"request holds more than the {self.aggregator.max_records} records lambda-otel's "
+                        "whole queue can hold; send smaller batches", content_type)
+                return None
+            return decode_request(signal, body, content_type)
         except BadRequest as exc:
-            h._error(400, str(exc), content_type)
-            return
-        del body
+            h.error(req, 400, str(exc), content_type)
+            return None
 
+    def _accept(self, h: _Handler, req: Request, signal: str, request, content_type: str) -> None:
+        invalid = drop_invalid_ids(signal, request)
         fits, too_big = [], 0
         for item in getattr(request, otlp.spec(signal).items_field):
             records = count_records(signal, item)
@@ -510,17 +577,22 @@ class OtlpReceiver:
                 # counted as queue_full): never an answer that makes the SDK wait and retry.
                 self.aggregator.add_many(signal, fits, evict=True)
         accepted = 0 if closed else sum(r for _, r, _ in fits)
+        messages = []
+        self.loss.add(signal, INVALID_RECORD, invalid)
+        if invalid:
+            messages.append(f"{invalid} records with a trace id that is not 16 bytes or a span id that is not 8")
         if closed:
-            rejected = too_big + sum(r for _, r, _ in fits)
-            self.loss.add(signal, SHUTDOWN_DEADLINE, rejected)
-            message = "lambda-otel is shutting down: its final flush has started"
+            self.loss.add(signal, SHUTDOWN_DEADLINE, too_big + sum(r for _, r, _ in fits))
+            messages.append("lambda-otel is shutting down: its final flush has started")
+            rejected = invalid + too_big + sum(r for _, r, _ in fits)
         else:
-            rejected = too_big
-            self.loss.add(signal, QUEUE_FULL, rejected)
-            message = "resource batch larger than lambda-otel's whole queue budget; send smaller batches"
+            self.loss.add(signal, QUEUE_FULL, too_big)
+            if too_big:
+                messages.append("resource batch larger than lambda-otel's whole queue budget; send smaller batches")
+            rejected = invalid + too_big
         # What was refused goes back in a 200 with partial_success: the spec forbids clients to retry it.
-        response = otlp.build_response(signal, rejected, message) if rejected else otlp.build_response(signal)
+        response = otlp.build_response(signal, rejected, "; ".join(messages)) if rejected else otlp.build_response(signal)
         self._stats.accepted(signal, accepted, rejected)
         if self._observer is not None and accepted:
             self._observer.observe(signal, [item for item, _, _ in fits])  # never raises
-        h._send(200, encode_message(response, content_type), content_type)
+        h.answer(req, 200, encode_message(response, content_type), content_type)

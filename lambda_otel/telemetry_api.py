@@ -1,11 +1,13 @@
 """The Telemetry API listener that Lambda POSTs event batches to (subscribing: ``subscription``).
 
-Lambda delivers each batch as one POST of a JSON array and retries on a non-2xx
-answer, so the listener answers 200 only once the batch is safely in the
-aggregator, and answers 4xx (never crashes) on input it cannot use. Each batch is
-processed under the RWLock's read lock: the SHUTDOWN path takes the write lock
-before the final flush, so a batch that is mid-processing when SHUTDOWN arrives
-is never lost.
+Lambda delivers each batch as one POST of a JSON array and retries on a non-2xx answer, so
+the listener answers 200 only once ``on_batch`` returned (the pipeline has the batch in its
+queue), 4xx on input it cannot use (never a crash), and 503 when ``on_batch`` refuses the batch
+(``BatchRefused``: the extension is shutting down, so acknowledging it would lose it silently).
+
+It is a ``BoundedHTTPServer`` like the OTLP receiver: a connection cap that closes idle
+connections to make room, deadlines for a request's head and body, one ``sendall`` per answer,
+no log line per request (our own logs come back to us as telemetry).
 """
 
 from __future__ import annotations
@@ -15,119 +17,111 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List
 
 from .config import TelemetryConfig
+from .http_server import BadRequest, BoundedHandler, BoundedHTTPServer, Request, ServerLimits
 
 log = logging.getLogger("lambda_otel.telemetry_api")
 
-# Lambda may send up to 2 × maxBytes plus metadata in one POST (reference §1.3).
+# Lambda may send up to 2 x maxBytes plus metadata in one POST.
 METADATA_ALLOWANCE = 64 * 1024
 
+# Lambda keeps one or a few connections; the cap only matters against a misbehaving client.
+# Idle connections may wait long (a freeze stops our clock's consumer, not the clock).
+LISTENER_LIMITS = ServerLimits(max_connections=16, idle_timeout_s=300.0, header_timeout_s=5.0, body_timeout_s=10.0)
 
-# --- the listener --------------------------------------------------------------------------------
+
+class BatchRefused(Exception):
+    """Raised by ``on_batch`` for a batch it will not keep: answered 503 (Lambda may redeliver)."""
 
 
 @dataclass
 class ListenerStats:
     batches: int = 0
     events: int = 0
-    rejected_batches: int = 0
+    rejected_batches: int = 0  # 4xx: unusable input
+    refused_batches: int = 0  # 503: BatchRefused
+    failed_batches: int = 0  # 500: a bug of ours in on_batch
 
 
-class _TelemetryHandler(BaseHTTPRequestHandler):
-    """One Telemetry API POST: read, parse, process, answer. Nothing else."""
+class _TelemetryHandler(BoundedHandler):
+    """One Telemetry API POST: read, parse, hand to ``on_batch``, answer. Nothing else."""
 
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else every keep-alive answer stalls ~40 ms (delayed ACK)
     server: "TelemetryListener"
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.strip().isdigit():
-            self._answer(411, "Content-Length required")
+    def handle_request(self, request: Request) -> None:
+        server = self.server
+        if request.method != "POST":
+            self.send(405, b"use POST", "text/plain", headers={"Allow": "POST"})
             return
-        length = int(length_text)
-        if length > self.server.max_body_bytes:
-            self.server.count_rejected()
-            self._answer(413, "batch larger than 2 x maxBytes", close=True)
+        try:
+            length = request.content_length()
+        except BadRequest as exc:
+            server.count("rejected_batches")
+            self.send(exc.status, str(exc).encode(), "text/plain", close=True)
             return
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self._answer(400, "truncated body", close=True)
+        if "content-length" not in request.headers:
+            server.count("rejected_batches")
+            self.send(411, b"Content-Length required", "text/plain", close=True)
+            return
+        if length > server.max_body_bytes:
+            server.count("rejected_batches")
+            self.send(413, b"batch larger than 2 x maxBytes", "text/plain", close=True)
+            return
+        body = self.read_body(length)
+        if body is None:  # too slow or gone: the connection is closed
             return
         try:
             events = json.loads(body)
         except (ValueError, RecursionError):
-            self.server.count_rejected()
-            self._answer(400, "body is not JSON")
+            server.count("rejected_batches")
+            self.send(400, b"body is not JSON", "text/plain")
             return
         if not isinstance(events, list):
-            self.server.count_rejected()
-            self._answer(400, "body is not a JSON array of events")
+            server.count("rejected_batches")
+            self.send(400, b"body is not a JSON array of events", "text/plain")
             return
         try:
-            self.server.on_batch(events)
-        except Exception:  # never let one bad batch kill the listener thread
-            log.exception("telemetry batch processing failed")
-            self._answer(500, "processing failed")
+            server.on_batch(events)
+        except BatchRefused as exc:
+            server.count("refused_batches")
+            self.send(503, str(exc).encode(), "text/plain")
             return
-        self.server.count_batch(len(events))
-        self._answer(200, "")
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._answer(405, "use POST")
-
-    do_PUT = do_DELETE = do_PATCH = do_GET
-
-    def _answer(self, status: int, message: str, close: bool = False) -> None:
-        body = message.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass  # never log per request: our own logs come back to us as telemetry
+        except Exception:  # never let one bad batch kill the listener thread
+            server.batch_failed()
+            self.send(500, b"processing failed", "text/plain")
+            return
+        server.count_batch(len(events))
+        self.send(200)
 
 
-class TelemetryListener(ThreadingHTTPServer):
-    """The HTTP server Lambda pushes telemetry to. Serves on its own daemon thread."""
+class TelemetryListener(BoundedHTTPServer):
+    """The HTTP server Lambda pushes telemetry to, on an already bound socket. ``start()`` serves
+    on its own daemon thread; ``on_batch(events)`` is called once per usable POST."""
 
-    daemon_threads = True
-
-    def __init__(self, sock: socket.socket, on_batch: Callable[[List[Any]], None], config: TelemetryConfig) -> None:
-        super().__init__(sock.getsockname()[:2], _TelemetryHandler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = sock
+    def __init__(self, sock: socket.socket, on_batch: Callable[[List[Any]], None], config: TelemetryConfig,
+                 limits: ServerLimits = LISTENER_LIMITS) -> None:
+        super().__init__(sock, _TelemetryHandler, limits, "telemetry-listener")
         self.on_batch = on_batch
         self.max_body_bytes = 2 * config.max_bytes + METADATA_ALLOWANCE
         self.stats = ListenerStats()
         self._stats_lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-
-    @property
-    def port(self) -> int:
-        return self.socket.getsockname()[1]
+        self._failure_logged = False
 
     def count_batch(self, events: int) -> None:
         with self._stats_lock:
             self.stats.batches += 1
             self.stats.events += events
 
-    def count_rejected(self) -> None:
+    def count(self, field: str) -> None:
         with self._stats_lock:
-            self.stats.rejected_batches += 1
+            setattr(self.stats, field, getattr(self.stats, field) + 1)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5}, name="telemetry-listener", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+    def batch_failed(self) -> None:
+        """A bug of ours in on_batch: the first one is logged with its traceback, later ones counted."""
+        with self._stats_lock:
+            self.stats.failed_batches += 1
+            first, self._failure_logged = not self._failure_logged, True
+        if first:
+            log.exception("telemetry batch processing failed (logged once; later failures are only counted)")

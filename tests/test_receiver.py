@@ -38,6 +38,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from lambda_otel.aggregator import MiB, Aggregator
 from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
+from lambda_otel.http_server import ServerLimits
 from lambda_otel.receiver import OtlpReceiver, build_status_class, inflate_bounded
 
 RESOURCE = Resource.create({"service.name": "my-function", "faas.name": "fn"})
@@ -382,7 +383,7 @@ class BadInputTest(ReceiverTestBase):
 
 
 class SlowClientTest(ReceiverTestBase):
-    receiver_kwargs = {"socket_timeout_s": 0.5, "body_timeout_s": 1.0}
+    receiver_kwargs = {"limits": ServerLimits(idle_timeout_s=0.5, header_timeout_s=0.5, body_timeout_s=1.0)}
 
     def test_slow_client_does_not_block_others(self):
         body = self.trace_request_bytes("slow", 2)
@@ -525,28 +526,65 @@ class CloseIntakeTest(ReceiverTestBase):
 
 
 class ConnectionLimitTest(ReceiverTestBase):
-    receiver_kwargs = {"max_connections": 2}
+    receiver_kwargs = {"limits": ServerLimits(max_connections=2)}
 
-    def test_connections_over_the_limit_get_503(self):
+    def wait_connections(self, n):
+        for _ in range(200):
+            if self.receiver._server.connection_count() == n:
+                return
+            threading.Event().wait(0.01)
+        self.fail(f"{self.receiver._server.connection_count()} connections, expected {n}")
+
+    def test_idle_keep_alive_connections_make_room_for_a_newcomer(self):
+        """Many worker processes each keep a connection open: at the cap the longest-idle one is
+        closed (its client reconnects), so a newcomer is served, never refused."""
+        import requests  # what the SDK's exporters use: a pooled connection is checked before reuse
+
+        url = f"{self.receiver.address}/v1/traces"
+        sessions = [requests.Session() for _ in range(3)]
+        for session in sessions:
+            self.addCleanup(session.close)
+        for session in sessions:  # the third finds two idle connections at the cap
+            resp = session.post(url, data=self.trace_request_bytes(), timeout=WAIT,
+                                headers={"Content-Type": "application/x-protobuf"})
+            self.assertEqual(resp.status_code, 200)
+        self.wait_connections(2)
+        # The first one's connection was closed; its client reconnects without an error.
+        resp = sessions[0].post(url, data=self.trace_request_bytes(), timeout=WAIT,
+                                headers={"Content-Type": "application/x-protobuf"})
+        self.assertEqual(resp.status_code, 200)
+        self.assertGreaterEqual(self.receiver.connection_stats().get("idle_closed_at_connection_cap", 0), 1)
+        self.assertNotIn("refused_at_connection_cap", self.receiver.connection_stats())
+
+    def test_connections_dripping_their_head_make_room(self):
+        """Slowloris on headers cannot lock the function out of its receiver."""
         holders = [self.raw_socket() for _ in range(2)]
         for s in holders:
-            s.sendall(b"POST /v1/traces HTTP/1.1\r\n")  # incomplete: holds a slot
+            s.sendall(b"POST /v1/traces HTTP/1.1\r\n")  # incomplete head
+        self.wait_connections(2)
+        threading.Event().wait(0.05)  # let both handlers read what was sent
+        resp, _ = self.post("/v1/traces", self.trace_request_bytes())
+        self.assertEqual(resp.status, 200)
+        holders[0].settimeout(WAIT)
+        self.assertEqual(holders[0].recv(65536), b"")  # the oldest dripping one was closed
+
+    def test_only_when_every_connection_is_busy_a_newcomer_gets_503(self):
+        busy = [self.raw_socket() for _ in range(2)]
+        for s in busy:  # a complete head and part of the body: busy with a request
+            s.sendall(b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\n"
+                      b"Content-Length: 100000\r\n\r\nabc")
+        self.wait_connections(2)
+        threading.Event().wait(0.05)
         extra = self.raw_socket()
         extra.settimeout(WAIT)
         response = extra.recv(65536)
         self.assertTrue(response.startswith(b"HTTP/1.1 503 "), response)
-        self.assertIn(b"Retry-After: 1", response)
-        for s in holders:
+        self.assertEqual(self.receiver.connection_stats()["refused_at_connection_cap"], 1)
+        for s in busy:
             s.close()
-        # slots come back once the held connections are gone
-        for _ in range(50):
-            try:
-                resp, _ = self.post("/v1/traces", self.trace_request_bytes())
-            except (ConnectionError, http.client.HTTPException):
-                continue
-            if resp.status == 200:
-                break
-            threading.Event().wait(0.1)
+        # slots come back once the busy connections are gone
+        self.wait_connections(0)
+        resp, _ = self.post("/v1/traces", self.trace_request_bytes())
         self.assertEqual(resp.status, 200)
 
 

@@ -3,6 +3,7 @@
 import http.client
 import json
 import threading
+import time
 import unittest
 
 from lambda_otel.config import TelemetryConfig
@@ -152,6 +153,100 @@ class PipelineTest(unittest.TestCase):
         self.assertGreaterEqual(pipeline.aggregator.pending_records("traces"), 1)
         self.assertEqual(pipeline.aggregator.pending_records("logs"), 1)
         self.assertIsNone(pipeline.receiver)
+
+
+class SlowConverter:
+    """The real converter behind a lock it holds ``delay`` seconds per batch, as a heavy batch does."""
+
+    def __init__(self, real, delay: float) -> None:
+        self.real, self.delay, self.lock = real, delay, threading.Lock()
+
+    def process(self, events):
+        with self.lock:
+            time.sleep(self.delay)
+            return self.real.process(events)
+
+    def on_shutdown(self, reason, now_ns=None):
+        with self.lock:
+            return self.real.on_shutdown(reason, now_ns)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+class ShutdownUnderLoadTest(unittest.TestCase):
+    """Heavy Telemetry API batches arriving concurrently while SHUTDOWN runs: SHUTDOWN keeps its
+    deadline, and every record of every batch we acknowledged is delivered or counted."""
+
+    POSTERS = 6
+    EVENTS = 1000  # per batch
+    CONVERT_S = 0.15  # what a heavy batch costs to convert on a starved CPU (the converter holds its lock)
+
+    def test_every_acknowledged_record_is_delivered_or_counted_and_the_deadline_holds(self):
+        from lambda_otel.app import Extension
+        from lambda_otel.config import load_config
+        from lambda_otel.extensions_api import ExtensionsApiClient, Registration, ShutdownEvent
+        from lambda_otel.local.sink import OtlpSink
+
+        sink = OtlpSink().start()
+        self.addCleanup(sink.stop)
+        env = {"LAMBDA_OTEL_EXPORTER_ENDPOINT": sink.endpoint, "LAMBDA_OTEL_RECEIVER_ENABLED": "false",
+               "LAMBDA_OTEL_REPORT_GRACE_MS": "0", "AWS_LAMBDA_FUNCTION_NAME": "load-fn"}
+        ext = Extension(load_config(env), Registration("id", "load-fn", "$LATEST", None, "123456789012"),
+                        ExtensionsApiClient("127.0.0.1:9"), env)  # the Extensions API is not called here
+        ext.pipeline.converter = SlowConverter(ext.pipeline.converter, self.CONVERT_S)
+        ext.start_servers(bind_socket("127.0.0.1", 0), None)
+        self.addCleanup(ext.pipeline.stop)
+        ext.pipeline.coordinator.on_invoke("req-1", int(time.time() * 1000) + 60_000)
+
+        stop = threading.Event()
+        acked, lock, enough = set(), threading.Lock(), threading.Event()
+
+        def poster(n):
+            conn = http.client.HTTPConnection("127.0.0.1", ext.pipeline.listener.port, timeout=5)
+            try:
+                for b in range(60):  # bounded
+                    if stop.is_set():
+                        return
+                    lines = [f"load line {n}-{b}-{i} " + "x" * 80 for i in range(self.EVENTS)]
+                    body = json.dumps([{"time": "2024-05-01T10:00:00.000Z", "type": "function", "record": line}
+                                       for line in lines]).encode()
+                    assert len(body) < ext.pipeline.listener.max_body_bytes
+                    try:
+                        conn.request("POST", "/", body=body, headers={"Content-Type": "application/json"})
+                        response = conn.getresponse()
+                        response.read()
+                    except (OSError, http.client.HTTPException):
+                        conn.close()
+                        continue
+                    if response.status == 200:
+                        with lock:
+                            acked.update(lines)
+                            if len(acked) >= 2 * self.POSTERS * self.EVENTS:
+                                enough.set()
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=poster, args=(n,), daemon=True) for n in range(self.POSTERS)]
+        for t in threads:
+            t.start()
+        self.assertTrue(enough.wait(60), "the posters got nothing acknowledged")
+        deadline_ms = int(time.time() * 1000) + 600  # a Managed Instances-like short SHUTDOWN
+        code = ext.shutdown(ShutdownEvent("spindown", deadline_ms))
+        finished_ms = time.time() * 1000
+        stop.set()
+        for t in threads:
+            t.join(20)
+        self.assertEqual(code, 0)
+        self.assertLess(finished_ms, deadline_ms, "SHUTDOWN overran its deadline")
+
+        delivered = {i.record.body.string_value for i in sink.log_items()
+                     if i.record.body.string_value.startswith("load line ")}
+        counted = sum(n for (signal, _), n in ext.pipeline.loss.snapshot().items() if signal == "logs")
+        self.assertLessEqual(delivered, acked, "a line was delivered that was never acknowledged")
+        self.assertEqual(len(acked), len(delivered) + counted,
+                         f"acknowledged {len(acked)}, delivered {len(delivered)}, counted {counted}: "
+                         f"{ext.pipeline.loss.snapshot()}")
 
 
 if __name__ == "__main__":
