@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind
 
 from lambda_otel.aggregator import MiB, Aggregator
-from lambda_otel.loss import LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
+from lambda_otel.loss import INVALID_RECORD, LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
 from lambda_otel.http_server import ServerLimits
 from lambda_otel.receiver import OtlpReceiver, build_status_class, inflate_bounded
 
@@ -586,6 +586,75 @@ class ConnectionLimitTest(ReceiverTestBase):
         self.wait_connections(0)
         resp, _ = self.post("/v1/traces", self.trace_request_bytes())
         self.assertEqual(resp.status, 200)
+
+
+class IntakeBoundsTest(ReceiverTestBase):
+    def test_wrong_length_ids_are_dropped_at_intake_counted_and_reported(self):
+        """A strict backend refuses a whole batch for one bad id: such records never enter the queue."""
+        request = ExportTraceServiceRequest.FromString(self.trace_request_bytes("ok", 3))  # 3 good spans
+        spans = request.resource_spans[0].scope_spans[0].spans
+        bad_trace = spans.add(name="bad-trace", trace_id=b"\x01" * 17, span_id=b"\x02" * 8)
+        spans.add(name="bad-span", trace_id=b"\x01" * 16, span_id=b"\x02" * 3)
+        spans.add(name="bad-parent", trace_id=b"\x01" * 16, span_id=b"\x02" * 8, parent_span_id=b"\x03" * 5)
+        bad_link = spans.add(name="bad-link", trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+        bad_link.links.add(trace_id=b"\x04" * 3, span_id=b"\x05" * 8)
+        self.assertEqual(len(bad_trace.trace_id), 17)
+        resp, data = self.post("/v1/traces", request.SerializeToString())
+        self.assertEqual(resp.status, 200)
+        response = ExportTraceServiceResponse.FromString(data)
+        self.assertEqual(response.partial_success.rejected_spans, 4)
+        self.assertIn("16 bytes", response.partial_success.error_message)
+        self.assertEqual(self.loss.snapshot(), {(TRACES, INVALID_RECORD): 4})
+        names = {sp.name for rs in self.take_all(TRACES) for ss in rs.scope_spans for sp in ss.spans}
+        self.assertEqual(names, {"ok-root", "ok-0", "ok-1"})
+
+        logs = ExportLogsServiceRequest()
+        records = logs.resource_logs.add().scope_logs.add().log_records
+        records.add(body={"string_value": "no context"})  # ids absent: fine
+        records.add(body={"string_value": "good"}, trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+        records.add(body={"string_value": "bad"}, trace_id=b"\x01" * 16, span_id=b"\x02" * 3)
+        resp, data = self.post("/v1/logs", logs.SerializeToString())
+        self.assertEqual(ExportLogsServiceResponse.FromString(data).partial_success.rejected_log_records, 1)
+        self.assertEqual(self.loss.snapshot()[(LOGS, INVALID_RECORD)], 1)
+        self.assertEqual(self.agg.pending_records(LOGS), 2)
+
+    def test_gzip_bomb_of_empty_records_is_refused_before_it_is_built(self):
+        """15 KiB of gzip inflating to millions of empty log records: 413, nothing built, nothing queued."""
+        empty_records = b"\x12\x00" * (7 * MiB // 2)  # ScopeLogs.log_records (field 2), each empty
+        scope = b"\x12" + _varint_bytes(len(empty_records)) + empty_records  # ResourceLogs.scope_logs
+        request = b"\x0a" + _varint_bytes(len(scope)) + scope  # ExportLogsServiceRequest.resource_logs
+        bomb = gzip.compress(request, 9)
+        self.assertLess(len(bomb), 20 * 1024)
+        resp, data = self.post("/v1/logs", bomb, headers={"Content-Encoding": "gzip"})
+        self.assertEqual(resp.status, 413)
+        self.assertIn("records", status_pb2.Status.FromString(data).message)
+        self.assertEqual(self.agg.pending_items(), 0)
+        # A request of the same shape within the queue's reach is accepted (the walk counts right).
+        few = b"\x12\x00" * 10
+        scope = b"\x12" + _varint_bytes(len(few)) + few
+        resp, data = self.post("/v1/logs", b"\x0a" + _varint_bytes(len(scope)) + scope)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(self.agg.pending_records(LOGS), 10)
+
+    def test_message_walk_counts_like_the_protobuf_runtime(self):
+        from lambda_otel.receiver import count_messages
+
+        request = ExportTraceServiceRequest.FromString(self.trace_request_bytes("w", 5))
+        n_spans = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        n_envelopes = len(request.resource_spans) + sum(len(rs.scope_spans) for rs in request.resource_spans)
+        self.assertEqual(count_messages(TRACES, request.SerializeToString(), 10_000), n_spans + n_envelopes)
+        self.assertGreater(count_messages(TRACES, request.SerializeToString(), 3), 3)  # stops past the limit
+        with self.assertRaises(Exception):
+            count_messages(TRACES, request.SerializeToString()[:-3], 10_000)
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 class ConstructionTest(unittest.TestCase):

@@ -7,6 +7,7 @@ cannot be used at all gets a 4xx; a bad event inside a usable batch is ignored a
 real invocations keep working afterwards, and what they printed is delivered.
 """
 
+import gzip
 import http.client
 import json
 import math
@@ -171,6 +172,59 @@ class ListenerInputTest(ReliabilityTestCase):
             self.assertGreaterEqual(count, len(reports))
         count, total = histogram_totals(points, "faas.mem_usage")
         self.assertTrue(math.isfinite(total) and total >= 0)
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """Peak resident memory of a process so far (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+class ReceiverMemoryTest(ReliabilityTestCase):
+    """Bad input to the running extension's OTLP receiver costs a status code, not the function's memory."""
+
+    def test_gzip_bomb_of_empty_records_at_128_mb_costs_no_memory(self):
+        sink = self.make_sink()
+        env = self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY="end")
+        sim = self.make_sim(env, freeze=False, memory_mb=128)
+        sim.start(timeout=30)
+        results = [sim.invoke({"logs": 2}, timeout=30)]
+        pid = sim.extension_pids["lambda-otel"]
+        before = vm_hwm_kb(pid)
+        # 15 KiB of gzip that inflates to 7 MiB of empty log records (3.5 million of them).
+        empty = b"\x12\x00" * (7 * 1024 * 1024 // 2)
+        scope = b"\x12" + _varint(len(empty)) + empty
+        bomb = gzip.compress(b"\x0a" + _varint(len(scope)) + scope, 9)
+        self.assertLess(len(bomb), 20 * 1024)
+        statuses = []
+        for _ in range(5):
+            conn = http.client.HTTPConnection("127.0.0.1", int(env["LAMBDA_OTEL_RECEIVER_PORT"]), timeout=30)
+            self.addCleanup(conn.close)
+            conn.request("POST", "/v1/logs", body=bomb,
+                         headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"})
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+        grown_mib = (vm_hwm_kb(pid) - before) / 1024
+        self.assertEqual(statuses, [413] * 5)
+        self.assertLess(grown_mib, 24, f"peak RSS grew {grown_mib:.0f} MiB for 5 bombs")
+        # The extension still works: what the function prints is delivered.
+        results.append(sim.invoke({"logs": 3}, timeout=30))
+        sim.shutdown(timeout=30)
+        self.assert_clean_exits(sim)
+        self.assertEqual(set(function_lines(sink)), expected_lines(results[:1], 2) | expected_lines(results[1:], 3))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 if __name__ == "__main__":
