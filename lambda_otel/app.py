@@ -157,6 +157,8 @@ class Extension:
         grace = min(self.config.telemetry.report_grace_s, remaining_s / 4)
         if self.last_request_id is not None and grace > 0:
             self.pipeline.wait_for_report(self.last_request_id, grace)
+        # Managed Instances have no INVOKE: wait (in the same grace) for every started invocation's report.
+        self.pipeline.wait_for_open_reports(max(0.0, grace - (time.monotonic() - started)))
 
         # Close both listeners' intake and wait (bounded) for batches being processed right now:
         # from here on nothing is acknowledged that the final flush would miss.

@@ -102,6 +102,7 @@ class Pipeline:
         self._sealed = False
         self._convert_lock = threading.Lock()  # the converter, so SHUTDOWN can wait for it bounded
         self._reports_seen: Set[str] = set()
+        self._open: Set[str] = set()  # started, not reported yet
         self._reports_cond = threading.Condition()
 
     # -- start and stop -------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class Pipeline:
                 self.coordinator.on_runtime_done(request_id)
             if lambda_dropped:
                 self.coordinator.on_telemetry_dropped()  # a runtimeDone may be among the lost
-            self._note_reports(converted.reports)
+            self._note_lifecycle(converted.started, converted.reports)
         finally:
             read_lock.release()
 
@@ -198,13 +199,24 @@ class Pipeline:
         if converted.resource_logs is not None and converted.log_count:
             self.aggregator.add(LOGS, converted.resource_logs, converted.log_count)
 
-    def _note_reports(self, ids: List[str]) -> None:
-        if ids:
+    def _note_lifecycle(self, started: List[str], reports: List[str]) -> None:
+        """Remember which invocations started (``platform.start``) and which reported."""
+        if started or reports:
             with self._reports_cond:
                 if len(self._reports_seen) > _REPORTS_REMEMBERED:
                     self._reports_seen.clear()
-                self._reports_seen.update(ids)
+                if len(self._open) > _REPORTS_REMEMBERED:
+                    self._open.clear()
+                self._reports_seen.update(reports)
+                self._open.update(rid for rid in started if rid not in self._reports_seen)
+                self._open.difference_update(reports)
                 self._reports_cond.notify_all()
+
+    def wait_for_open_reports(self, timeout: float) -> bool:
+        """True once every invocation seen to start has its ``platform.report`` (bounded wait): the
+        SHUTDOWN grace on Managed Instances, where no INVOKE names the last invocation."""
+        with self._reports_cond:
+            return self._reports_cond.wait_for(lambda: not self._open, timeout=max(0.0, timeout))
 
     def wait_for_report(self, request_id: str, timeout: float) -> bool:
         """True once ``platform.report`` for ``request_id`` has been processed (bounded wait)."""
