@@ -179,6 +179,22 @@ class LambdaOtelEndToEndTest(unittest.TestCase):
         self.assertEqual(sum(1 for line in spans if line.startswith("  trace ")), 1)  # whole traces only
         self.assertRegex(spans[-1], r"^  \.\.\. 3 more trace\(s\), \d+ spans")
 
+    def test_managed_instances_mode(self):
+        """Overlapping invocations in worker processes, lambda-otel registered for SHUTDOWN only, exit 0."""
+        proc = run_cli("-n", "8", "--mode", "managed-instances", "--concurrency", "4")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        summary = "\n".join(lines_after(proc.stdout, "Summary:"))
+        self.assertIn("init (lambda-managed-instances): success", summary)
+        self.assertIn("invocations: 8 (1 error, 7 success)", summary)
+        self.assertEqual(summary.count("extension overhead -"), 8)  # no INVOKE event, so no post-invoke phase
+        self.assertIn("extension lambda-otel: exit code 0, exited in time", summary)
+        metrics = "\n".join(lines_after(proc.stdout, "Metrics ("))
+        self.assertIn("faas.invocations = 7 {invocation}", metrics)
+        traces = span_trees(lines_after(proc.stdout, "Spans ("))
+        self.assertEqual(len(traces), 8)
+        for spans in traces.values():
+            self.assertEqual(len([name for depth, name, _ in spans if depth == 0]), 1, spans)
+
     def test_snapstart_mode_two_restores_two_sandboxes(self):
         proc = run_cli("-n", "4", "--mode", "snapstart")
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
