@@ -51,6 +51,7 @@ class Service:
 
 SECRETS_MANAGER = Service("secretsmanager", "secretsmanager", "secretsmanager", "SECRETS_MANAGER")
 SSM = Service("ssm", "ssm", "AmazonSSM", "SSM")
+CLOUDWATCH_LOGS = Service("logs", "logs", "Logs_20140328", "CLOUDWATCH_LOGS")
 
 
 class AwsApiError(Exception):
@@ -69,13 +70,16 @@ class AwsApiError(Exception):
             self.status is not None and self.status >= 500)
 
 
-def endpoint_url(service: Service, region: str, env: Mapping[str, str]) -> str:
-    """The endpoint to call, following the SDKs' override convention (see the module docstring)."""
+def endpoint_url(service: Service, region: str, env: Mapping[str, str], default: Optional[str] = None) -> str:
+    """The endpoint to call, following the SDKs' override convention (see the module docstring);
+    ``default`` (e.g. the origin of an OTLP endpoint of the same service) before the public one."""
     if (env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") or "").strip().lower() != "true":
         for name in (f"AWS_ENDPOINT_URL_{service.env_suffix}", "AWS_ENDPOINT_URL"):
             value = (env.get(name) or "").strip()
             if value:
                 return value.rstrip("/")
+    if default:
+        return default.rstrip("/")
     suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
     return f"https://{service.endpoint_prefix}.{region}.{suffix}"
 
@@ -113,10 +117,10 @@ class AwsJsonClient:
     """Calls one JSON 1.1 API in one region. Thread-safe (one connection per call)."""
 
     def __init__(self, service: Service, region: str, credentials: CredentialsProvider,
-                 env: Mapping[str, str], timeout_s: float = 3.0) -> None:
+                 env: Mapping[str, str], timeout_s: float = 3.0, endpoint: Optional[str] = None) -> None:
         self.service = service
         self.region = region
-        self.url = endpoint_url(service, region, env)
+        self.url = endpoint_url(service, region, env, endpoint)
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"AWS_ENDPOINT_URL_{service.env_suffix}: {self.url!r} is not an http:// or https:// URL")

@@ -24,6 +24,9 @@ import time
 from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    import threading
+
+    from lambda_otel.aws_api import AwsJsonClient
     from lambda_otel.aws_secrets import SecretHeaders
     from lambda_otel.config import Config
     from lambda_otel.sigv4 import CredentialsProvider, SigV4Signer
@@ -145,15 +148,112 @@ class ExportSigner:
             signer.refresh_credentials()
 
 
+class LogStreamSetup:
+    """Creates the CloudWatch Logs stream that OTLP logs go to, once, on its own daemon thread.
+
+    CloudWatch Logs' OTLP endpoint only writes to an existing stream. ``CreateLogStream`` is
+    idempotent for us (``ResourceAlreadyExistsException`` = done); a group that does not exist yet
+    (Lambda creates the function's own group with its first log line) is retried within the
+    timeout; any other failure (e.g. no ``logs:CreateLogStream`` permission) is logged once and
+    logs are sent anyway, in case the stream exists. ``ready()`` is False only while it runs.
+    """
+
+    RETRY_S = 0.5
+
+    def __init__(self, client_factory: Callable[[], "AwsJsonClient"], group: str, stream: str,
+                 timeout_s: float = 3.0) -> None:
+        self._factory = client_factory
+        self.group = group
+        self.stream = stream
+        self._timeout_s = timeout_s
+        self._thread: Optional["threading.Thread"] = None
+        self.outcome: Optional[str] = None  # "created" | "exists" | an error code
+
+    def start(self) -> None:
+        import threading
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="log-stream-setup", daemon=True)
+            self._thread.start()
+
+    def ready(self, wait_s: float = 0.0) -> bool:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return True
+        thread.join(wait_s)
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        import logging
+
+        from lambda_otel.aws_api import AwsApiError
+
+        deadline = time.monotonic() + self._timeout_s
+        error: Optional[AwsApiError] = None
+        try:
+            client = self._factory()
+            while True:
+                try:
+                    client.call("CreateLogStream", {"logGroupName": self.group, "logStreamName": self.stream}, deadline)
+                    self.outcome = "created"
+                    return
+                except AwsApiError as exc:
+                    if exc.code == "ResourceAlreadyExistsException":
+                        self.outcome = "exists"
+                        return
+                    error = exc
+                    if exc.code != "ResourceNotFoundException" or time.monotonic() + self.RETRY_S >= deadline:
+                        break
+                    time.sleep(self.RETRY_S)
+        except ValueError as exc:  # a bad endpoint override
+            error = AwsApiError("InvalidEndpoint", str(exc))
+        self.outcome = error.code if error is not None else "Timeout"
+        logging.getLogger(__name__).warning(
+            "cannot create CloudWatch Logs stream %r in group %r: %s%s; logs are sent anyway (create the "
+            "stream, or allow logs:CreateLogStream; LAMBDA_OTEL_EXPORTER_LOGS_CREATE_STREAM=false stops trying)",
+            self.stream, self.group, self.outcome, f" ({error.message})" if error is not None and error.message else "")
+
+
+class AwsHeaderSource:
+    """The exporter's ``HeaderSource``: the secret-resolving headers, and for logs, the log stream
+    set up first (``None`` until then, waiting once, briefly, for the set-up under way)."""
+
+    def __init__(self, secrets: "SecretHeaders", log_stream: Optional[LogStreamSetup] = None,
+                 first_wait_s: float = 0.25) -> None:
+        self.secrets = secrets
+        self.log_stream = log_stream
+        self._first_wait_s = first_wait_s
+        self._waited = False
+
+    def headers(self, signal: Optional[str] = None) -> Optional[Mapping[str, str]]:
+        if signal == "logs" and self.log_stream is not None:
+            wait, self._waited = (0.0 if self._waited else self._first_wait_s), True
+            if not self.log_stream.ready(wait):
+                return None
+        return self.secrets.headers(signal)
+
+    def secret_values(self) -> Tuple[str, ...]:
+        return self.secrets.secret_values()
+
+    def start(self) -> None:
+        self.secrets.start()
+        if self.log_stream is not None:
+            self.log_stream.start()
+
+    def renew_after_restore(self) -> None:
+        self.secrets.renew_after_restore()
+
+
 class ExportAuth:
     """What ``build_auth`` gives the pipeline: pass ``signer`` and ``header_source`` to OtlpExporter."""
 
-    def __init__(self, signer: Optional[ExportSigner], header_source: "SecretHeaders") -> None:
+    def __init__(self, signer: Optional[ExportSigner], header_source: AwsHeaderSource) -> None:
         self.signer = signer
         self.header_source = header_source
 
     def start(self) -> None:
-        """Begin resolving secret references (non-blocking). Call it off the /next path."""
+        """Begin resolving secret references and setting up the log stream (non-blocking, each on
+        its own daemon thread, idempotent). Call it off the /next path."""
         self.header_source.start()
 
     def renew_after_restore(self) -> None:
@@ -191,9 +291,27 @@ def build_auth(config: "Config", env: Optional[Mapping[str, str]] = None,
                            timeout_s=aws.secrets_timeout_s, refresh_s=aws.secrets_refresh_s or None,
                            held=tuple(config.exporter.held_signals))
     signer = None
+    log_stream = None
     if aws.auth == "sigv4" and aws.region:
         by_url = {config.exporter.endpoint(s): aws.service(s) for s in SIGNALS
                   if config.exporter.endpoint(s) and aws.service(s)}
         if by_url:
             signer = ExportSigner(creds, aws.region, by_url)  # type: ignore[arg-type]
-    return ExportAuth(signer, source)
+        logs_url = config.exporter.endpoint("logs")
+        if logs_url and aws.logs_service == "logs" and aws.create_log_stream and aws.log_group:
+            log_stream = LogStreamSetup(_logs_client(creds, aws.region, logs_url, env), aws.log_group,
+                                        aws.log_stream or DEFAULT_LOG_STREAM, timeout_s=aws.secrets_timeout_s)
+    return ExportAuth(signer, AwsHeaderSource(source, log_stream))
+
+
+def _logs_client(creds: "CredentialsProvider", region: str, logs_url: str, env: Mapping[str, str]):
+    """CloudWatch Logs' API at the OTLP logs endpoint's origin (a VPC endpoint too), unless overridden."""
+    from urllib.parse import urlsplit
+
+    def factory():
+        from lambda_otel.aws_api import CLOUDWATCH_LOGS, AwsJsonClient
+
+        parts = urlsplit(logs_url)
+        return AwsJsonClient(CLOUDWATCH_LOGS, region, creds, env, endpoint=f"{parts.scheme}://{parts.netloc}")
+
+    return factory

@@ -217,6 +217,7 @@ class AwsConfig:
     logs_service: Optional[str] = None
     log_group: Optional[str] = None
     log_stream: Optional[str] = None
+    create_log_stream: bool = True
     secrets_timeout_s: float = 3.0
     secrets_refresh_s: float = 0.0  # 0: resolved once for the environment's life
     cloudwatch: bool = False  # an endpoint is CloudWatch's: its per-request limits apply
@@ -629,6 +630,9 @@ SETTINGS: Tuple[Setting, ...] = (
             "exist.", AWS_EXPORT, default_doc="the function's log group"),
     Setting("aws.log_stream", ("LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM",), Text(),
             "Its log stream (``x-aws-log-stream``); it must exist.", AWS_EXPORT, default_doc="``lambda-otel``"),
+    Setting("aws.create_log_stream", ("LAMBDA_OTEL_EXPORTER_LOGS_CREATE_STREAM",), Bool(),
+            "With SigV4 export to CloudWatch Logs, create the log stream at start if it does not exist "
+            "(needs ``logs:CreateLogStream``).", AWS_EXPORT),
     Setting("aws.secrets_timeout_s", ("LAMBDA_OTEL_SECRETS_TIMEOUT_MS",), Millis(100, 60_000),
             "Longest one resolution of the ``${arn:...}`` references in header values may take, all calls "
             "included.", AWS_EXPORT),
@@ -728,7 +732,8 @@ SETTINGS: Tuple[Setting, ...] = (
                    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"), Text(),
             "The container credentials endpoint and its token, which Lambda provides instead of the key "
             "variables where they are absent (e.g. SnapStart).", AWS, read_by="aws_credentials.py"),
-    Setting(None, ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL"), Text(),
+    Setting(None, ("AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_SSM", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS",
+                   "AWS_ENDPOINT_URL"), Text(),
             "Endpoint overrides for the AWS APIs lambda-otel calls, as in the AWS SDKs (per service first).",
             AWS, default_doc="https://<service>.<region>.amazonaws.com", read_by="aws_api.py"),
     Setting(None, ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",), Bool(),

@@ -39,6 +39,7 @@ class Moto:
         self.secretsmanager = session.create_client("secretsmanager", **kw)
         self.ssm = session.create_client("ssm", **kw)
         self.iam = session.create_client("iam", **kw)
+        self.logs = session.create_client("logs", **kw)
 
     def stop(self) -> None:
         self.relax_iam()

@@ -36,6 +36,7 @@ def sigv4_env(**extra):
         "LAMBDA_OTEL_EXPORTER_LOGS_SIGV4_SERVICE": "logs",
         "LAMBDA_OTEL_EXPORTER_SIGV4_REGION": REGION,
         "LAMBDA_OTEL_EXPORTER_LOGS_LOG_GROUP": LOG_GROUP,
+        "LAMBDA_OTEL_EXPORTER_LOGS_CREATE_STREAM": "false",
         "AWS_ACCESS_KEY_ID": KEY_ID,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_SESSION_TOKEN": TOKEN,
@@ -112,6 +113,7 @@ class SignedExportEndToEnd(ExtensionTestCase):
     def setUpClass(cls):
         cls.moto = Moto()
         cls.secret_arn = cls.moto.secret("lambda-otel-e2e/api-key", json.dumps({"apiKey": API_KEY}))
+        cls.moto.logs.create_log_group(logGroupName=LOG_GROUP)
 
     @classmethod
     def tearDownClass(cls):
@@ -131,11 +133,18 @@ class SignedExportEndToEnd(ExtensionTestCase):
             with self.subTest(compression=compression):
                 verifier = SigV4Verifier({KEY_ID: (SECRET_KEY, TOKEN)}, REGION, SERVICES)
                 sink = self.make_sink(verify=verifier)
+                stream = f"lambda-otel-{compression}"
                 sim = self.run_function(sink, sigv4_env(
                     LAMBDA_OTEL_EXPORTER_COMPRESSION=compression,
                     LAMBDA_OTEL_EXPORTER_HEADERS=f"x-api-key=${{{self.secret_arn}#apiKey}}",
                     AWS_ENDPOINT_URL_SECRETS_MANAGER=self.moto.url,
+                    # The log stream is created in CloudWatch Logs (moto) before the first logs export.
+                    LAMBDA_OTEL_EXPORTER_LOGS_CREATE_STREAM="true",
+                    LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM=stream,
+                    AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=self.moto.url,
                 ))
+                streams = self.moto.logs.describe_log_streams(logGroupName=LOG_GROUP)["logStreams"]
+                self.assertIn(stream, [s["logStreamName"] for s in streams])
                 requests = sink.requests
                 self.assertEqual(verifier.refused, [])
                 self.assertEqual({r.path for r in requests}, set(SERVICES), "all three signals exported")
@@ -147,7 +156,7 @@ class SignedExportEndToEnd(ExtensionTestCase):
                     self.assertEqual(r.headers.get("content-encoding", "none"), compression if compression == "gzip" else "none")
                     if r.path == "/v1/logs":
                         self.assertEqual(r.headers["x-aws-log-group"], LOG_GROUP)
-                        self.assertEqual(r.headers["x-aws-log-stream"], "lambda-otel")
+                        self.assertEqual(r.headers["x-aws-log-stream"], stream)
                 # The secret is in its header and nowhere else: not stderr, not the telemetry, not other headers.
                 output = self.extension_output(sim)
                 exported = "\n".join(json_format.MessageToJson(r.decoded) for r in requests if r.decoded is not None)

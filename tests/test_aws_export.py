@@ -253,6 +253,85 @@ class SignerHooks(unittest.TestCase):
         self.assertEqual(auth.header_source.headers("traces"), {})
 
 
+class LogStreamCreation(unittest.TestCase):
+    """CloudWatch Logs' OTLP endpoint needs an existing stream: created at start (moto as CloudWatch Logs)."""
+
+    @classmethod
+    def setUpClass(cls):
+        from tests.aws_support import Moto
+
+        cls.moto = Moto()
+        cls.moto.logs.create_log_group(logGroupName="/aws/lambda/my-fn")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.moto.stop()
+
+    def setUp(self):
+        self.moto.relax_iam()
+
+    def auth(self, key=("AKID", "secret"), **env):
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS, **env)
+        creds = {"AWS_ACCESS_KEY_ID": key[0], "AWS_SECRET_ACCESS_KEY": key[1], "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": self.moto.url}
+        return build_auth(c, env=creds)
+
+    def streams(self):
+        return [s["logStreamName"] for s in self.moto.logs.describe_log_streams(logGroupName="/aws/lambda/my-fn")["logStreams"]]
+
+    def test_created_once_then_logs_may_be_sent(self):
+        auth = self.auth(LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM="created-here")
+        auth.start()
+        self.assertEqual(auth.header_source.headers("logs"),
+                         {"x-aws-log-group": "/aws/lambda/my-fn", "x-aws-log-stream": "created-here"})
+        self.assertTrue(auth.header_source.log_stream.ready(10))
+        self.assertEqual(auth.header_source.log_stream.outcome, "created")
+        self.assertIn("created-here", self.streams())
+        again = self.auth(LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM="created-here")
+        again.start()
+        self.assertTrue(again.header_source.log_stream.ready(10))
+        self.assertEqual(again.header_source.log_stream.outcome, "exists")
+
+    def test_missing_group_and_missing_permission_are_logged_and_logs_still_flow(self):
+        with self.assertLogs("lambda_otel.aws_export", "WARNING") as logs:
+            auth = self.auth(LAMBDA_OTEL_EXPORTER_LOGS_LOG_GROUP="/no/such/group", LAMBDA_OTEL_SECRETS_TIMEOUT_MS="1200")
+            auth.start()
+            self.assertTrue(auth.header_source.log_stream.ready(10))
+        self.assertEqual(auth.header_source.log_stream.outcome, "ResourceNotFoundException")
+        self.assertIn("'/no/such/group'", logs.output[0])
+        self.assertIsNotNone(auth.header_source.headers("logs"), "sent anyway, in case the stream exists")
+
+        user = self.moto.user("lambda-otel-no-create", ["logs:PutLogEvents"])
+        self.moto.enforce_iam()
+        with self.assertLogs("lambda_otel.aws_export", "WARNING") as logs:
+            auth = self.auth(key=user, LAMBDA_OTEL_EXPORTER_LOGS_LOG_STREAM="denied")
+            auth.start()
+            self.assertTrue(auth.header_source.log_stream.ready(10))
+        self.assertEqual(auth.header_source.log_stream.outcome, "AccessDenied")
+        self.assertIn("logs:CreateLogStream", logs.output[0])
+
+    def test_not_without_sigv4_or_when_turned_off(self):
+        self.assertIsNone(build_auth(config(LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS), env={}).header_source.log_stream)
+        off = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS,
+                     LAMBDA_OTEL_EXPORTER_LOGS_CREATE_STREAM="false")
+        self.assertIsNone(build_auth(off, env={}).header_source.log_stream)
+
+    def test_logs_wait_for_the_setup_under_way(self):
+        from tests.aws_support import StubAws
+
+        stub = StubAws(lambda h, b: (200, {}), delay=1.0)
+        self.addCleanup(stub.stop)
+        c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)
+        auth = build_auth(c, env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
+                                  "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": stub.url})
+        auth.header_source._first_wait_s = 0.0
+        auth.start()
+        self.assertIsNone(auth.header_source.headers("logs"), "no logs export before the stream exists")
+        self.assertEqual(auth.header_source.headers("traces"), {}, "other signals are not held")
+        self.assertTrue(auth.header_source.log_stream.ready(10))
+        self.assertIsNotNone(auth.header_source.headers("logs"))
+        self.assertEqual(stub.requests[0]["x-amz-target"], "Logs_20140328.CreateLogStream")
+
+
 class BenchSmoke(unittest.TestCase):
     def test_bench_sigv4_quick_runs(self):
         import subprocess
