@@ -116,6 +116,13 @@ class ExportSigner:
             return {}
         return signer.sign(method, url, headers, body)
 
+    def warm_up(self) -> None:
+        """Load the credentials once, ahead of the first export; a problem is the exporter's to report."""
+        try:
+            self._credentials.get()
+        except Exception:  # noqa: BLE001 - reported once by the exporter when it signs
+            pass
+
     def secret_values(self) -> Tuple[str, ...]:
         """The credentials' secret parts, for the exporter to redact from any text it writes
         (a ``SignatureDoesNotMatch`` answer may quote the canonical request, token included)."""
@@ -250,11 +257,19 @@ class ExportAuth:
     def __init__(self, signer: Optional[ExportSigner], header_source: AwsHeaderSource) -> None:
         self.signer = signer
         self.header_source = header_source
+        self._warming = False
 
     def start(self) -> None:
         """Begin resolving secret references and setting up the log stream (non-blocking, each on
-        its own daemon thread, idempotent). Call it off the /next path."""
+        its own daemon thread, idempotent); with a signer, load the credentials now too (from the
+        container endpoint under SnapStart), so the first export does not wait for them. Call it
+        off the /next path."""
         self.header_source.start()
+        if self.signer is not None and not self._warming:
+            import threading
+
+            self._warming = True
+            threading.Thread(target=self.signer.warm_up, name="credentials-warm-up", daemon=True).start()
 
     def renew_after_restore(self) -> None:
         if self.signer is not None:

@@ -241,6 +241,26 @@ class SignerHooks(unittest.TestCase):
         signer = ExportSigner(StaticCredentials(Credentials("AKID", "the-secret", "the-token")), "eu-west-1", {XRAY: "xray"})
         self.assertEqual(set(signer.secret_values()), {"the-secret", "the-token"})
 
+    def test_start_loads_credentials_ahead_of_the_first_export(self):
+        class Counting(StaticCredentials):
+            def __init__(self, creds):
+                super().__init__(creds)
+                self.gets = 0
+
+            def get(self):
+                self.gets += 1
+                return super().get()
+
+        from tests.aws_support import wait_until
+
+        creds = Counting(Credentials("AKID", "s"))
+        auth = build_auth(config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY),
+                          env={}, credentials=creds)
+        self.assertEqual(creds.gets, 0, "nothing loaded at build time (a SnapStart snapshot has no credentials)")
+        auth.start()
+        auth.start()
+        self.assertTrue(wait_until(lambda: creds.gets == 1, 10))
+
     def test_build_auth_wires_config(self):
         c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
                    LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)
