@@ -129,7 +129,8 @@ class LambdaOtelEndToEndTest(unittest.TestCase):
         summary = "\n".join(lines_after(out, "Summary:"))
         self.assertIn("invocations: 5 (1 error, 4 success)", summary)
         self.assertIn("extension lambda-otel: exit code 0, exited in time", summary)
-        self.assertIn("dropped by the extension (lambda_otel.dropped): nothing", summary)
+        self.assertIn("drops reported to the backend (lambda_otel.dropped, as of its last export): none", summary)
+        self.assertNotIn("dropped by the extension (its final flush line)", summary)  # nothing was lost
         self.assertNotIn("never delivered", summary)
         self.assertRegex(metrics, r"faas\.mem_usage = count=5 sum=[0-9.]+ min=[0-9.]+ max=[0-9.]+ MiB")
         self.assertEqual(proc.stderr.count("Traceback"), 0, proc.stderr)
@@ -158,7 +159,7 @@ class LambdaOtelEndToEndTest(unittest.TestCase):
         summary = "\n".join(lines_after(proc.stdout, "Summary:"))
         self.assertIn("LAMBDA_OTEL_FLUSH_STRATEGY", summary)
         self.assertEqual(summary.count("(init failed again)"), 2)
-        self.assertIn("dropped by the extension: unknown (no metrics reached the backend)", summary)
+        self.assertIn("drops reported to the backend: unknown (no metrics reached it)", summary)
 
     def test_mistyped_handler_is_one_clear_line(self):
         proc = run_cli("-n", "1", "--handler", "demo_function.no_such_handler",
@@ -168,6 +169,16 @@ class LambdaOtelEndToEndTest(unittest.TestCase):
         self.assertNotIn("socketserver", proc.stderr)
         self.assertIn("Runtime.HandlerNotFound", proc.stderr)
         self.assertIn("no_such_handler", proc.stderr)
+
+    def test_what_was_dropped_is_in_the_summary(self):
+        """A dead traces endpoint: the spans lambda-otel gave up on are counted in the summary, by reason."""
+        proc = run_cli("-n", "2", "--env", "LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=http://127.0.0.1:1/v1/traces")
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        summary = "\n".join(lines_after(proc.stdout, "Summary:"))
+        self.assertRegex(summary, r"dropped by the extension \(its final flush line\): [1-9]\d* \("
+                                  r"(retries_exhausted|export_failed|shutdown_deadline): ")
+        self.assertNotIn("/v1/traces", summary)  # no span reached the backend ...
+        self.assertIn("/v1/metrics 200", summary)  # ... the other signals did
 
     def test_printed_lines_are_capped(self):
         proc = run_cli("-n", "4", "--max-lines", "3")
@@ -255,6 +266,15 @@ class ArgumentsTest(unittest.TestCase):
         self.assertIn("d = 2  [sum, 2 points]", text)
         self.assertIn("faas.mem_usage = count=2 sum=96.000 min=32.000 max=64.000 MiB  [histogram, 2 points, 2 sandboxes]",
                       text)
+
+    def test_final_flush_drops_summed_over_processes(self):
+        lines = [("stderr", "[lambda-otel] WARNING lambda_otel.flush: final flush: sent {'logs': 3}, unsent at deadline 0, "
+                            "dropped over lifetime {'queue_full': 5, 'export_failed': 2}, 0.120s"),
+                 ("stdout", "unrelated"),
+                 ("stderr", "[lambda-otel] INFO lambda_otel.flush: final flush: sent {}, unsent at deadline 0, "
+                            "dropped over lifetime {'queue_full': 1}, 0.010s")]
+        self.assertEqual(cli.final_flush_drops(lines), {"queue_full": 6, "export_failed": 2})
+        self.assertEqual(cli.final_flush_drops([("stderr", "final flush: dropped over lifetime {bad")]), {})
 
     def test_dropped_counts_per_signal_and_reason(self):
         from opentelemetry.proto.common.v1 import common_pb2

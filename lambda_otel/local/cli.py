@@ -15,8 +15,10 @@ overhead per invocation as the simulator measured it, shutdown result).
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -25,6 +27,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from .. import loss
 from .sink import MetricPoint, OtlpSink, SpanItem, attrs_to_dict, describe
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -242,6 +245,45 @@ def print_metrics(points: List[MetricPoint], out: TextIO) -> None:
         print(f"  {name}{attrs} = {value}  [{kind}, {count} point{'s' if count != 1 else ''}{where}]", file=out)
 
 
+# What each loss reason means, for a reader of the summary.
+REASON_HINTS = {
+    loss.QUEUE_FULL: "over the extension's buffer budget",
+    loss.EXPORT_REJECTED: "the backend refused them",
+    loss.RETRIES_EXHAUSTED: "the backend kept failing",
+    loss.EXPORT_FAILED: "the backend could not be reached",
+    loss.SHUTDOWN_DEADLINE: "not sent before the SHUTDOWN deadline",
+    loss.PLATFORM_LOGS_DROPPED: "Lambda's buffer for the extension overflowed",
+    loss.NO_ENDPOINT: "no endpoint configured",
+    loss.INVALID_RECORD: "invalid, refused at intake",
+}
+# The extension's last log line (flush.py's "final flush: ..."): its lifetime drops by reason, including
+# what the final flush itself gave up, which no later export can report.
+FINAL_FLUSH_DROPS = re.compile(r"final flush: .*dropped over lifetime (\{[^}]*\})")
+
+
+def final_flush_drops(lines: List[Tuple[str, str]]) -> Dict[str, int]:
+    """Lifetime drops by reason summed over every 'final flush' line (one per extension process or copy)."""
+    totals: Dict[str, int] = defaultdict(int)
+    for _, line in lines:
+        match = FINAL_FLUSH_DROPS.search(line)
+        if not match:
+            continue
+        try:
+            counts = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(counts, dict):
+            for reason, n in counts.items():
+                if isinstance(n, int):
+                    totals[str(reason)] += n
+    return dict(totals)
+
+
+def _reason(reason: str) -> str:
+    hint = REASON_HINTS.get(reason)
+    return f"{reason}: {hint}" if hint else reason
+
+
 def dropped_counts(points: List[MetricPoint]) -> Dict[Tuple[str, str], int]:
     """lambda-otel's own count of what it dropped ({(signal, reason): records}), from lambda_otel.dropped."""
     counts: Dict[Tuple[str, str], int] = {}
@@ -375,16 +417,20 @@ def print_summary(sim: Any, results: List[Any], downs: List[Any], sink: Optional
             print(f"    telemetry the extensions could not receive any more: {down.undelivered_events} ({kinds}); "
                   "normally their own last log lines, printed after their final flush (Lambda drops those too)",
                   file=out)
+    final = final_flush_drops(sim.process_output(EXTENSION_NAME, every_generation=True))
+    if final:
+        text = ", ".join(f"{n} ({_reason(reason)})" for reason, n in sorted(final.items()))
+        print(f"  dropped by the extension (its final flush line): {text}", file=out)
     if sink is not None:
         points = sink.metrics()
         dropped = dropped_counts(points)
         if not points:
-            print("  dropped by the extension: unknown (no metrics reached the backend)", file=out)
+            print("  drops reported to the backend: unknown (no metrics reached it)", file=out)
         elif dropped:
-            text = ", ".join(f"{n} {signal} ({reason})" for (signal, reason), n in sorted(dropped.items()))
-            print(f"  dropped by the extension (lambda_otel.dropped): {text}", file=out)
+            text = ", ".join(f"{n} {signal} ({_reason(reason)})" for (signal, reason), n in sorted(dropped.items()))
+            print(f"  drops reported to the backend (lambda_otel.dropped, as of its last export): {text}", file=out)
         else:
-            print("  dropped by the extension (lambda_otel.dropped): nothing", file=out)
+            print("  drops reported to the backend (lambda_otel.dropped, as of its last export): none", file=out)
         by_path: Dict[Tuple[str, Any], int] = defaultdict(int)
         for rec in sink.requests:
             by_path[(rec.path, rec.status if rec.status is not None else rec.outcome)] += 1

@@ -464,17 +464,21 @@ class Simulator(ApiHandlers, Lifecycle):
         env = self._env
         return bool(env and env.frozen)
 
-    def process_output(self, name: str) -> list[tuple[str, str]]:
-        """Lines captured from the named process (`runtime` or an extension file name), newest generation.
+    def process_output(self, name: str, every_generation: bool = False) -> list[tuple[str, str]]:
+        """Lines captured from the named process (`runtime` or an extension file name), newest generation
+        (or of every environment, in order, with every_generation=True).
 
         For a process that has exited, waits (at most a second) for its last lines to be read first.
         """
+        lines: list[tuple[str, str]] = []
         for proc in reversed(self._all_processes):
             if proc.name == name:
                 if proc.exited.is_set():
                     proc.wait_output(1.0)
-                return list(proc.output)
-        return []
+                lines[:0] = proc.output
+                if not every_generation:
+                    break
+        return lines
 
     # --- internals: plumbing ---------------------------------------------------------------------
 
