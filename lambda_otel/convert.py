@@ -1122,8 +1122,7 @@ class TelemetryConverter:
             if inv is not None and not inv.done and inv.request_id == line.rid:
                 self._hold(inv, line, batch)  # decided when the invocation ends (the SDK flushes by then)
                 return
-            if self._sdk_view.sdk_logs_seen and self._sdk_view.take_log(line.severity_number, line.dedup_text,
-                                                                        *line.window):
+            if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
                 self._deduplicated(1, batch)
                 return
         self._emit_log(line, inv, batch)
@@ -1170,10 +1169,6 @@ class TelemetryConverter:
         self._holding.remove(inv)
         self._held_count -= len(held)
         self._held_bytes -= sum(len(line.dedup_text) for line in held)
-        if not self._sdk_view.sdk_logs_seen:  # the function's SDK sends no logs: nothing to compare
-            for line in held:
-                self._emit_log(line, inv, batch)
-            return
         deduplicated = 0
         for line in held:
             if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):

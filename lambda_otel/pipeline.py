@@ -71,7 +71,7 @@ class Pipeline:
         self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
         # What the function's SDK sent (seen by the receiver) joins its spans and ours into one
         # tree and keeps its log records from being exported twice.
-        self.sdk_view = FunctionSdkView()
+        self.sdk_view = FunctionSdkView(on_deduplicated=lambda n: self.metrics.add("lambda_otel.logs.deduplicated", n))
         self.converter = TelemetryConverter(resource, self.metrics, self.loss, xray_mode=config.xray_mode,
                                             sampler=sampler_from_config(config), sdk_view=self.sdk_view)
         from .aws_export import CLOUDWATCH_MAX_REQUEST_BYTES, CLOUDWATCH_MAX_REQUEST_RECORDS, build_auth

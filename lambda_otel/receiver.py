@@ -386,8 +386,9 @@ class OtlpReceiver:
         observer=None,
     ) -> None:
         """``sock``: an already bound, listening socket to serve on (host/port then come from it).
-        ``observer``: ``observe(signal, items)`` is called with what was accepted (the converter's
-        ``sdk_view.FunctionSdkView``: it joins the function's spans to ours and deduplicates logs)."""
+        ``observer``: ``observe(signal, items)`` is called with each decoded request before it is
+        queued (the converter's ``sdk_view.FunctionSdkView``: it joins the function's spans to ours
+        and deduplicates logs, dropping a record the Telemetry API already delivered)."""
         if sock is not None:
             host, port = sock.getsockname()[:2]
         if host == "localhost":
@@ -560,8 +561,13 @@ class OtlpReceiver:
 
     def _accept(self, h: _Handler, req: Request, signal: str, request, content_type: str) -> None:
         invalid = drop_invalid_ids(signal, request)
+        items = getattr(request, otlp.spec(signal).items_field)
+        if self._observer is not None:
+            # What the converter needs to know of the function's data; it may drop log records
+            # the extension already exported from the Telemetry API (never raises).
+            self._observer.observe(signal, items)
         fits, too_big = [], 0
-        for item in getattr(request, otlp.spec(signal).items_field):
+        for item in items:
             records = count_records(signal, item)
             if records == 0:
                 continue  # an empty envelope: nothing to keep (the spec allows ignoring it)
@@ -593,6 +599,4 @@ class OtlpReceiver:
         # What was refused goes back in a 200 with partial_success: the spec forbids clients to retry it.
         response = otlp.build_response(signal, rejected, "; ".join(messages)) if rejected else otlp.build_response(signal)
         self._stats.accepted(signal, accepted, rejected)
-        if self._observer is not None and accepted:
-            self._observer.observe(signal, [item for item, _, _ in fits])  # never raises
         h.answer(req, 200, encode_message(response, content_type), content_type)

@@ -10,9 +10,12 @@ converter only needs two facts about it to keep one picture of each invocation:
 * **Which log records already arrived as OTLP.** With the SDK's logging handler and Lambda's own
   handler on the same logger, each record reaches us twice: once from the SDK, once as a
   Telemetry API ``function`` line. ``take_log`` finds (and consumes) the SDK's copy of a line, so
-  the converter does not export the line again.
+  the converter does not export the line again; a line it did export is remembered, and an SDK
+  copy that arrives after it (an SDK that does not flush its logs before the invocation ends) is
+  dropped from the SDK's request instead: the record reaches the backend once either way.
 
-The receiver's threads call ``observe``; the converter's calls the look-ups. Memory is bounded
+The receiver's threads call ``observe`` (before queueing a request: it may remove late copies);
+the converter's call the look-ups. Memory is bounded
 (oldest entries forgotten first) and nothing here raises into the receiver.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 _SERVER = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 MAX_SERVER_PARENTS = 4096
@@ -38,18 +41,59 @@ def message_key(text: str) -> str:
     return text[:min(end, MESSAGE_KEY_CHARS)].rstrip()
 
 
+class _BoundedIndex:
+    """A bounded multiset: key -> values, oldest forgotten first; ``take`` consumes one match."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = max(1, limit)
+        self._entries: "OrderedDict[int, Tuple[object, object]]" = OrderedDict()  # seq -> (key, value)
+        self._seqs: Dict[object, List[int]] = {}  # key -> its seqs, oldest first
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, key, value) -> None:
+        seq = self._next
+        self._next += 1
+        self._entries[seq] = (key, value)
+        self._seqs.setdefault(key, []).append(seq)
+        while len(self._entries) > self._limit:
+            old, (old_key, _) = self._entries.popitem(last=False)
+            self._forget(old_key, old)
+
+    def take(self, key, matches: Callable[[object], bool]) -> bool:
+        for seq in self._seqs.get(key, ()):
+            if matches(self._entries[seq][1]):
+                del self._entries[seq]
+                self._forget(key, seq)
+                return True
+        return False
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._seqs.clear()
+
+    def _forget(self, key, seq: int) -> None:
+        seqs = self._seqs[key]
+        seqs.remove(seq)
+        if not seqs:
+            del self._seqs[key]
+
+
 class FunctionSdkView:
     """Thread-safe, bounded index of the function's SDK spans and log records."""
 
-    def __init__(self, max_server_parents: int = MAX_SERVER_PARENTS, max_log_keys: int = MAX_LOG_KEYS) -> None:
+    def __init__(self, max_server_parents: int = MAX_SERVER_PARENTS, max_log_keys: int = MAX_LOG_KEYS,
+                 on_deduplicated: Optional[Callable[[int], None]] = None) -> None:
         self._lock = threading.Lock()
         self._max_parents = max(1, max_server_parents)
-        self._max_logs = max(1, max_log_keys)
         self._server_parents: "OrderedDict[Tuple[bytes, bytes], None]" = OrderedDict()
-        # Unmatched SDK records: seq -> (key, time ns), oldest first; key -> their seqs.
-        self._log_entries: "OrderedDict[int, Tuple[Tuple[int, str], int]]" = OrderedDict()
-        self._log_seqs: Dict[Tuple[int, str], List[int]] = {}
-        self._next_seq = 0
+        # (severity, message key) -> time (ns) of SDK records no Telemetry API line has matched yet
+        self._sdk_logs = _BoundedIndex(max_log_keys)
+        # (severity, message key) -> (lo, hi) time window of lines we exported with no SDK copy seen
+        self._exported = _BoundedIndex(max_log_keys)
+        self._on_deduplicated = on_deduplicated
         self.sdk_logs_seen = False  # sticky: this function's SDK sends logs
 
     # -- the receiver's side ------------------------------------------------------------------
@@ -76,30 +120,28 @@ class FunctionSdkView:
                 self._server_parents.popitem(last=False)
 
     def _observe_logs(self, items: Iterable) -> None:
-        found = []
-        for rl in items:
-            for sl in rl.scope_logs:
-                for lr in sl.log_records:
-                    if lr.body.WhichOneof("value") == "string_value" and lr.time_unix_nano:
-                        found.append(((lr.severity_number, message_key(lr.body.string_value)), lr.time_unix_nano))
-        if not found:
-            return
+        """Index the SDK's records, or drop those whose line we already exported (the SDK sent
+        them after their invocation ended): one lock for both, so no order of the two threads
+        lets a record through twice."""
+        dropped = 0
         with self._lock:
-            self.sdk_logs_seen = True
-            for key, t in found:
-                seq = self._next_seq
-                self._next_seq += 1
-                self._log_entries[seq] = (key, t)
-                self._log_seqs.setdefault(key, []).append(seq)
-            while len(self._log_entries) > self._max_logs:
-                seq, (key, _) = self._log_entries.popitem(last=False)
-                self._forget(key, seq)
-
-    def _forget(self, key: Tuple[int, str], seq: int) -> None:
-        seqs = self._log_seqs[key]
-        seqs.remove(seq)
-        if not seqs:
-            del self._log_seqs[key]
+            for rl in items:
+                for sl in rl.scope_logs:
+                    late = []
+                    for i, lr in enumerate(sl.log_records):
+                        if lr.body.WhichOneof("value") != "string_value" or not lr.time_unix_nano:
+                            continue
+                        self.sdk_logs_seen = True
+                        key, t = (lr.severity_number, message_key(lr.body.string_value)), lr.time_unix_nano
+                        if self._exported.take(key, lambda window: window[0] <= t < window[1]):
+                            late.append(i)
+                        else:
+                            self._sdk_logs.add(key, t)
+                    for i in reversed(late):
+                        del sl.log_records[i]
+                    dropped += len(late)
+        if dropped and self._on_deduplicated is not None:
+            self._on_deduplicated(dropped)
 
     # -- the converter's side -----------------------------------------------------------------
 
@@ -108,20 +150,20 @@ class FunctionSdkView:
             return (trace_id, span_id) in self._server_parents
 
     def take_log(self, severity: int, message: str, lo_ns: int, hi_ns: int) -> bool:
-        """Consume one SDK record with this severity and message, timed in [lo_ns, hi_ns)."""
+        """True: the SDK's copy of this line (same severity and message, timed in [lo_ns, hi_ns))
+        arrived, and is consumed. False: the caller exports the line, and it is remembered so that
+        an SDK copy arriving later is dropped instead."""
         key = (severity, message_key(message))
         with self._lock:
-            for seq in self._log_seqs.get(key, ()):
-                if lo_ns <= self._log_entries[seq][1] < hi_ns:
-                    del self._log_entries[seq]
-                    self._forget(key, seq)
-                    return True
+            if self._sdk_logs.take(key, lambda t: lo_ns <= t < hi_ns):
+                return True
+            self._exported.add(key, (lo_ns, hi_ns))
             return False
 
     def renew_after_restore(self) -> None:
         """A restored snapshot starts with what the snapshot's SDK sent: nothing of it is this copy's."""
         with self._lock:
             self._server_parents.clear()
-            self._log_entries.clear()
-            self._log_seqs.clear()
+            self._sdk_logs.clear()
+            self._exported.clear()
 

@@ -900,6 +900,25 @@ class LogDeduplication(JoinBase):
         self.assertEqual((rec.trace_id, rec.span_id, rec.time_unix_nano), (TRACE, XRAY_PARENT, t))
         self.assertEqual(self.counter("lambda_otel.logs.deduplicated"), 0)
 
+    def test_sdk_copy_after_the_invocation_ended_is_dropped_from_the_sdk_request(self):
+        """An SDK that exports its logs later (no flush before the handler returns): the line went
+        out from the Telemetry API; the SDK's copy is removed from its request instead."""
+        seen = []
+        view = FunctionSdkView(on_deduplicated=seen.append)
+        conv = TelemetryConverter(make_resource(), self.metrics, self.loss, clock_ns=lambda: NOW, sdk_view=view)
+        t = T0 + 800 * MS + 400_000
+        conv.process([copy.deepcopy(START), ev("function", t, text_line("INFO", t, RID, "late one"))])
+        out = conv.process([copy.deepcopy(RUNTIME_DONE)])
+        self.assertEqual([r.body.string_value for r in self.function_logs(out)], ["late one"])
+        late = sdk_log("late one", t + 300_000)
+        late.scope_logs[0].log_records.add().body.string_value = "another record"  # not a duplicate
+        late.scope_logs[0].log_records[1].time_unix_nano = t
+        view.observe("logs", [late])
+        self.assertEqual([r.body.string_value for r in late.scope_logs[0].log_records], ["another record"])
+        self.assertEqual(seen, [1])
+        view.observe("logs", [sdk_log("late one", t)])  # a second SDK record of the same text: not dropped
+        self.assertEqual(seen, [1])
+
     def test_two_identical_records_need_two_sdk_copies(self):
         self.start()
         t = T0 + 800 * MS

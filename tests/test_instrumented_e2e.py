@@ -57,18 +57,19 @@ class InstrumentedFunctionTest(ExtensionTestCase):
     def setUpClass(cls):
         cls.python = function_python(OTEL_FUNCTION_PINS)
 
-    def run_function(self, log_format="Text", instrumented=True):
+    def run_function(self, log_format="Text", instrumented=True, late_logs=False):
         sink = self.make_sink()
         env = self.make_env(sink, AWS_LAMBDA_LOG_FORMAT=log_format, OTEL_PROPAGATORS="xray-lambda",
                             OTEL_FN_INSTRUMENT="1" if instrumented else "0", OTEL_BSP_SCHEDULE_DELAY="60000",
-                            OTEL_BLRP_SCHEDULE_DELAY="60000")
+                            OTEL_BLRP_SCHEDULE_DELAY="60000", OTEL_FN_LATE_LOGS="1" if late_logs else "0")
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{env['LAMBDA_OTEL_RECEIVER_PORT']}"
         handler = "otel_function.handler"
         sim = self.make_sim(env, handler=handler, runtime_cmd=[self.python, "-m", "awslambdaric", handler],
                             timeout_s=10.0)
         sim.start(timeout=60)
         results = []
-        for event, sampled in self.EVENTS:
+        events = [(dict(e, last=i == len(self.EVENTS) - 1), sampled) for i, (e, sampled) in enumerate(self.EVENTS)]
+        for event, sampled in events:
             r = sim.invoke(event, trace_header=new_trace_header(sampled=sampled), timeout=60)
             self.assertEqual(r.status, "error" if event.get("error") else "success", r.error_body)
             results.append((r, event, sampled))
@@ -150,6 +151,14 @@ class InstrumentedFunctionTest(ExtensionTestCase):
 
     def test_instrumented_json_format_logs_once(self):
         sim, sink, results = self.run_function("JSON")
+        self.check_trees(sink, results, instrumented=True)
+        logged = self.check_logs_once(sink, results)
+        self.assertEqual(counter_total(sink.metrics(), "lambda_otel.logs.deduplicated"), logged)
+
+    def test_sdk_sending_its_logs_late_still_logs_once(self):
+        """The SDK exports an invocation's records during the next one (no flush before returning):
+        the Telemetry API's lines went out first, the SDK's late copies are dropped."""
+        sim, sink, results = self.run_function("Text", late_logs=True)
         self.check_trees(sink, results, instrumented=True)
         logged = self.check_logs_once(sink, results)
         self.assertEqual(counter_total(sink.metrics(), "lambda_otel.logs.deduplicated"), logged)

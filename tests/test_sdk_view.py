@@ -152,7 +152,7 @@ class Bounded(unittest.TestCase):
             view.observe("traces", [sdk_server_span(parent=(i + 1).to_bytes(8, "big"))])
             view.observe("logs", [sdk_log(f"m{i}", 10**18 + i)])
         self.assertEqual(len(view._server_parents), 10)
-        self.assertEqual(len(view._log_entries), 10)
+        self.assertEqual(len(view._sdk_logs), 10)
         self.assertTrue(view.has_server_child(b"", (100).to_bytes(8, "big")) is False)  # other trace
         self.assertFalse(view.take_log(9, "m0", 0, 2 * 10**18))  # forgotten
         self.assertTrue(view.take_log(9, "m99", 0, 2 * 10**18))
