@@ -4,9 +4,10 @@
   -> ``xray``), its region, and CloudWatch's OTLP limits per request (``CLOUDWATCH_*``; the
   pipeline's exporter splits requests under them when an endpoint is CloudWatch's).
 - ``build_auth(config)``: the exporter's two hooks, an ``ExportSigner`` (SigV4 with each
-  signal's service: ``xray`` for traces, ``monitoring`` for metrics, ``logs`` for logs) and a
-  ``SecretHeaders`` header source (per-signal headers, ``${arn:...}`` references resolved, and
-  CloudWatch Logs' ``x-aws-log-group`` / ``x-aws-log-stream``).
+  signal's service: ``xray`` for traces, ``monitoring`` for metrics, ``logs`` for logs) and an
+  ``AwsHeaderSource`` (per-signal headers, ``${arn:...}`` references resolved by
+  ``aws_secrets.SecretHeaders``, CloudWatch Logs' ``x-aws-log-group`` / ``x-aws-log-stream`` and
+  its stream created at start).
 
 CloudWatch Logs' OTLP endpoint writes to an existing log group and stream. The defaults are the
 function's own log group (``AWS_LAMBDA_LOG_GROUP_NAME`` when Lambda gives it to us, else
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import threading
@@ -221,11 +222,47 @@ class LogStreamSetup:
             self.stream, self.group, self.outcome, f" ({error.message})" if error is not None and error.message else "")
 
 
+class HeaderSet(Protocol):
+    """What AwsHeaderSource wraps: ``aws_secrets.SecretHeaders``, or ``StaticHeaders``."""
+
+    def headers(self, signal: Optional[str] = None) -> Optional[Mapping[str, str]]: ...
+
+    def secret_values(self) -> Tuple[str, ...]: ...
+
+    def start(self) -> None: ...
+
+    def renew_after_restore(self) -> None: ...
+
+
+class StaticHeaders:
+    """Per-signal headers known at start (no secret references); a held signal gets None."""
+
+    def __init__(self, templates: Mapping[str, Mapping[str, str]], held: Tuple[str, ...] = ()) -> None:
+        self._templates = {s: dict(h) for s, h in templates.items()}
+        self._held = frozenset(held)
+
+    def headers(self, signal: Optional[str] = None) -> Optional[Mapping[str, str]]:
+        if signal in self._held:
+            return None
+        if signal is None:
+            return dict(next(iter(self._templates.values()), {}))
+        return dict(self._templates.get(signal, {}))
+
+    def secret_values(self) -> Tuple[str, ...]:
+        return ()
+
+    def start(self) -> None:
+        pass
+
+    def renew_after_restore(self) -> None:
+        pass
+
+
 class AwsHeaderSource:
     """The exporter's ``HeaderSource``: the secret-resolving headers, and for logs, the log stream
     set up first (``None`` until then, waiting once, briefly, for the set-up under way)."""
 
-    def __init__(self, secrets: "SecretHeaders", log_stream: Optional[LogStreamSetup] = None,
+    def __init__(self, secrets: HeaderSet, log_stream: Optional[LogStreamSetup] = None,
                  first_wait_s: float = 0.25) -> None:
         self.secrets = secrets
         self.log_stream = log_stream
@@ -294,27 +331,40 @@ def header_templates(config: "Config") -> Dict[str, Dict[str, str]]:
 
 def build_auth(config: "Config", env: Optional[Mapping[str, str]] = None,
                credentials: Optional["CredentialsProvider"] = None) -> ExportAuth:
-    """The exporter's signer (None unless ``LAMBDA_OTEL_EXPORTER_AUTH=sigv4``) and header source."""
-    from lambda_otel.aws_credentials import EnvironmentCredentials
-    from lambda_otel.aws_secrets import SecretHeaders, SecretResolver
+    """The exporter's signer (None unless ``LAMBDA_OTEL_EXPORTER_AUTH=sigv4``) and header source.
 
+    Without SigV4 and without secret references nothing of the AWS machinery is imported (the
+    signing and secrets modules cost ~10 ms of start-up CPU): the headers are static."""
     env = os.environ if env is None else env
-    creds = credentials or EnvironmentCredentials(env)
     aws = config.aws
-    sources = {s: src or "OTEL_EXPORTER_OTLP_HEADERS" for s, src in config.exporter.header_sources.items()}
-    source = SecretHeaders(header_templates(config), sources, SecretResolver(creds, env),
-                           timeout_s=aws.secrets_timeout_s, refresh_s=aws.secrets_refresh_s or None,
-                           held=tuple(config.exporter.held_signals))
+    templates = header_templates(config)
+    held = tuple(config.exporter.held_signals)
+    has_references = any("${arn:" in v for headers in templates.values() for v in headers.values())
+    sigv4 = aws.auth == "sigv4" and bool(aws.region)
+    creds = credentials
+    if creds is None and (sigv4 or has_references):
+        from lambda_otel.aws_credentials import EnvironmentCredentials
+
+        creds = EnvironmentCredentials(env)
+    if has_references:
+        from lambda_otel.aws_secrets import SecretHeaders, SecretResolver
+
+        sources = {s: src or "OTEL_EXPORTER_OTLP_HEADERS" for s, src in config.exporter.header_sources.items()}
+        source: "HeaderSet" = SecretHeaders(templates, sources, SecretResolver(creds, env),  # type: ignore[arg-type]
+                                            timeout_s=aws.secrets_timeout_s, refresh_s=aws.secrets_refresh_s or None,
+                                            held=held)
+    else:
+        source = StaticHeaders(templates, held)
     signer = None
     log_stream = None
-    if aws.auth == "sigv4" and aws.region:
+    if sigv4 and creds is not None:
         by_url = {config.exporter.endpoint(s): aws.service(s) for s in SIGNALS
                   if config.exporter.endpoint(s) and aws.service(s)}
         if by_url:
             signer = ExportSigner(creds, aws.region, by_url)  # type: ignore[arg-type]
         logs_url = config.exporter.endpoint("logs")
         if logs_url and aws.logs_service == "logs" and aws.create_log_stream and aws.log_group:
-            log_stream = LogStreamSetup(_logs_client(creds, aws.region, logs_url, env), aws.log_group,
+            log_stream = LogStreamSetup(_logs_client(creds, aws.region, logs_url, env), aws.log_group,  # type: ignore[arg-type]
                                         aws.log_stream or DEFAULT_LOG_STREAM, timeout_s=aws.secrets_timeout_s)
     return ExportAuth(signer, AwsHeaderSource(source, log_stream))
 

@@ -261,6 +261,19 @@ class SignerHooks(unittest.TestCase):
         auth.start()
         self.assertTrue(wait_until(lambda: creds.gets == 1, 10))
 
+    def test_without_aws_use_nothing_of_it_is_imported(self):
+        import subprocess
+        import sys
+
+        code = ("import sys; from lambda_otel.config import load_config; from lambda_otel.aws_export import build_auth; "
+                "a = build_auth(load_config({'OTEL_EXPORTER_OTLP_HEADERS': 'k=v'}), env={}); "
+                "assert a.signer is None and a.header_source.headers('traces') == {'k': 'v'}; "
+                "print(sorted(m for m in sys.modules if m in ('lambda_otel.sigv4', 'lambda_otel.aws_secrets', "
+                "'lambda_otel.aws_credentials', 'lambda_otel.aws_api', 'hashlib', 'hmac')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.strip(), "[]")
+
     def test_build_auth_wires_config(self):
         c = config(LAMBDA_OTEL_EXPORTER_AUTH="sigv4", LAMBDA_OTEL_EXPORTER_TRACES_ENDPOINT=XRAY,
                    LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT=LOGS)
