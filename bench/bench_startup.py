@@ -212,6 +212,8 @@ def limited_cold_start(ws: Workspace, layer: Layer, with_extension: bool, fn_dir
         ext_dir = joining_launcher(ws.mkdtemp("ext-"), layer.extensions_dir / NAME, groups) if with_extension \
             else ws.mkdtemp("noext-")
         env = extension_env(layer, sink.endpoint, LAMBDA_OTEL_LOG_LEVEL="warning")
+        if not with_extension:  # the function's SDK then exports to the sink itself (same work, no receiver)
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
         env["PYTHONPATH"] = str(fn_dir)
         sim = Simulator(extensions_dir=str(ext_dir), runtime_cmd=runtime, handler="bench_function.handler",
                         handler_dir=str(fn_dir), env=env, init_timeout_s=120.0, timeout_s=60.0)
@@ -292,10 +294,14 @@ def main(argv=None) -> int:
     parser.add_argument("--layer", help="an already unzipped layer folder (skips ./build_layer.sh)")
     parser.add_argument("--before-layer", help="another unzipped layer, measured in the same rounds")
     parser.add_argument("--limited", action="store_true", help="also the cold start under a 128 MB-like CPU quota")
+    parser.add_argument("--limited-only", action="store_true", help="only the CPU-limited cold start")
     args = parser.parse_args(argv)
     with Workspace(args.layer) as ws:
         before = existing_layer(Path(args.before_layer).resolve(), ws.tmp) if args.before_layer else None
-        print_rows(run(ws, quick=args.quick, before=before, limited=args.limited))
+        if args.limited_only:
+            print_rows(run_limited(ws, args.quick))
+        else:
+            print_rows(run(ws, quick=args.quick, before=before, limited=args.limited))
     return 0
 
 
