@@ -20,11 +20,12 @@ from typing import List
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import bench_layer, bench_memory, bench_overhead, bench_ready, bench_shutdown, bench_throughput
+from bench import bench_layer, bench_memory, bench_overhead, bench_ready, bench_shutdown, bench_startup, bench_throughput
 from bench.common import Row, Workspace, rst_table
 
 BENCHES = {
     "ready": bench_ready,
+    "startup": bench_startup,
     "memory": bench_memory,
     "throughput": bench_throughput,
     "overhead": bench_overhead,
