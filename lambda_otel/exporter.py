@@ -286,7 +286,8 @@ class OtlpExporter:
                     break  # not fixed in the next second: let the caller's breaker decide
             else:
                 if 200 <= status < 300:
-                    rejected, message = otlp.partial_success(signal, content, content_type)
+                    answered = otlp.JSON if "json" in (response_headers.get("Content-Type") or "") else otlp.PROTOBUF
+                    rejected, message = otlp.partial_success(signal, content, answered)
                     rejected = min(rejected, records)  # a backend cannot refuse more than we sent
                     if rejected:
                         self._loss.add(signal, EXPORT_REJECTED, rejected)

@@ -663,6 +663,12 @@ class JsonExportTest(ExporterTestCase):
         self.assertEqual(self.sink.log_records()[0], log_items()[0].scope_logs[0].log_records[0])
         self.assertEqual(self.sink.metrics()[0].point.as_int, 42)
 
+    def test_partial_success_in_a_json_answer(self):
+        self.sink.set_reply(Reply(partial_rejected=1, partial_message="one too old"))
+        outcome = self.exporter(**JSON_PROTOCOLS).export(TRACES, trace_items(), time.monotonic() + 10)
+        self.assertEqual((outcome.kind, outcome.rejected_records), (SUCCESS, 1))
+        self.assertEqual(self.loss.snapshot(), {(TRACES, EXPORT_REJECTED): 1})
+
     def test_one_signal_json_the_others_protobuf(self):
         exp = self.exporter(logs_protocol=OtlpProtocol.HTTP_JSON)
         self.assertEqual(self.export(exp).kind, SUCCESS)
