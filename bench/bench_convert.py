@@ -76,8 +76,7 @@ def measure(rounds: int) -> dict:
 
 
 def run(ws=None, quick: bool = False):
-    from bench.common import Row, Stats  # noqa: F401 (Row is the table's unit)
-    from bench.common import interleaved  # noqa: F401
+    from bench.common import Row, Stats
 
     rounds = 5 if quick else 200
     result = measure(rounds)

@@ -25,6 +25,7 @@ BENCH_ROWS = {
     "startup": 4,
     "memory": 2,
     "throughput": 1,
+    "convert": 1,
     "overhead": 5,
     "shutdown": 1,
     "layer": 2,
