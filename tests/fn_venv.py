@@ -60,8 +60,14 @@ def function_python(pins: tuple) -> str:
             return str(python)
         shutil.rmtree(target, ignore_errors=True)  # a build that died half-way
         try:
-            _run([sys.executable, "-m", "venv", str(target)])
-            _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", *pins])
+            try:
+                _run([sys.executable, "-m", "venv", str(target)])
+                pip = [str(python), "-m", "pip"]
+            except FunctionVenvError:  # no ensurepip (a distribution's python without its venv package)
+                shutil.rmtree(target, ignore_errors=True)
+                _run([sys.executable, "-m", "venv", "--without-pip", str(target)])
+                pip = [sys.executable, "-m", "pip", "--python", str(python)]  # our pip, installing there
+            _run([*pip, "install", "--disable-pip-version-check", "--no-input", "-q", *pins])
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
