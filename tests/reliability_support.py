@@ -58,20 +58,14 @@ def function_lines(sink: OtlpSink) -> Counter:
 
 def records_in_failed_requests(sink: OtlpSink) -> Dict[str, int]:
     """Records per signal in requests the sink decoded but did not accept (answered non-2xx)."""
+    from lambda_otel import otlp
+
     out = {"traces": 0, "metrics": 0, "logs": 0}
     for req in sink.requests:
-        if req.decoded is None or req.status is None or 200 <= req.status < 300:
+        if req.decoded is None or req.status is None or 200 <= req.status < 300 or req.signal is None:
             continue
-        if req.signal == "logs":
-            out["logs"] += sum(len(sl.log_records) for rl in req.decoded.resource_logs for sl in rl.scope_logs)
-        elif req.signal == "traces":
-            out["traces"] += sum(len(ss.spans) for rs in req.decoded.resource_spans for ss in rs.scope_spans)
-        elif req.signal == "metrics":
-            for rm in req.decoded.resource_metrics:
-                for sm in rm.scope_metrics:
-                    for m in sm.metrics:
-                        kind = m.WhichOneof("data")
-                        out["metrics"] += len(getattr(m, kind).data_points) if kind else 0
+        items = getattr(req.decoded, otlp.spec(req.signal).items_field)
+        out[req.signal] += sum(otlp.count_records(req.signal, item) for item in items)
     return out
 
 

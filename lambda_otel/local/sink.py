@@ -614,7 +614,7 @@ class OtlpSink:
 
     def span_items(self) -> List[SpanItem]:
         out = []
-        for req in self._accepted("/v1/traces"):
+        for req in self._accepted(otlp.spec("traces").path):
             for rs in req.resource_spans:
                 res = attrs_to_dict(rs.resource.attributes)
                 for ss in rs.scope_spans:
@@ -627,7 +627,7 @@ class OtlpSink:
     def metrics(self) -> List[MetricPoint]:
         """Every data point received, flattened: (name, point, resource attributes, metric)."""
         out = []
-        for req in self._accepted("/v1/metrics"):
+        for req in self._accepted(otlp.spec("metrics").path):
             for rm in req.resource_metrics:
                 res = attrs_to_dict(rm.resource.attributes)
                 for sm in rm.scope_metrics:
@@ -641,7 +641,7 @@ class OtlpSink:
 
     def log_items(self) -> List[LogItem]:
         out = []
-        for req in self._accepted("/v1/logs"):
+        for req in self._accepted(otlp.spec("logs").path):
             for rl in req.resource_logs:
                 res = attrs_to_dict(rl.resource.attributes)
                 for sl in rl.scope_logs:
