@@ -2,7 +2,8 @@
 
 A mixin of `Simulator`. Every phase runs under the simulator's work lock (one at a time, like one
 sandbox); HTTP handler threads move the state forward and notify `self._cv`, and the phase waits on it
-with bounded waits.
+with bounded waits. Overlapping invocations (Managed Instances) are in `managed_instances`, the
+snapshot and its restores (SnapStart) in `snapstart`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,8 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from .processes import ForkedCopy, ManagedProcess, WorkerLogSocket, children_of, discover_extensions, proc_state
-from .results import (
-    ExtensionInfo,
-    FreezeRecord,
-    InitResult,
-    Instant,
-    ProcessExit,
-    RestoreResult,
-    ShutdownResult,
-    SimulatorError,
-    ms_between,
-)
+from .processes import ManagedProcess, WorkerLogSocket, discover_extensions
+from .results import FreezeRecord, InitResult, Instant, ProcessExit, ShutdownResult, ms_between
 from .sandbox import (
     FREEZE_INFLIGHT_WAIT_S,
     FREEZE_STATE_WAIT_S,
@@ -37,10 +28,7 @@ from .sandbox import (
     RUNTIME_SHUTDOWN_SHARE_S,
     Mode,
     _Env,
-    _Ext,
     _Inv,
-    _Restore,
-    _Snapshot,
     status_for,
 )
 from .telemetry_delivery import format_time
@@ -321,264 +309,6 @@ class Lifecycle:
             inv.r.status = "aborted"
             return None
         return env
-
-    # --- SnapStart --------------------------------------------------------------------------------
-
-    def _take_snapshot(self, env: _Env) -> None:
-        """After a successful SnapStart init: keep what restores need; find the extensions that fork copies.
-
-        An extension that forked exactly one child by the end of init is a fork server: that child (copy 1)
-        made the first /next and serves restore 1; later restores ask the server for more copies.
-        """
-        servers, copies = {}, {}
-        for name, proc in list(env.launched.items()):
-            kids = children_of(proc.pid) if proc.alive else []
-            if len(kids) != 1:
-                continue
-            copy = ForkedCopy(proc, kids[0], self._on_exit)
-            copy.env = env
-            servers[name], copies[name] = proc, copy.pid
-            with self._cv:
-                env.launched[name] = copy
-                ext = env.ext_by_name(name)
-                if ext is not None:
-                    ext.process, ext.info.pid = copy, copy.pid
-        with self._cv:
-            subs = env.subscribers()
-            for ext in env.exts.values():
-                ext.subscriber = None  # each restore delivers afresh, in its own order
-            self._snapshot = _Snapshot(init_events=list(env.init_events), exts=list(env.exts.values()),
-                                       servers=servers, copies=copies)
-        for sub in subs:
-            sub.stop(timeout=1.0)
-
-    def _restore_snapshot(self) -> RestoreResult:
-        """Restore the snapshot (work lock held): the snapshot's own environment first, then fresh copies."""
-        snap = self._snapshot
-        snap.restores += 1
-        env = self._env
-        if env is not None and env.phase == "ready" and env.restore is None:
-            return self._restore(env, snap.restores)
-        missing = sorted(e.info.name for e in snap.exts if e.info.external and e.info.name not in snap.servers)
-        if missing:
-            raise SimulatorError(
-                f"restore {snap.restores}: extension(s) {', '.join(missing)} did not fork a copy at the snapshot, so "
-                "only restore 1 can run; launch them through a fork server (python -m lambda_otel.local.restore_fork)")
-        with self._cv:
-            self._gen += 1
-            env = _Env(self._gen, "init")
-            env.phase = "restoring"
-            env.registration_open = env.subscription_open = False
-            for template in snap.exts:
-                info = template.info
-                ext = _Ext(info=ExtensionInfo(name=info.name, id=info.id, events=list(info.events),
-                                              external=info.external, registered_at=info.registered_at),
-                           env=env, process=None)
-                ext.subscription = template.subscription
-                env.exts[info.id] = ext
-            self._env = env
-        deadline = time.monotonic() + self.init_timeout_s
-        for name, server in snap.servers.items():
-            server.env = env  # its line readers (shared by its copies) now feed this environment
-            previous = snap.copies[name]
-            os.kill(server.pid, signal.SIGUSR1)  # "fork the next copy" (and reap the previous one)
-            pid = None
-            while pid is None and time.monotonic() < deadline and server.alive:
-                fresh = [k for k in children_of(server.pid) if k != previous and proc_state(k) not in ("Z", "X")]
-                pid = fresh[0] if fresh else None
-                if pid is None:
-                    time.sleep(0.005)
-            if pid is None:
-                with self._cv:
-                    env.restore = _Restore(snap.restores, Instant.now(),
-                                           failure=("failure", "Extension.LaunchError", f"{name} forked no copy"))
-                break
-            copy = ForkedCopy(server, pid, self._on_exit)
-            copy.env = env
-            snap.copies[name] = pid
-            with self._cv:
-                env.launched[name] = copy
-                ext = env.ext_by_name(name)
-                ext.process, ext.info.pid, ext.info.spawned_at = copy, pid, copy.started_at
-        argv = self._runtime_argv()
-        if env.restore is None and argv is not None:
-            # The runtime cannot be forked from outside: restores after the first get a fresh process,
-            # whose own init is invisible to the platform events (only its output shows it).
-            proc = self._spawn(env, "runtime", "runtime", argv, self.handler_dir)
-            with self._cv:
-                env.runtime = proc
-        return self._restore(env, snap.restores)
-
-    def _restore(self, env: _Env, number: int) -> RestoreResult:
-        """restoreStart, the snapshot's init events, then restoreRuntimeDone and restoreReport when ready."""
-        self._thaw(env)
-        with self._cv:
-            started = Instant.now()
-            if env.restore is None:
-                env.restore = _Restore(number, started)
-            restore = env.restore
-            env.phase = "restoring"
-            self.instance_id = self.log_stream = self._new_instance_id()  # every restore is an environment of its own
-            if env.runtime_in_next:  # a runtime without restore hooks: it is ready as it is
-                restore.runtime_ready_at = started
-            for ext in env.exts.values():
-                if ext.subscription is not None and not ext.gone:
-                    self._new_subscriber(ext, ext.subscription)
-            self._emit(env, "platform.restoreStart", {
-                "runtimeVersion": self._runtime_version(),
-                "runtimeVersionArn": self._runtime_version_arn(),
-                "functionName": self.function_name,
-                "functionVersion": self.function_version,
-                "instanceId": self.instance_id,
-                "instanceMaxMemory": self._instance_max_memory_bytes(),
-            })
-            subs = env.subscribers()
-            for event in self._snapshot.init_events:  # recorded at snapshot time, delivered after the restore
-                for sub in subs:
-                    if sub.wants(event["type"]):
-                        sub.offer(event)
-            for sub in subs:
-                sub.start()
-            self._cv.notify_all()  # releases the runtime's restore/next
-            deadline = time.monotonic() + self.init_timeout_s
-            while restore.failure is None and not (
-                    restore.runtime_ready_at is not None
-                    and all(e.info.first_next_at for e in env.exts.values() if not e.gone)):
-                left = deadline - time.monotonic()
-                if self._stopping:
-                    restore.failure = ("failure", "Sandbox.Failure", "simulator stopped during a restore")
-                elif left <= 0:
-                    restore.failure = ("timeout", "Sandbox.Timedout", "restore timed out: runtime or extensions not ready")
-                else:
-                    self._cv.wait(min(left, 0.5))
-            end = Instant.now()
-            duration = ms_between(started, end) or 0.0
-            status, error_type, message = restore.failure or ("success", None, "")
-            done: dict[str, Any] = {"status": status}
-            if error_type:
-                done["errorType"] = error_type
-            done["spans"] = []
-            self._emit(env, "platform.restoreRuntimeDone", done)
-            report: dict[str, Any] = {"status": status}
-            if error_type:
-                report["errorType"] = error_type
-            else:
-                report["metrics"] = {"durationMs": duration}
-            self._emit(env, "platform.restoreReport", report)
-            if restore.failure is None:
-                env.phase = "ready"
-                env.restore_duration_ms = duration
-            result = RestoreResult(
-                number=number, status=status, error_type=error_type, started_at=started, ended_at=end,
-                duration_ms=duration, runtime_ready_at=restore.runtime_ready_at,
-                runtime_pid=env.runtime.pid if env.runtime else None,
-                extension_pids={n: p.pid for n, p in env.launched.items()}, message=message)
-        self.restores.append(result)
-        if not result.ok:
-            log.warning("simulator: restore %d failed: %s %s: %s", number, status, error_type, message)
-            self._teardown(env, "failure")
-        with self._rec_cv:
-            self._rec_cv.notify_all()
-        return result
-
-    def _drive_concurrent(self, inv: _Inv) -> None:
-        """Managed Instances: the work lock only for a (re-)init; then run alongside the others."""
-        acquired = self._acquire_work("invoke")
-        with self._cv:
-            self._pending_work -= 1
-        try:
-            env = None
-            if acquired:
-                try:
-                    env = self._ready_env(inv)
-                finally:
-                    self._work.release()
-            else:
-                inv.r.status = "aborted"
-            if env is not None:
-                self._run_concurrent(env, inv)
-        except Exception:  # noqa: BLE001 - report, never hang the caller
-            log.exception("simulator: invocation %s failed inside the simulator", inv.r.request_id)
-            inv.r.status = "aborted"
-        finally:
-            inv.r._responded.set()
-            inv.r._done.set()
-            with self._rec_cv:
-                self._rec_cv.notify_all()
-
-    def _run_concurrent(self, env: _Env, inv: _Inv) -> None:
-        """Queue `inv` for any free worker; it ends at its /response or /error, a failure or its own timeout."""
-        with self._cv:
-            if env.phase != "ready":
-                inv.r.status = "aborted"
-                return
-            env.runtime_queue.append(inv)
-            self._cv.notify_all()
-            waited_until = time.monotonic() + self._default_wait()
-            timed_out = False
-            while inv.failure is None and not inv.outcome_set and not self._stopping and env.phase == "ready":
-                now = time.monotonic()
-                left = (waited_until if inv.r.started_at is None else inv.deadline_mono) - now
-                if left <= 0:
-                    if inv.r.started_at is None:
-                        inv.failure = ("failure", "Sandbox.Failure", "no runtime worker took the invocation")
-                    else:
-                        timed_out = True
-                    break
-                self._cv.wait(min(left, 0.5))
-            if inv in env.runtime_queue:
-                env.runtime_queue.remove(inv)
-            self._finish_concurrent(env, inv, timed_out)
-
-    def _start_concurrent(self, env: _Env, inv: _Inv) -> None:
-        """A worker took `inv` (holds _cv): its timeout starts now, like its platform.start."""
-        r = inv.r
-        now = Instant.now()
-        r.started_at = r.runtime_received_at = now
-        inv.deadline_mono = now.mono + self.timeout_s
-        r.deadline_ms = int(now.wall * 1000 + self.timeout_s * 1000)
-        env.active[r.request_id] = inv
-        start_rec: dict[str, Any] = {"requestId": r.request_id, "version": self.function_version}
-        if inv.tracing:
-            start_rec["tracing"] = inv.tracing
-        self._emit(env, "platform.start", start_rec)
-
-    def _finish_concurrent(self, env: _Env, inv: _Inv, timed_out: bool) -> None:
-        """Status, runtimeDone (if the worker never answered) and the Managed Instances report. Holds _cv."""
-        r = inv.r
-        end = Instant.now()
-        inv.finished = True
-        env.active.pop(r.request_id, None)
-        if r.started_at is None:  # never reached a worker
-            r.status, r.error_type = (inv.failure[0], inv.failure[1]) if inv.failure else ("aborted", None)
-            r.ended_at = end
-            return
-        if not inv.outcome_set:
-            if timed_out:
-                status, error_type = "timeout", "Sandbox.Timedout"
-            elif inv.failure is not None:
-                status, error_type = inv.failure[0], inv.failure[1]
-            else:
-                status, error_type = "aborted", None  # the simulator stopped, or the environment went away
-            r.status, r.error_type = status, error_type
-            r.runtime_done_at = end
-            if self.lmi_runtime_done and status != "aborted":
-                self._emit_runtime_done(env, inv, status, error_type)
-        r.ended_at = r.runtime_done_at or end
-        # Managed Instances report the duration (and the response spans) only: no billed duration,
-        # no memory, no init duration.
-        report: dict[str, Any] = {"requestId": r.request_id, "status": r.status}
-        if r.error_type:
-            report["errorType"] = r.error_type
-        report["metrics"] = {"durationMs": ms_between(r.started_at, r.ended_at) or 0.0}
-        spans = response_spans(r)
-        if spans:
-            report["spans"] = spans
-        if inv.tracing:
-            report["tracing"] = inv.tracing
-        if r.status != "aborted":
-            self._emit(env, "platform.report", report)
-        r.report = report
 
     def _invoke_locked(self, inv: _Inv) -> None:
         env = self._ready_env(inv)

@@ -89,10 +89,11 @@ re-runs init); runtime exit / extension crash / exit error during an invoke -> s
 with reason failure; /error -> status error, no reset; an extension's init/exit error carries its
 errorMessage into the init result's message.
 
-Modules: `simulator` (this API), `lifecycle` (init/invoke/restore/freeze/shutdown), `api_handlers` (answers
-to API requests), `runtime_api` (the HTTP server), `telemetry_delivery` (subscriptions, schemas, buffering,
-POSTs), `processes` (spawn, line readers, worker sockets, fork copies, signals), `sandbox` (environment
-state, `Mode`), `results` (what tests read).
+Modules: `simulator` (this API), `lifecycle` (init/invoke/freeze/shutdown), `managed_instances` (overlapping
+invocations), `snapstart` (snapshot and restores), `api_handlers` (answers to API requests), `runtime_api`
+(the HTTP server), `telemetry_delivery` (subscriptions, schemas, buffering, POSTs), `processes` (spawn,
+line readers, worker sockets, fork copies, signals), `sandbox` (environment state, `Mode`), `results`
+(what tests read).
 
 Known gaps: TCP telemetry destinations (400), the Logs API (403), response streaming (400
 InvalidFunctionResponseMode), provisioned concurrency, memory limits (maxMemoryUsedMB is the processes'
@@ -116,6 +117,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from .api_handlers import ApiHandlers
 from .lifecycle import Lifecycle
+from .managed_instances import ConcurrentInvocations
 from .processes import ManagedProcess, base_environment, default_runtime_argv, python_execution_env
 from .results import (
     BatchRecord,
@@ -130,6 +132,7 @@ from .results import (
     SimulatorError,
 )
 from .runtime_api import ApiServer
+from .snapstart import Restores
 from .sandbox import SHUTDOWN_REASONS, Mode, _Env, _Inv, _Snapshot, new_trace_header, normalise_error_type
 from .telemetry_delivery import SCHEMA_2025, SCHEMA_VERSIONS, format_time
 
@@ -153,7 +156,7 @@ __all__ = [
 ]
 
 
-class Simulator(ApiHandlers, Lifecycle):
+class Simulator(ApiHandlers, Lifecycle, ConcurrentInvocations, Restores):
     """One Lambda execution environment (see the module docstring for the API)."""
 
     def __init__(
