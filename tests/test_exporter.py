@@ -412,6 +412,43 @@ class WholeRequestDeadlineTest(ExporterTestCase):
         self.assertEqual(exp.export(TRACES, trace_items(), time.monotonic() + 0.4).kind, RETRYABLE)
         self.assertEqual(self.export(exp).kind, SUCCESS)
 
+    def test_a_backend_that_reads_the_body_slowly_is_cut_at_the_deadline(self):
+        # The send phase: the backend takes 1 KiB every 20 ms, so every send succeeds within any
+        # per-operation timeout while the whole body would take minutes.
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        self.addCleanup(server.close)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+        closed = threading.Event()
+
+        def slow_reader():
+            conn, _ = server.accept()
+            with conn:
+                for _ in range(30_000):  # bounded: ~10 minutes at most, stopped by the test
+                    if stop.wait(0.02):
+                        return
+                    try:
+                        if not conn.recv(1024):
+                            closed.set()
+                            return
+                    except OSError:
+                        closed.set()
+                        return
+
+        threading.Thread(target=slow_reader, daemon=True).start()
+        request = trace_request(1)
+        request.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="big").value.string_value = \
+            os.urandom(16 * 1024 * 1024).hex()  # 32 MiB that do not compress away
+        exp = self.exporter(traces_endpoint=f"http://127.0.0.1:{server.getsockname()[1]}/v1/traces",
+                            compression="none", timeout_s=5.0)
+        started = time.monotonic()
+        outcome = exp.export(TRACES, items_of(request), started + 0.8)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
+        self.assertTrue(closed.wait(5), "the connection stayed open after the deadline")
+
     def test_dns_resolution_is_bounded_by_the_deadline(self):
         real = socket.getaddrinfo
         release = threading.Event()
