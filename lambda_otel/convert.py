@@ -507,6 +507,12 @@ class TelemetryConverter:
                     inv.arn = arn
                 if isinstance(tracing_value, str) and inv.tracing_hint is None:
                     inv.tracing_hint = tracing_value
+                # A new INVOKE means the earlier invocations are over, even if their runtimeDone
+                # never comes (a subscription without platform events): their held lines go out
+                # with the next batch instead of waiting for a later SHUTDOWN.
+                for other in self._holding:
+                    if other is not inv and other not in self._to_release:
+                        self._to_release.append(other)
             except Exception:
                 self._ignore(CONVERSION_ERROR, None)
 

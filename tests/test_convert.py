@@ -963,6 +963,15 @@ class LogDeduplication(JoinBase):
         self.assertEqual(first.log_count, 21)  # 21 lines of 200 kB passed 4 MiB: decided at once
         self.assertEqual(self.conv.on_shutdown("timeout", NOW).log_count, 9)
 
+    def test_next_invoke_releases_lines_whose_runtime_done_never_came(self):
+        """Subscribed to function logs only: no runtimeDone ever ends the hold; the next INVOKE does."""
+        self.conv.on_invoke(RID, None, ARN, HEADER)
+        t = T0 + 800 * MS
+        self.assertEqual(self.conv.process([ev("function", t, text_line("INFO", t, RID, "waiting"))]).log_count, 0)
+        self.conv.on_invoke("req-next", None, ARN, HEADER.replace("fd45", "fd46"))
+        out = self.conv.process([ev("function", t + 10**9, "next one starts\n")])
+        self.assertEqual(sorted(r.body.string_value for r in self.function_logs(out)), ["next one starts", "waiting"])
+
     def test_without_a_view_nothing_is_held(self):
         conv = TelemetryConverter(make_resource(), self.metrics, self.loss, clock_ns=lambda: NOW)
         conv.process([copy.deepcopy(START)])
