@@ -152,13 +152,13 @@ class QueueConfig:
 
     max_bytes: Optional[int] = None
     max_records: Optional[int] = None
-    memory_mb: int = 128
+    memory_mb: Optional[int] = None  # the function's memory setting; None: not told (budgets as for 128 MB)
 
     def budget(self) -> Tuple[int, int]:
         """The effective ``(max_bytes, max_records)``: what is set, else the aggregator's rule."""
         from .aggregator import budget_from_memory  # stdlib-only module, cheap
 
-        derived_bytes, derived_records = budget_from_memory(self.memory_mb)
+        derived_bytes, derived_records = budget_from_memory(self.memory_mb or 0)
         return self.max_bytes or derived_bytes, self.max_records or derived_records
 
 
@@ -711,7 +711,8 @@ SETTINGS: Tuple[Setting, ...] = (
     Setting("init_type", ("AWS_LAMBDA_INITIALIZATION_TYPE",), Choice(tuple(t.value for t in InitType), convert=InitType),
             "Kind of execution environment; decides registration and flushing.", LAMBDA),
     Setting("queue.memory_mb", ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE",), Int(1, 1_048_576),
-            "Function memory in MB: sizes the buffer budget and ``faas.max_memory``.", LAMBDA),
+            "Function memory in MB: sizes the buffer budget (as for 128 when unset) and is ``faas.max_memory`` "
+            "(absent when unset).", LAMBDA, unset_doc="budgets as for 128 MB and reports no faas.max_memory"),
     Setting("function.name", ("AWS_LAMBDA_FUNCTION_NAME",), Text(), "``faas.name`` (and the default "
             "``service.name``).", LAMBDA, default_doc="``unknown_function``"),
     Setting("function.version", ("AWS_LAMBDA_FUNCTION_VERSION",), Text(), "``faas.version``.", LAMBDA),

@@ -49,7 +49,7 @@ class Pipeline:
         # extension's work before its first /next stays cheap (app.py builds us after it).
         from readerwriterlock import rwlock
 
-        from .aggregator import Aggregator, budget_from_memory
+        from .aggregator import Aggregator
         from .convert import TelemetryConverter
         from .exporter import OtlpExporter
         from .flush import ExportGate, ExportWorker, FlushCoordinator, FlushManager
@@ -65,9 +65,8 @@ class Pipeline:
         # The one Resource proto the converter and the metrics share (renewed in place at a restore).
         self.resource = resource = to_proto(self.resource_attributes)
 
-        max_bytes, max_records = budget_from_memory(config.queue.memory_mb)
-        self.aggregator = Aggregator(config.queue.max_bytes or max_bytes, config.queue.max_records or max_records,
-                                     self.loss)
+        max_bytes, max_records = config.queue.budget()
+        self.aggregator = Aggregator(max_bytes, max_records, self.loss)
         self.metrics = MetricsState(resource, config.metrics_temporality, self.loss)
         # What the function's SDK sent (seen by the receiver) joins its spans and ours into one
         # tree and keeps its log records from being exported twice.

@@ -42,7 +42,8 @@ def build_resource(env: Mapping[str, str], config: Config, account_id: Optional[
         attrs["cloud.account.id"] = account_id
     if fn.version:
         attrs["faas.version"] = fn.version
-    attrs["faas.max_memory"] = config.queue.memory_mb * 1024 * 1024
+    if config.queue.memory_mb is not None:
+        attrs["faas.max_memory"] = config.queue.memory_mb * 1024 * 1024
     attrs["faas.instance"] = fn.log_stream_name or new_instance_id()
 
     # User attributes win over detected ones; OTEL_SERVICE_NAME wins over both (OTel spec).

@@ -32,6 +32,9 @@ class BuildTest(unittest.TestCase):
         self.assertEqual(attrs["faas.max_memory"], 256 * 1024 * 1024)
         self.assertEqual(attrs["faas.instance"], "2026/12/01/[7]abc")
 
+    def test_no_memory_is_invented(self):
+        self.assertNotIn("faas.max_memory", build_resource({}, load_config({})))
+
     def test_without_a_log_stream_the_instance_is_random(self):
         a, b = (build_resource({}, load_config({}))["faas.instance"] for _ in range(2))
         self.assertNotEqual(a, b)
