@@ -243,8 +243,8 @@ class Lifecycle:
         env.report_init_duration = failure is None and env.init_phase == "init" and self.mode is not Mode.SNAPSTART
         if failure is None:
             env.phase = "ready"
-        elif not self._stopping:
-            log.warning("simulator: init failed: %s %s: %s", status, error_type, message)
+        elif not self._stopping:  # info: the caller reads it from InitResult (often a failure on purpose)
+            log.info("simulator: init failed: %s %s: %s", status, error_type, message)
         return InitResult(
             status=status,
             error_type=error_type,

@@ -177,7 +177,7 @@ class Restores:
                 extension_pids={n: p.pid for n, p in env.launched.items()}, message=message)
         self.restores.append(result)
         if not result.ok:
-            log.warning("simulator: restore %d failed: %s %s: %s", number, status, error_type, message)
+            log.info("simulator: restore %d failed: %s %s: %s", number, status, error_type, message)
             self._teardown(env, "failure")
         with self._rec_cv:
             self._rec_cv.notify_all()
