@@ -376,7 +376,7 @@ class OtlpReceiver:
         aggregator: Aggregator,
         loss: LossCounter,
         host: str = "127.0.0.1",
-        port: int = 4318,
+        port: int = ReceiverConfig.port,
         max_body_bytes: int = ReceiverConfig.max_body_bytes,
         max_decompressed_bytes: int = ReceiverConfig.max_decompressed_bytes,
         limits: Optional[ServerLimits] = None,
