@@ -413,15 +413,15 @@ class WholeRequestDeadlineTest(ExporterTestCase):
         self.assertEqual(self.export(exp).kind, SUCCESS)
 
     def test_a_backend_that_reads_the_body_slowly_is_cut_at_the_deadline(self):
-        # The send phase: the backend takes 1 KiB every 20 ms, so every send succeeds within any
-        # per-operation timeout while the whole body would take minutes.
+        # The send phase: the backend takes 1 KiB every 20 ms, so the whole body would take minutes.
+        # (sendall's timeout covers the whole call, so the deadline holds here with or without the
+        # watchdog; the test pins the behaviour.)
         server = socket.socket()
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         self.addCleanup(server.close)
         stop = threading.Event()
         self.addCleanup(stop.set)
-        closed = threading.Event()
 
         def slow_reader():
             conn, _ = server.accept()
@@ -431,10 +431,8 @@ class WholeRequestDeadlineTest(ExporterTestCase):
                         return
                     try:
                         if not conn.recv(1024):
-                            closed.set()
                             return
                     except OSError:
-                        closed.set()
                         return
 
         threading.Thread(target=slow_reader, daemon=True).start()
@@ -447,7 +445,6 @@ class WholeRequestDeadlineTest(ExporterTestCase):
         outcome = exp.export(TRACES, items_of(request), started + 0.8)
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
-        self.assertTrue(closed.wait(5), "the connection stayed open after the deadline")
 
     def test_dns_resolution_is_bounded_by_the_deadline(self):
         real = socket.getaddrinfo
