@@ -20,8 +20,8 @@ from typing import List
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import (bench_convert, bench_layer, bench_memory, bench_overhead, bench_ready, bench_shutdown, bench_startup,
-                   bench_throughput)
+from bench import (bench_convert, bench_layer, bench_listener, bench_memory, bench_overhead, bench_ready, bench_shutdown,
+                   bench_startup, bench_throughput)
 from bench.common import Row, Workspace, rst_table
 
 BENCHES = {
@@ -30,6 +30,7 @@ BENCHES = {
     "memory": bench_memory,
     "throughput": bench_throughput,
     "convert": bench_convert,
+    "listener": bench_listener,
     "overhead": bench_overhead,
     "shutdown": bench_shutdown,
     "layer": bench_layer,

@@ -32,6 +32,9 @@ METADATA_ALLOWANCE = 64 * 1024
 LISTENER_LIMITS = ServerLimits(max_connections=16, idle_timeout_s=300.0, header_timeout_s=5.0, body_timeout_s=10.0)
 
 
+_DECODER = json.JSONDecoder()
+
+
 class BatchRefused(Exception):
     """Raised by ``on_batch`` for a batch it will not keep: answered 503 (Lambda may redeliver)."""
 
@@ -73,8 +76,9 @@ class _TelemetryHandler(BoundedHandler):
         if body is None:  # too slow or gone: the connection is closed
             return
         try:
-            events = json.loads(body)
-        except (ValueError, RecursionError):
+            # UTF-8 only (as Lambda sends): json.loads(bytes) would first guess among UTF-8/16/32.
+            events = _DECODER.decode(body.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             server.count("rejected_batches")
             self.send(400, b"body is not JSON", "text/plain")
             return

@@ -26,6 +26,7 @@ BENCH_ROWS = {
     "memory": 2,
     "throughput": 1,
     "convert": 1,
+    "listener": 1,
     "overhead": 5,
     "shutdown": 1,
     "layer": 2,
