@@ -433,6 +433,7 @@ class TelemetryConverter:
         self._seen_invocation = False
         self._init_type: Optional[str] = None
         self._phases: List[_Phase] = []
+        self._phase_events: "OrderedDict[tuple, None]" = OrderedDict()  # (type, time, phase) seen
         self._restored_at: Optional[int] = None  # restoreStart time: earlier init events are the snapshot's
         self._restore_recorded = False  # restore duration and cold start counted for this copy
         self._holding: List[_Invocation] = []  # invocations with function lines held for deduplication
@@ -447,12 +448,15 @@ class TelemetryConverter:
             "platform.start": self._on_start,
             "platform.runtimeDone": self._on_runtime_done,
             "platform.report": self._on_report,
-            "platform.initStart": self._on_init_start,
-            "platform.initRuntimeDone": partial(self._on_phase_done, "init"),
-            "platform.initReport": partial(self._on_phase_report, "init"),
-            "platform.restoreStart": self._on_restore_start,
-            "platform.restoreRuntimeDone": partial(self._on_phase_done, "restore"),
-            "platform.restoreReport": partial(self._on_phase_report, "restore"),
+            "platform.initStart": partial(self._phase_event, "initStart", self._on_init_start),
+            "platform.initRuntimeDone": partial(self._phase_event, "initRuntimeDone",
+                                                partial(self._on_phase_done, "init")),
+            "platform.initReport": partial(self._phase_event, "initReport", partial(self._on_phase_report, "init")),
+            "platform.restoreStart": partial(self._phase_event, "restoreStart", self._on_restore_start),
+            "platform.restoreRuntimeDone": partial(self._phase_event, "restoreRuntimeDone",
+                                                   partial(self._on_phase_done, "restore")),
+            "platform.restoreReport": partial(self._phase_event, "restoreReport",
+                                              partial(self._on_phase_report, "restore")),
             "platform.logsDropped": self._on_logs_dropped,
             "platform.extension": None,  # known, nothing to convert
             "platform.telemetrySubscription": None,
@@ -914,6 +918,19 @@ class TelemetryConverter:
         self._finish(inv, batch)
 
     # ------------------------------------------------------------------ init / restore phases
+
+    def _phase_event(self, name: str, handler: Callable, t: int, record: object, batch: _Batch) -> None:
+        """Init and restore events name no request id: a delivery of the same event again (the
+        Telemetry API retries a POST it got no answer to in time) is told by its type, time and
+        phase, and ignored, where it would start or end a second phase."""
+        key = (name, t, record.get("phase") if isinstance(record, dict) else None)
+        if key in self._phase_events:
+            self._ignore(DUPLICATE, batch)
+            return
+        self._phase_events[key] = None
+        while len(self._phase_events) > 8 * _MAX_PHASES:
+            self._phase_events.popitem(last=False)
+        handler(t, record, batch)
 
     def _new_phase(self, kind: str, t: int, record: dict) -> _Phase:
         phase = _Phase(kind)

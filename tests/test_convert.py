@@ -1079,6 +1079,14 @@ class InitAttempts(JoinBase):
             self.assertEqual(attrs(span)["error.type"], "Runtime.ImportModuleError")
         self.assertEqual(sorted(attrs(s)["aws.lambda.init.phase"] for s in inits), ["init", "invoke"])
 
+    def test_a_redelivered_batch_does_not_make_a_second_init(self):
+        batch = copy.deepcopy([INIT_START, INIT_RUNTIME_DONE, INIT_REPORT])
+        self.conv.process(batch)
+        self.conv.process(copy.deepcopy(batch))  # the same POST again (a retry after a slow answer)
+        spans = parse_spans(self.conv.process(invocation(RID, T0 + 700 * MS, tracing=TRACING)))
+        self.assertEqual([s.name for s in spans].count("init"), 1)
+        self.assertEqual(self.ignored().get("duplicate"), 3)
+
     def test_events_of_two_attempts_matched_by_phase_not_arrival(self):
         events = [ev("platform.initStart", T0, {"phase": "init"}),
                   ev("platform.initStart", T0 + 10 * MS, {"phase": "invoke"}),

@@ -124,7 +124,8 @@ class PlatformSpansTest(ExtensionTestCase):
     def check_init_span(self, sim, sink, first_invocations):
         spans = sink.spans()
         inits = [s for s in spans if s.name == "init"]
-        self.assertEqual(len(inits), len(first_invocations), [s.trace_id.hex() for s in inits])
+        self.assertEqual(len(inits), len(first_invocations),
+                         [(s.trace_id.hex(), s.span_id.hex(), s.start_time_unix_nano) for s in inits])
         server = {attrs_to_dict(s.attributes)["faas.invocation_id"]: s for s in spans if s.kind == SERVER}
         reports = [e for e in sim.telemetry_events("platform.initReport")]
         self.assertEqual(len(reports), len(first_invocations))
