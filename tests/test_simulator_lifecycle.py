@@ -110,5 +110,25 @@ class InitAndInvokeOrdering(SimTestCase):
         self.assertGreaterEqual(arrivals[0]["mono"], self.down.started_at.mono)
 
 
+class ProvisionedConcurrency(SimTestCase):
+    def test_init_ahead_and_no_init_duration_in_reports(self):
+        sim = self.make_sim([("ext-a", ["--on-shutdown", "sleep:0.2"])], handler="sim_handlers.env",
+                            mode="provisioned-concurrency")
+        init = sim.start(timeout=20)
+        self.assertEqual(init.initialization_type, "provisioned-concurrency")
+        self.assertTrue(sim.is_frozen)
+        results = [sim.invoke({}), sim.invoke({})]
+        sim.shutdown()
+        self.assertEqual(results[0].json()["AWS_LAMBDA_INITIALIZATION_TYPE"], "provisioned-concurrency")
+        for kind in ("platform.initStart", "platform.initRuntimeDone", "platform.initReport"):
+            self.assertEqual(sim.telemetry_events(kind)[0]["record"]["initializationType"], "provisioned-concurrency")
+        for res in results:
+            self.assertEqual(res.status, "success")
+            self.assertNotIn("initDurationMs", res.report["metrics"])
+            self.assertIn("billedDurationMs", res.report["metrics"])
+        env = self.records("ext-a", "register")[0]["env"]
+        self.assertEqual(env["AWS_LAMBDA_INITIALIZATION_TYPE"], "provisioned-concurrency")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -35,7 +35,7 @@ DEMO_HANDLER = "lambda_otel.local.demo_function.handler"
 EXTENSION_NAME = "lambda-otel"
 STATUS_CODES = {0: "", 1: "OK", 2: "ERROR"}
 SPAN_KINDS = {2: "server", 3: "client", 4: "producer", 5: "consumer"}  # internal (1) and unset are not shown
-MODES = ("on-demand", "managed-instances", "snapstart")
+MODES = ("on-demand", "provisioned-concurrency", "managed-instances", "snapstart")
 MIB = 1024 * 1024
 DELTA = 1  # AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 
@@ -56,7 +56,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--extensions-dir", help="run the executables in this folder instead of lambda-otel")
     parser.add_argument("--timeout", type=float, default=3.0, help="function timeout in seconds (default 3)")
     parser.add_argument("--mode", choices=MODES, default="on-demand",
-                        help="the kind of Lambda environment: on-demand (default); managed-instances (invocations "
+                        help="the kind of Lambda environment: on-demand (default); provisioned-concurrency (init "
+                        "ahead of the invocations); managed-instances (invocations "
                         "overlap in several runtime worker processes, no INVOKE event, no freeze); snapstart (init "
                         "once at snapshot time, then --restores restores of that snapshot, each a fork of the "
                         "extension)")

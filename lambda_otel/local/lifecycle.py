@@ -240,7 +240,9 @@ class Lifecycle:
         report["metrics"] = {"durationMs": duration}
         self._emit(env, "platform.initReport", report)
         env.init_duration_ms = duration
-        env.report_init_duration = failure is None and env.init_phase == "init" and self.mode is not Mode.SNAPSTART
+        # Only an on-demand cold start bills its init in the first report; provisioned concurrency and
+        # SnapStart initialise ahead of any invocation.
+        env.report_init_duration = failure is None and env.init_phase == "init" and self.mode is Mode.ON_DEMAND
         if failure is None:
             env.phase = "ready"
         elif not self._stopping:  # info: the caller reads it from InitResult (often a failure on purpose)

@@ -23,6 +23,7 @@ class Mode(enum.Enum):
     """The kind of execution environment the simulator is (`AWS_LAMBDA_INITIALIZATION_TYPE` follows it)."""
 
     ON_DEMAND = "on-demand"
+    PROVISIONED = "provisioned-concurrency"  # init ahead of any invocation: no init duration in a report
     MANAGED_INSTANCES = "managed-instances"  # overlapping invocations, no INVOKE event, no freeze
     SNAPSTART = "snapstart"  # init once at snapshot time, then restores of that snapshot
 
@@ -33,6 +34,7 @@ class Mode(enum.Enum):
 
 _INITIALIZATION_TYPES = {
     Mode.ON_DEMAND: "on-demand",
+    Mode.PROVISIONED: "provisioned-concurrency",
     Mode.MANAGED_INSTANCES: "lambda-managed-instances",
     Mode.SNAPSTART: "snap-start",
 }

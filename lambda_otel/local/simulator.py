@@ -48,6 +48,8 @@ concurrency=4, runtime_workers=None, instance_memory_mb=4096, lmi_runtime_done=T
 Modes (``mode=``; ``AWS_LAMBDA_INITIALIZATION_TYPE`` follows it, for every process):
 
 - ``"on-demand"``: one invocation at a time, frozen between them.
+- ``"provisioned-concurrency"``: the same, initialised ahead of any invocation, so no report carries
+  ``initDurationMs``.
 - ``"managed-instances"``: registering for INVOKE is refused (403 Extension.InvalidEventType; SHUTDOWN-only
   is accepted), schema 2025-01-29 only, no freeze. Invocations overlap up to ``concurrency``, each with its
   own timeout (a timeout does not reset the environment). The real runtime client, given
@@ -96,7 +98,7 @@ line readers, worker sockets, fork copies, signals), `sandbox` (environment stat
 (what tests read).
 
 Known gaps: TCP telemetry destinations (400), the Logs API (403), response streaming (400
-InvalidFunctionResponseMode), provisioned concurrency, memory limits (maxMemoryUsedMB is the processes'
+InvalidFunctionResponseMode), memory limits (maxMemoryUsedMB is the processes'
 peak RSS, not enforced), init retried as a "suppressed init" only after a failed init, SnapStart
 credentials (the container credentials endpoint) are not served.
 """
