@@ -169,6 +169,15 @@ class Aggregator:
         with self._lock:
             self._on_data = callback
 
+    def set_budget(self, max_bytes: int, max_records: int) -> None:
+        """A new budget (Managed Instances: once the instance's memory is known). What no longer
+        fits is dropped, oldest first, counted as queue_full."""
+        if max_bytes <= 0 or max_records <= 0:
+            raise ValueError("max_bytes and max_records must be positive")
+        with self._lock:
+            self.max_bytes, self.max_records = max_bytes, max_records
+            self._evict_until_fits_locked(0, 0)
+
     def fits_budget(self, nbytes: int, records: int) -> bool:
         """Could this ever fit (in an empty queue)?"""
         return nbytes <= self.max_bytes and records <= self.max_records

@@ -96,7 +96,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Sequence, Tuple
 
 from lambda_otel import loss as loss_mod
@@ -339,6 +339,27 @@ def request_deadline(now: float, flush_until: float, final: bool, budget_s: floa
     return d if cap is None else min(d, cap)
 
 
+def decide_managed_instances(now: float, s: FlushState) -> Decision:
+    """``decide`` for Lambda Managed Instances: the environment never freezes and has no
+    INVOKE, so there is no gate to respect, no invocation budget and no invocation cap; the
+    timer, full batches, Retry-After and the breaker still decide when to export."""
+    return decide(now, replace(s, gate_open=True, budget_spent=False, cap=None, invocation_deadline=None))
+
+
+@dataclass(frozen=True)
+class FlushPolicy:
+    """How the environment constrains exports: the decision, and whether failed requests
+    count against a per-invocation budget (only where an invocation waits for them)."""
+
+    name: str
+    decide: Callable[[float, FlushState], Decision]
+    invocation_budget: bool
+
+
+FREEZE_SAFE = FlushPolicy("freeze-safe", decide, invocation_budget=True)  # on-demand, provisioned, SnapStart
+MANAGED_INSTANCES = FlushPolicy("managed-instances", decide_managed_instances, invocation_budget=False)
+
+
 def _not_now(asked: bool, wait_s: Optional[float] = None) -> Decision:
     return Decision(Action.DEFER) if asked else Decision(Action.WAIT, wait_s=wait_s)
 
@@ -371,6 +392,12 @@ class FlushManager:
     def record_invocation(self, now: Optional[float] = None) -> None:
         with self._lock:
             self._history.append(self._now(now))
+
+    def renew_after_restore(self) -> None:
+        with self._lock:
+            self._history.clear()
+            self._failures = 0
+            self._last_flush = None
 
     @property
     def consecutive_failures(self) -> int:
@@ -618,8 +645,9 @@ class ExportWorker(threading.Thread):
     def __init__(self, aggregator: BatchQueue, exporter: Exporter, metrics_state: Optional[MetricsSource],
                  manager: FlushManager, gate: ExportGate, loss: loss_mod.LossCounter, config: "FlushConfig",
                  clock: Clock = time.monotonic, breaker: Optional[CircuitBreaker] = None,
-                 wall_ns: Callable[[], int] = time.time_ns) -> None:
+                 wall_ns: Callable[[], int] = time.time_ns, policy: FlushPolicy = FREEZE_SAFE) -> None:
         super().__init__(name="lambda-otel-export", daemon=True)
+        self.policy = policy
         self.aggregator = aggregator
         self.exporter = exporter
         self.metrics_state = metrics_state
@@ -667,11 +695,20 @@ class ExportWorker(threading.Thread):
         with self._cond:
             self._cond.notify_all()
 
+    def renew_after_restore(self) -> None:
+        """SnapStart restore: no Retry-After, budget or breaker state from the snapshot's time."""
+        with self._cond:
+            self._not_before = 0.0
+            self._failing_spent = 0.0
+            self._last_flush_end = float("-inf")
+            self._cond.notify_all()
+        self.breaker.record(True, self._clock())
+
     def decision(self, occasion: Occasion) -> Decision:
         """``decide`` over the current state (the events thread asks with ``Occasion.INVOKE``)."""
         with self._cond:
             now = self._clock()
-            return decide(now, self._state_locked(now, occasion))
+            return self.policy.decide(now, self._state_locked(now, occasion))
 
     def stop(self, timeout: float) -> bool:
         """Stop after the current request; True if the thread ended within ``timeout``."""
@@ -694,13 +731,13 @@ class ExportWorker(threading.Thread):
                 ticket = self._tickets.popleft() if self._tickets else None
                 now = self._clock()
                 if ticket is None:
-                    decision = decide(now, self._state_locked(now, Occasion.BACKGROUND))
+                    decision = self.policy.decide(now, self._state_locked(now, Occasion.BACKGROUND))
                     if decision.action is Action.WAIT:
                         self._cond.wait(bounded(MAX_WAIT_S if decision.wait_s is None else decision.wait_s))
                         continue
                 else:
                     occasion = Occasion.FINAL if ticket.final else Occasion.REQUEST
-                    decision = decide(now, self._state_locked(now, occasion, ticket.deadline))
+                    decision = self.policy.decide(now, self._state_locked(now, occasion, ticket.deadline))
             try:
                 result = self._act(decision)
             except Exception:  # never let the exporter thread die silently
@@ -804,7 +841,7 @@ class ExportWorker(threading.Thread):
             now = self._clock()
             with self._cond:
                 cap, not_before = self._cap, self._not_before
-                spent = self._failing_spent >= cfg.flush_budget_s
+                spent = self.policy.invocation_budget and self._failing_spent >= cfg.flush_budget_s
             req_deadline = request_deadline(now, until, final, cfg.flush_budget_s, cap)
             if req_deadline - now < MIN_REQUEST_S or now < not_before or (spent and not final):
                 return DrainStatus.STOPPED
@@ -992,6 +1029,23 @@ class FlushCoordinator:
             # The telemetry path works; that function simply ran longer than our wait.
             self._adapt(True)
 
+    def start(self) -> None:
+        """After the worker started. Here nothing: the gate opens at the first INVOKE."""
+
+    def renew_after_restore(self) -> None:
+        """SnapStart restore: what the snapshot remembered of invocations, timers, failures and
+        the backend's state belongs to another copy of this environment."""
+        with self._cond:
+            self._done.clear()
+            self._gave_up.clear()
+            self._volumes.clear()
+            self._intake_at_invoke = None
+            self._near_budget = False
+            self._current = None
+            self._rd_wait, self._rd_degraded = self.config.runtime_done_wait_s, False
+        self.manager.renew_after_restore()
+        self.worker.renew_after_restore()
+
     def on_telemetry_dropped(self) -> None:
         """From the telemetry thread: Lambda dropped events (``platform.logsDropped``).
 
@@ -1115,3 +1169,35 @@ class FlushCoordinator:
     def _close_gate(self) -> bool:
         # Bounded by the in-flight request's own (capped) deadline plus a grace.
         return self.gate.close()
+
+
+class ManagedInstancesCoordinator(FlushCoordinator):
+    """Lambda Managed Instances: the environment never freezes and there is no INVOKE.
+
+    So the gate is open for good from ``start``, nothing is held (``on_invoke`` and
+    ``before_next`` are never called), and the worker (``MANAGED_INSTANCES`` policy) exports in
+    the background on the timer and whenever a batch is full. At SHUTDOWN the pipeline waits
+    briefly for the reports of invocations in flight (``Pipeline.wait_for_open_reports``), then
+    the final flush runs as everywhere.
+    """
+
+    def start(self) -> None:
+        self.worker.begin_invocation(None)
+        self.gate.open()
+        self.worker.wake()
+
+
+def build_flush(config: "FlushConfig", aggregator: BatchQueue, exporter: Exporter,
+                metrics_state: Optional[MetricsSource], loss: loss_mod.LossCounter,
+                managed_instances: bool = False) -> FlushCoordinator:
+    """The flush machinery for one environment; ``coordinator.worker``/``.gate``/``.manager`` are
+    its parts. ``managed_instances``: the Managed Instances policy (no freeze, no INVOKE), where
+    ``end`` makes no sense: the timer drives every strategy but ``continuous``."""
+    if managed_instances and config.strategy != Strategy.CONTINUOUS.value:
+        config = replace(config, strategy=Strategy.PERIODIC.value)
+    manager = FlushManager(config)
+    gate = ExportGate()
+    worker = ExportWorker(aggregator, exporter, metrics_state, manager, gate, loss, config,
+                          policy=MANAGED_INSTANCES if managed_instances else FREEZE_SAFE)
+    kind = ManagedInstancesCoordinator if managed_instances else FlushCoordinator
+    return kind(manager, gate, worker, config)

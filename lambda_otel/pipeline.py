@@ -52,7 +52,8 @@ class Pipeline:
         from .aggregator import Aggregator
         from .convert import TelemetryConverter
         from .exporter import OtlpExporter
-        from .flush import ExportGate, ExportWorker, FlushCoordinator, FlushManager
+        from .config import InitType
+        from .flush import build_flush
         from .loss import LossCounter
         from .metrics import MetricsState
         from .resource import to_proto
@@ -84,11 +85,14 @@ class Pipeline:
                                      max_request_bytes=CLOUDWATCH_MAX_REQUEST_BYTES if cloudwatch else None,
                                      max_request_records=CLOUDWATCH_MAX_REQUEST_RECORDS if cloudwatch else None)
 
-        self.gate = ExportGate()
-        self.flush_manager = FlushManager(config.flush)
-        self.worker = ExportWorker(self.aggregator, self.exporter, self.metrics, self.flush_manager, self.gate,
-                                   self.loss, config.flush)
-        self.coordinator = FlushCoordinator(self.flush_manager, self.gate, self.worker, config.flush)
+        # Managed Instances: no freeze, no INVOKE: background export, no gate, no hold; the buffer
+        # is sized by the instance's memory once platform.initStart tells it.
+        managed = config.init_type is InitType.MANAGED_INSTANCES
+        self.coordinator = build_flush(config.flush, self.aggregator, self.exporter, self.metrics, self.loss,
+                                       managed_instances=managed)
+        self.gate, self.flush_manager, self.worker = self.coordinator.gate, self.coordinator.manager, \
+            self.coordinator.worker
+        self._size_by_instance = managed and not (config.queue.max_bytes or config.queue.max_records)
 
         # Telemetry batches hold the read lock while processed; SHUTDOWN takes the write lock.
         self.rwlock = rwlock.RWLockWrite()
@@ -123,6 +127,7 @@ class Pipeline:
         if worker:
             self.auth.start()  # resolves secret header references on its own thread (idempotent, bounded)
             self.worker.start()
+            self.coordinator.start()  # Managed Instances: the export gate opens for good
 
     def stop(self) -> None:
         """Stop both listeners (tests and benchmarks; the extension simply exits)."""
@@ -160,6 +165,8 @@ class Pipeline:
             if lambda_dropped:
                 self.coordinator.on_telemetry_dropped()  # a runtimeDone may be among the lost
             self._note_lifecycle(converted.started, converted.reports)
+            if self._size_by_instance:
+                self._budget_from_instance()
         finally:
             read_lock.release()
 
@@ -190,6 +197,17 @@ class Pipeline:
         else:
             log.warning("converter still busy at shutdown: unfinished invocations get no synthesised span")
         return drained
+
+    def _budget_from_instance(self) -> None:
+        """Managed Instances: the buffer's budget from the instance's memory (``faas.max_memory``,
+        bytes, set on the resource from platform.initStart), once it is known."""
+        from .aggregator import budget_from_memory
+
+        for kv in self.resource.attributes:
+            if kv.key == "faas.max_memory" and kv.value.int_value > 0:
+                self._size_by_instance = False
+                self.aggregator.set_budget(*budget_from_memory(kv.value.int_value // (1024 * 1024)))
+                return
 
     def add_converted(self, converted) -> None:
         """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown)."""

@@ -26,6 +26,7 @@ from lambda_otel.flush import (
     Strategy,
     bounded,
     decide,
+    decide_managed_instances,
     effective_strategy,
     holds_next,
     near_budget,
@@ -257,6 +258,19 @@ class DecideTest(unittest.TestCase):
             self.assertFalse(holds_next(strategy, breaker_open=False))
             self.assertTrue(holds_next(strategy, breaker_open=False, near_budget=True))
             self.assertFalse(holds_next(strategy, breaker_open=True, near_budget=True), "never with the breaker open")
+
+    def test_managed_instances_export_in_the_background_without_gate_budget_or_cap(self):
+        # No freeze and no INVOKE: the gate, the invocation budget and cap mean nothing there.
+        s = dict(strategy=Strategy.PERIODIC, gate_open=False, budget_spent=True, cap=NOW - 1)
+        d = decide_managed_instances(NOW, state(timer_due=NOW, **s))
+        self.assertEqual((d.action, d.until), (Action.FLUSH, NOW + CFG.flush_budget_s))
+        self.assertIs(decide_managed_instances(NOW, state(pending_records=10, **s)).action, Action.FLUSH, "full batch")
+        d = decide_managed_instances(NOW, state(timer_due=NOW + 4, **s))
+        self.assertEqual((d.action, d.wait_s), (Action.WAIT, 4))
+        # What still applies: Retry-After and the breaker.
+        self.assertIs(decide_managed_instances(NOW, state(timer_due=NOW, not_before=NOW + 1, **s)).action, Action.WAIT)
+        d = decide_managed_instances(NOW, state(timer_due=NOW, breaker_open=True, next_probe_at=NOW, pending_records=1, **s))
+        self.assertIs(d.action, Action.PROBE)
 
     def test_bounded(self):
         self.assertEqual([bounded(x) for x in (-1.0, 0.0, 0.5, 1e10, float("inf"), float("nan"))],

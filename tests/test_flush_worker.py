@@ -26,6 +26,8 @@ from lambda_otel.flush import (
     ExportWorker,
     FlushCoordinator,
     FlushManager,
+    ManagedInstancesCoordinator,
+    build_flush,
 )
 from lambda_otel.local.sink import OtlpSink, Reply
 from lambda_otel.metrics import MetricsState
@@ -448,7 +450,9 @@ class CoordinatorTest(unittest.TestCase):
         self.assertTrue(h.sink.wait_for(lambda: (h.worker.breaker.next_probe_at or first) > first, 5.0),
                         "a failed probe was not recorded: probing again at every chance")
         self.assertTrue(h.worker.breaker.is_open)
-        self.assertEqual(h.aggregator.pending_records(), 2)
+        # Kept, not dropped (between probes: during one, the batch is out of the queue).
+        self.assertTrue(h.sink.wait_for(lambda: h.aggregator.pending_records() == 2, 5.0), h.loss.snapshot())
+        self.assertEqual(h.loss.snapshot(), {})
 
     def test_probe_at_invoke_closes_the_breaker_when_the_backend_is_back(self):
         h = Harness(self, strategy="end", flush_budget_s=0.3, breaker_failures=1, breaker_backoff_s=0.1)
@@ -549,6 +553,47 @@ class CoordinatorTest(unittest.TestCase):
             self.assertEqual(h.flush().sent, {"traces": 1, "metrics": 1})
         values = [p.point.as_int for p in h.sink.metrics() if p.name == "faas.invocations"]
         self.assertEqual(values, [1, 1, 1], "delta temporality: one point per flush")
+
+
+class ManagedInstancesTest(unittest.TestCase):
+    """Lambda Managed Instances: no freeze, no INVOKE, overlapping invocations."""
+
+    def harness(self, **flush) -> Harness:
+        h = Harness(self, **flush)
+        h.worker.stop(5.0)  # replace the freeze-safe parts with the Managed Instances ones
+        h.coordinator = build_flush(h.config, h.aggregator, h.exporter, h.metrics, h.loss, managed_instances=True)
+        h.worker, h.gate, h.manager = h.coordinator.worker, h.coordinator.gate, h.coordinator.manager
+        self.assertIsInstance(h.coordinator, ManagedInstancesCoordinator)
+        h.worker.start()
+        self.addCleanup(h.worker.stop, 5.0)
+        h.coordinator.start()
+        return h
+
+    def test_exports_in_the_background_with_no_invoke(self):
+        h = self.harness(strategy="end", interval_s=0.1)  # end means nothing here: the timer drives
+        self.assertTrue(h.gate.is_open, "open for good from start")
+        for i in range(3):
+            h.add_spans(2, f"t{i}-")
+            self.assertTrue(h.sink.wait_for(lambda: f"t{i}-1" in h.span_names(), 5.0), f"round {i}")
+        self.assertTrue(h.gate.is_open)
+
+    def test_a_dead_backend_never_spends_a_budget_for_good(self):
+        # There is no invocation to renew a per-invocation budget: failures past flush_budget_s
+        # must not stop exports for the environment's life; the breaker alone handles the outage.
+        h = self.harness(interval_s=0.1, flush_budget_s=0.1, breaker_failures=1000)
+        h.sink.set_reply(Reply(status=503))
+        h.add_spans(2)
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.requests) >= 3, 10.0))
+        h.sink.reset_behaviour()
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 2, 10.0))
+
+    def test_shutdown_flushes_everything(self):
+        h = self.harness(interval_s=60.0)
+        h.add_spans(3, "last")
+        deadline_ms = epoch_ms_in(2.0)
+        summary = h.coordinator.on_shutdown_event(deadline_ms)
+        self.assertLess(time.time() * 1000, deadline_ms)
+        self.assertEqual((summary.sent.get("traces"), summary.shutdown_deadline), (3, 0))
 
 
 class _nothing:
