@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
@@ -101,6 +102,9 @@ class Aggregator:
         self._loss = loss
         self._lock = threading.Lock()
         self._on_data: Optional[Callable[[], None]] = None
+        self._room = threading.Condition(self._lock)  # wait_for_room producers wait here
+        self._room_waiters = 0
+        self._admission_wait_s = 0.0
         self._intake_records = 0  # everything ever queued (the flush policy's data rate)
         self._intake_bytes = 0
         self._queues: Dict[str, Deque[_Entry]] = {s: deque() for s in SIGNALS}
@@ -122,7 +126,8 @@ class Aggregator:
         return self.add_many(signal, [(item, records, nbytes)], evict=evict)
 
     def add_many(
-        self, signal: str, entries: Sequence[Tuple[Any, int, Optional[int]]], evict: bool = True
+        self, signal: str, entries: Sequence[Tuple[Any, int, Optional[int]]], evict: bool = True,
+        wait_for_room: bool = False,
     ) -> bool:
         """Queue several ``(item, records, nbytes)`` of one signal.
 
@@ -130,6 +135,10 @@ class Aggregator:
         item fits and all are queued, or nothing is queued and False is returned. Items that
         can never fit are counted and skipped in both modes (the receiver checks
         ``fits_budget`` first, so it can report them as rejected instead).
+
+        wait_for_room (platform telemetry only: its sender, Lambda, buffers meanwhile; never the
+        receiver, whose caller is the function): while the exporter drains the queue
+        (``set_admission_wait``), wait for room that long before evicting.
         """
         self._check_signal(signal)
         sized = []
@@ -146,6 +155,8 @@ class Aggregator:
                     keep.append((item, records, nbytes))
             if not keep:
                 return False if sized else True
+            if wait_for_room and self._admission_wait_s > 0:
+                self._wait_for_room_locked(sum(n for _, _, n in keep), sum(r for _, r, _ in keep))
             if not evict:
                 need_bytes = sum(n for _, _, n in keep)
                 need_records = sum(r for _, r, _ in keep)
@@ -164,6 +175,25 @@ class Aggregator:
             on_data()
         return all_ok
 
+    def set_admission_wait(self, seconds: float) -> None:
+        """How long an ``add(..., wait_for_room=True)`` may wait for room before evicting: set while
+        the exporter drains the queue (a hold), 0 when nothing can drain it (the gate is closed)."""
+        with self._lock:
+            self._admission_wait_s = max(0.0, seconds)
+            self._room.notify_all()
+
+    def _wait_for_room_locked(self, nbytes: int, records: int) -> None:
+        deadline = time.monotonic() + self._admission_wait_s
+        while not self._has_room_locked(min(nbytes, self.max_bytes), min(records, self.max_records)):
+            remaining = deadline - time.monotonic()
+            if self._admission_wait_s <= 0 or not remaining > 0:  # nothing drains us any more, or too long
+                return
+            self._room_waiters += 1
+            try:
+                self._room.wait(min(remaining, 1.0))
+            finally:
+                self._room_waiters -= 1
+
     def set_on_data(self, callback: Optional[Callable[[], None]]) -> None:
         """Call ``callback()`` after every add that queued something (None: stop calling)."""
         with self._lock:
@@ -177,6 +207,7 @@ class Aggregator:
         with self._lock:
             self.max_bytes, self.max_records = max_bytes, max_records
             self._evict_until_fits_locked(0, 0)
+            self._room.notify_all()
 
     def fits_budget(self, nbytes: int, records: int) -> bool:
         """Could this ever fit (in an empty queue)?"""
@@ -207,6 +238,8 @@ class Aggregator:
                 records += nxt.records
             self._bytes -= nbytes
             self._records -= records
+            if self._room_waiters:
+                self._room.notify_all()
         attempts = max(e.attempts for e in taken)
         return Batch(signal, [e.item for e in taken], records, nbytes, attempts, taken)
 
@@ -244,6 +277,7 @@ class Aggregator:
                 queue.clear()
             self._bytes = 0
             self._records = 0
+            self._room.notify_all()
         return dropped
 
     # -- observation -----------------------------------------------------------------------

@@ -129,6 +129,9 @@ MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
 # A function whose invocations bring this share of the buffer budget is held for (any strategy).
 NEAR_BUDGET_FRACTION = 0.5
 VOLUME_HISTORY = 5  # invocations whose data volume the near-budget decision remembers
+# While a hold keeps the gate open, a full queue makes platform telemetry wait this long for room
+# (Lambda buffers it meanwhile) before the oldest records are dropped.
+ADMISSION_WAIT_S = 1.0
 # The longest single wait: an idle worker re-decides at least this often, and no computed
 # wait (a Retry-After, a far deadline) can reach threading.TIMEOUT_MAX.
 MAX_WAIT_S = 5.0
@@ -200,6 +203,8 @@ class BatchQueue(Protocol):
     def pending_bytes(self) -> int: ...
 
     def intake(self) -> Tuple[int, int]: ...
+
+    def set_admission_wait(self, seconds: float) -> None: ...
 
     def discard_all(self, reason: str) -> int: ...
 
@@ -1085,6 +1090,7 @@ class FlushCoordinator:
             limit = deadline - self.config.deadline_margin_s
             if limit > t0:
                 report.held = True
+                self.worker.aggregator.set_admission_wait(ADMISSION_WAIT_S)
                 with self._cond:
                     until = min(t0 + self._rd_wait, limit) if self._rd_degraded else limit
                 report.runtime_done = self._wait_runtime_done(request_id, until)
@@ -1167,6 +1173,8 @@ class FlushCoordinator:
             log.info("platform.runtimeDone missed: waiting at most %.3fs for it until one is seen again", wait)
 
     def _close_gate(self) -> bool:
+        # Nothing drains the queue once the gate is closed: telemetry no longer waits for room.
+        self.worker.aggregator.set_admission_wait(0.0)
         # Bounded by the in-flight request's own (capped) deadline plus a grace.
         return self.gate.close()
 

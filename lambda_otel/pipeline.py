@@ -210,11 +210,16 @@ class Pipeline:
                 return
 
     def add_converted(self, converted) -> None:
-        """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown)."""
+        """Queue converted spans and logs (a batch's, or what the events thread synthesises at shutdown).
+
+        While the exporter drains the queue (a hold), a full queue makes this wait (bounded) for
+        room rather than drop: Lambda keeps the telemetry it has not delivered yet."""
         if converted.resource_spans is not None and converted.span_count:
-            self.aggregator.add(TRACES, converted.resource_spans, converted.span_count)
+            self.aggregator.add_many(TRACES, [(converted.resource_spans, converted.span_count, None)],
+                                     wait_for_room=True)
         if converted.resource_logs is not None and converted.log_count:
-            self.aggregator.add(LOGS, converted.resource_logs, converted.log_count)
+            self.aggregator.add_many(LOGS, [(converted.resource_logs, converted.log_count, None)],
+                                     wait_for_room=True)
 
     def _note_lifecycle(self, started: List[str], reports: List[str]) -> None:
         """Remember which invocations started (``platform.start``) and which reported."""

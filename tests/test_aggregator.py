@@ -174,6 +174,28 @@ class AggregatorTest(unittest.TestCase):
         self.assertEqual(len(seen), 2)
         agg.take_batch(TRACES, MiB, 100)
 
+    def test_telemetry_waits_for_room_while_the_queue_drains_instead_of_evicting(self):
+        agg = Aggregator(10 * MiB, 10, self.loss)
+        agg.add(LOGS, logs("old", 10), 10)
+        # No one drains the queue (no admission wait set): the oldest make room at once.
+        self.assertTrue(agg.add_many(LOGS, [(logs("a", 2), 2, None)], wait_for_room=True))
+        self.assertEqual(self.loss.snapshot(), {(LOGS, QUEUE_FULL): 10})
+        # Draining (a hold): the producer waits until the exporter took a batch, nothing is lost.
+        agg.add(LOGS, logs("b", 8), 8)
+        agg.set_admission_wait(10.0)
+        consumer = threading.Timer(0.1, lambda: agg.take_batch(LOGS, MiB, 100))
+        consumer.start()
+        self.addCleanup(consumer.cancel)
+        self.assertTrue(agg.add_many(LOGS, [(logs("c", 3), 3, None)], wait_for_room=True))
+        self.assertEqual(self.loss.snapshot(), {(LOGS, QUEUE_FULL): 10}, "nothing more evicted")
+        bodies = [lr.body.string_value for rl in agg.take_batch(LOGS, MiB, 100).items
+                  for sl in rl.scope_logs for lr in sl.log_records]
+        self.assertEqual(bodies, ["c-0", "c-1", "c-2"])
+        # The receiver's adds (its caller is the function) never wait.
+        agg.add(LOGS, logs("d", 10), 10)
+        agg.add(LOGS, logs("e", 1), 1)
+        self.assertEqual(self.loss.total(QUEUE_FULL), 20, "the whole oldest item made room, at once")
+
     def test_discard_all(self):
         agg = Aggregator(10 * MiB, 100, self.loss)
         agg.add(LOGS, logs("x", 3), 3)
