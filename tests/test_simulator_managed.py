@@ -117,6 +117,28 @@ class OverlappingInvocations(SimTestCase):
         self.assertEqual([r["event"]["eventType"] for r in self.records("ext-a", "event")], ["SHUTDOWN"])
 
 
+class Redelivery(SimTestCase):
+    def test_every_post_has_a_sequence_id_kept_on_retries(self):
+        sim = self.make_sim([("ext-a", SHUTDOWN_ONLY + ["--listener-fail-first", "2"])], handler="sim_handlers.worker",
+                            concurrency=2, **LMI)
+        sim.start(timeout=30)
+        sim.invoke({"sleep": 0.05})
+        sim.shutdown()
+        batches = self.records("ext-a", "batch")
+        self.assertEqual([b["status"] for b in batches[:3]], [500, 500, 200])
+        for b in batches:
+            self.assertEqual(b["sequence_id"], b["body_sha256"])
+        self.assertEqual(len({b["sequence_id"] for b in batches[:3]}), 1)  # a retry: the same id
+        self.assertEqual(len({b["sequence_id"] for b in batches}), len(batches) - 2)
+
+    def test_on_demand_posts_have_none(self):
+        sim = self.make_sim([("ext-a", ["--on-shutdown", "sleep:0.2"])])
+        sim.start(timeout=20)
+        sim.invoke({})
+        sim.shutdown()
+        self.assertEqual({b["sequence_id"] for b in self.records("ext-a", "batch")}, {None})
+
+
 class Timeouts(SimTestCase):
     def test_each_invocation_has_its_own_timeout_and_the_environment_stays(self):
         sim = self.make_sim([("ext-a", SHUTDOWN_ONLY)], handler="sim_handlers.worker", concurrency=2, timeout_s=1.0,

@@ -341,6 +341,7 @@ class ApiHandlers:
             capacity_items=self.subscriber_buffer_items,
             post_timeout=self.telemetry_post_timeout_s,
             max_attempts=self.telemetry_max_attempts,
+            sequence_ids=self.mode is Mode.MANAGED_INSTANCES,
         )
         ext.subscriber = sub
         return sub

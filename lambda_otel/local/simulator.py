@@ -59,7 +59,8 @@ Modes (``mode=``; ``AWS_LAMBDA_INITIALIZATION_TYPE`` follows it, for every proce
   at its /response or /error (``lmi_runtime_done=False`` omits it); ``platform.report`` with ``durationMs`` and
   the response spans only. ``initStart.instanceMaxMemory`` is ``instance_memory_mb`` in bytes. Init ends
   when ``runtime_workers`` (default: ``concurrency``) runtime /next calls came. SHUTDOWN waits for the
-  invocations in flight.
+  invocations in flight. Every Telemetry API POST carries ``Sequence-Id: base64(sha256(body))`` (the
+  same on a retry).
 - ``"snapstart"``: ``start()`` is the snapshot's init (nothing is delivered to an extension then; the
   runtime client calls ``GET /2018-06-01/runtime/restore/next`` and runs the function's before-snapshot
   hooks). The next ``invoke()`` (or ``restore()``) restores: ``platform.restoreStart`` (a new instanceId),

@@ -9,6 +9,8 @@ paused, so nothing reaches a stopped process.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import logging
@@ -173,6 +175,7 @@ class Subscriber:
         capacity_bytes: int = 4 * 1048576,
         post_timeout: float = 2.0,
         max_attempts: int = 5,
+        sequence_ids: bool = False,
     ):
         self.name = name
         self.extension_id = extension_id
@@ -183,6 +186,9 @@ class Subscriber:
         self._cap_bytes = max(capacity_bytes, sub.max_bytes)
         self._post_timeout = post_timeout
         self._max_attempts = max_attempts
+        # Lambda Managed Instances label each POST with Sequence-Id = base64(sha256(body)): the same value
+        # on a retry, so a listener can tell a redelivered batch from a new one.
+        self._sequence_ids = sequence_ids
         self._cv = threading.Condition()
         self._buf: deque[tuple[float, dict, int]] = deque()  # (enqueued mono, event, json size)
         self._bytes = 0
@@ -376,9 +382,10 @@ class Subscriber:
                     self._conn.close()
                 self._conn = http.client.HTTPConnection(self.sub.host, self.sub.port, timeout=self._post_timeout)
             try:
-                self._conn.request(
-                    "POST", self.sub.path, body=body, headers={"Content-Type": "application/json"}
-                )
+                headers = {"Content-Type": "application/json"}
+                if self._sequence_ids:
+                    headers["Sequence-Id"] = base64.b64encode(hashlib.sha256(body).digest()).decode()
+                self._conn.request("POST", self.sub.path, body=body, headers=headers)
                 resp = self._conn.getresponse()
                 resp.read()
                 if resp.will_close:
