@@ -9,6 +9,7 @@ import unittest
 from lambda_otel.local.simulator import Simulator
 from lambda_otel.local.telemetry_delivery import shape_event
 from tests.fixtures.sim.support import Collector, SimTestCase, api, subscription
+from tests.support import EXTENSION_NAME, ExtensionTestCase
 
 REGISTER = "/2020-01-01/extension/register"
 TELEMETRY = "/2022-07-01/telemetry"
@@ -88,6 +89,35 @@ class SchemaShapes(SimTestCase):
         self.assertEqual(shape_event(event, "2022-12-13")["record"]["instanceMaxMemory"], 128)
         self.assertEqual(event["record"]["instanceMaxMemory"], 128 * 1024 * 1024)
         self.assertIs(shape_event(event, "2025-01-29"), event)
+
+
+class RealExtensionFallback(ExtensionTestCase):
+    """lambda-otel against runtimes that refuse, or require, schema 2025-01-29 (its subscription falls back)."""
+
+    def run_extension(self, **sim_kwargs):
+        sink = self.make_sink()
+        sim = self.make_sim(self.make_env(sink), **sim_kwargs)
+        sim.start(timeout=30)
+        results = [sim.invoke({}) for _ in range(2)]
+        down = sim.shutdown()
+        return sim, sink, results, down
+
+    def test_falls_back_to_2022_12_13_where_2025_01_29_is_refused(self):
+        sim, sink, results, down = self.run_extension(telemetry_schemas=("2022-07-01", "2022-12-13"))
+        self.assertEqual([r.status for r in results], ["success"] * 2)
+        self.assertEqual(down.extensions[EXTENSION_NAME].exit_code, 0)
+        self.assertEqual([sub["record"]["name"] for sub in sim.telemetry_events("platform.telemetrySubscription")],
+                         [EXTENSION_NAME])  # the refused attempt subscribed nothing
+        self.assertEqual({b.subscriber for b in sim.batches}, {EXTENSION_NAME})
+        self.assertIn("subscribed with schema 2022-12-13", self.extension_output(sim))
+        invocation_spans = {s.name for s in sink.spans()}
+        self.assertIn("test-function", invocation_spans)  # platform events flowed: the subscription works
+
+    def test_uses_2025_01_29_where_it_is_accepted(self):
+        sim, sink, results, down = self.run_extension()
+        self.assertEqual([r.status for r in results], ["success"] * 2)
+        self.assertIn("subscribed with schema 2025-01-29", self.extension_output(sim))
+        self.assertIn("test-function", {s.name for s in sink.spans()})
 
 
 if __name__ == "__main__":
