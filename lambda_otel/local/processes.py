@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -348,11 +349,8 @@ class ForkedCopy:
         return not self.exited.is_set()
 
     def _watch(self) -> None:
-        while True:
-            fields = _stat_fields(self.pid)
-            if fields is None or fields[0] in ("Z", "X"):
-                break
-            time.sleep(self.POLL_S)
+        _wait_for_exit(self.pid, self.POLL_S)
+        fields = _stat_fields(self.pid)
         self.exited_at = Instant.now()
         if fields is not None and len(fields) > 49:  # field 52, exit_code: the wait status of the zombie
             status = int(fields[49])
@@ -391,6 +389,25 @@ class ForkedCopy:
 
     def max_memory_kb(self) -> int:
         return ManagedProcess.max_memory_kb(self)  # type: ignore[arg-type]
+
+
+def _wait_for_exit(pid: int, poll_s: float) -> None:
+    """Block until `pid` (not our child) has exited: on its pidfd where the kernel has them, else polling /proc."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd here (or the process is already gone): poll
+        fd = None
+    if fd is not None:
+        try:
+            select.select([fd], [], [])  # readable once the process has exited
+        finally:
+            os.close(fd)
+        return
+    while True:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            return
+        time.sleep(poll_s)
 
 
 def children_of(pid: int) -> list[int]:
