@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -432,6 +434,98 @@ def platform_spans_of(res) -> int:
     overhead = any(isinstance(s, dict) and s.get("name") == "extensionOverhead" for s in report.get("spans") or [])
     overhead = overhead or report["metrics"]["durationMs"] > runtime_done["metrics"]["durationMs"]
     return 1 + len(runtime_done.get("spans") or []) + int(overhead)
+
+
+# --- many worker processes (Managed Instances: 16 per vCPU) ----------------------------------------
+
+WORKER = r"""
+import sys, time
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+endpoint, worker, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+results = {"ok": 0, "failed": 0}
+
+class Counted(OTLPSpanExporter):
+    def export(self, spans):
+        result = super().export(spans)
+        results["ok" if result.name == "SUCCESS" else "failed"] += len(spans)
+        return result
+
+class CountedLogs(OTLPLogExporter):
+    def export(self, batch):
+        result = super().export(batch)
+        results["ok" if result.name == "SUCCESS" else "failed"] += len(batch)
+        return result
+
+resource = Resource.create({"service.name": "lmi-worker", "worker": worker})
+tracer_provider = TracerProvider(resource=resource)
+tracer_provider.add_span_processor(BatchSpanProcessor(Counted(endpoint=endpoint + "/v1/traces")))
+logger_provider = LoggerProvider(resource=resource)
+logger_provider.add_log_record_processor(BatchLogRecordProcessor(CountedLogs(endpoint=endpoint + "/v1/logs")))
+tracer = tracer_provider.get_tracer("lmi")
+import logging
+from opentelemetry.sdk._logs import LoggingHandler
+logger = logging.getLogger("lmi")
+logger.propagate = False
+logger.addHandler(LoggingHandler(level=logging.INFO, logger_provider=logger_provider))
+for r in range(rounds):  # one "invocation" per round: spans and logs, flushed at its end
+    for i in range(20):
+        with tracer.start_as_current_span(f"w{worker}-r{r}-s{i}"):
+            pass
+    for i in range(5):
+        logger.warning("w%d-r%d-l%d", worker, r, i)
+    tracer_provider.force_flush(10_000)
+    logger_provider.force_flush(10_000)
+    time.sleep(0.02)
+print(results["ok"], results["failed"], flush=True)
+"""
+
+
+class ManyWorkerProcessesTest(unittest.TestCase):
+    """Managed Instances run one worker process per concurrent request (16 per vCPU), each with its
+    SDK's exporters keeping connections to the receiver: more connections than the cap, and under
+    normal load no 503 (the SDK would retry it inside the invocation) and every record accepted."""
+
+    WORKERS = 14  # x 2 kept-alive exporters = 28 connections, over the cap of 16 below
+
+    def test_more_worker_processes_than_connection_slots_get_no_503(self):
+        from lambda_otel.aggregator import Aggregator
+        from lambda_otel.http_server import ServerLimits
+        from lambda_otel.loss import LossCounter
+        from lambda_otel.receiver import OtlpReceiver
+
+        loss = LossCounter()
+        aggregator = Aggregator(64 * 1024 * 1024, 1_000_000, loss)
+        receiver = OtlpReceiver(aggregator, loss, port=0, poll_interval_s=0.05, limits=ServerLimits(max_connections=16))
+        receiver.start()
+        self.addCleanup(receiver.stop)
+        rounds = 6
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, receiver.address, str(w), str(rounds)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for w in range(self.WORKERS)]
+        for proc in procs:
+            self.addCleanup(proc.wait, 10)
+            self.addCleanup(proc.kill)
+        outputs = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=180)
+            self.assertEqual(proc.returncode, 0, err[-2000:])
+            outputs.append(out.split())
+        sent = self.WORKERS * rounds * 25
+        self.assertEqual(sum(int(ok) for ok, _ in outputs), sent, outputs)
+        self.assertEqual(sum(int(failed) for _, failed in outputs), 0, outputs)
+        stats = receiver.stats()
+        self.assertNotIn("503", stats["responses"], stats)
+        self.assertEqual(aggregator.pending_records(), sent)
+        http = receiver.connection_stats()
+        self.assertNotIn("refused_at_connection_cap", http)
+        self.assertGreater(http.get("idle_closed_at_connection_cap", 0), 0, "the cap was never reached")
 
 
 if __name__ == "__main__":
