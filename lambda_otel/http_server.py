@@ -236,11 +236,23 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def entry(self, conn: socket.socket) -> list:
         """The ``[state, since, closing]`` record of a connection, for its handler to update.
 
-        The handler writes its own record without the lock (single assignments: the worst a
-        racing ``_pick_victim`` sees is the previous state, and it re-checks readability).
+        The handler writes its idle/head states without the lock (single assignments); only the
+        step to busy (``claim``) takes it, against ``_admit`` choosing the same connection.
         """
         with self._conns_lock:
             return self._conns.get(conn) or [_BUSY, time.monotonic(), False]
+
+    def claim(self, entry: list) -> bool:
+        """Mark a connection busy with a request, unless it was already chosen to make room.
+
+        Under the lock, so a connection is never closed for room once its request is being served
+        (that would lose the answer to a request we may have queued, and the client would send it
+        twice)."""
+        with self._conns_lock:
+            if entry[2]:
+                return False
+            entry[0], entry[1] = _BUSY, time.monotonic()
+            return True
 
     def _forget(self, conn: socket.socket) -> None:
         with self._conns_lock:
@@ -294,7 +306,8 @@ class BoundedHandler(socketserver.BaseRequestHandler):
             if request is None:
                 return
             self.close_connection = not request.keep_alive
-            self._set_state(_BUSY)
+            if not self.server.claim(self._entry):
+                return  # chosen to make room while its request arrived: unanswered, so the client retries it
             self.current, self.body_consumed = request, False
             self.handle_request(request)
             if self.close_connection:
