@@ -117,6 +117,18 @@ class OverlappingInvocations(SimTestCase):
         self.assertEqual([r["event"]["eventType"] for r in self.records("ext-a", "event")], ["SHUTDOWN"])
 
 
+class WorkerInit(SimTestCase):
+    def test_a_worker_init_error_fails_the_init_once(self):
+        """Every worker reports the import error; the first one fails init, the others are refused (403)."""
+        sim = self.make_sim([("ext-a", SHUTDOWN_ONLY)], handler="sim_init_error.handler", concurrency=3, **LMI)
+        init = sim.start(timeout=30, check=False)
+        self.assertEqual((init.status, init.error_type), ("error", "Runtime.Unknown"))
+        self.assertIn("broken at import on purpose", init.message)
+        reports = sim.telemetry_events("platform.initReport")
+        self.assertEqual([r["record"]["status"] for r in reports], ["error"])
+        self.assertEqual(sim.shutdown_result.reason, "failure")
+
+
 class Redelivery(SimTestCase):
     def test_every_post_has_a_sequence_id_kept_on_retries(self):
         sim = self.make_sim([("ext-a", SHUTDOWN_ONLY + ["--listener-fail-first", "2"])], handler="sim_handlers.worker",
