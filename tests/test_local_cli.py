@@ -198,6 +198,8 @@ class LambdaOtelEndToEndTest(unittest.TestCase):
         self.assertIn("init (lambda-managed-instances): success", summary)
         self.assertIn("invocations: 8 (1 error, 7 success)", summary)
         self.assertEqual(summary.count("extension overhead -"), 8)  # no INVOKE event, so no post-invoke phase
+        self.assertRegex(summary, r"overlap: at most [1-4] invocations at once \(concurrency 4: as many runtime "
+                                  r"worker processes\)")
         self.assertIn("extension lambda-otel: exit code 0, exited in time", summary)
         metrics = "\n".join(lines_after(proc.stdout, "Metrics ("))
         self.assertIn("faas.invocations = 7 {invocation}", metrics)

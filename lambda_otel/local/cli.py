@@ -401,6 +401,9 @@ def print_summary(sim: Any, results: List[Any], downs: List[Any], sink: Optional
         if r.init is not None and not r.init.ok:
             err += " (init failed again)"  # start() ran the first init; each invoke retries it, like Lambda
         print(f"    #{i} {r.request_id} {r.status}{err}: duration {dur}, extension overhead {overhead}", file=out)
+    if getattr(sim, "concurrency", 1) > 1:
+        print(f"  overlap: at most {max_overlap(results)} invocations at once "
+              f"(concurrency {sim.concurrency}: as many runtime worker processes)", file=out)
     overheads = sorted(r.extension_overhead_ms for r in results if r.extension_overhead_ms is not None)
     if overheads:
         print(f"  extension overhead per invocation: median {overheads[len(overheads) // 2]:.1f} ms, "
@@ -437,6 +440,17 @@ def print_summary(sim: Any, results: List[Any], downs: List[Any], sink: Optional
             by_path[(rec.path, rec.status if rec.status is not None else rec.outcome)] += 1
         text = ", ".join(f"{path} {status} x{n}" for (path, status), n in sorted(by_path.items(), key=str)) or "none"
         print(f"  backend requests: {text}", file=out)
+
+
+def max_overlap(results: List[Any]) -> int:
+    """The most invocations that ran at one instant (each from its start to its end)."""
+    edges = sorted([(r.started_at.mono, 1) for r in results if r.started_at and r.ended_at]
+                   + [(r.ended_at.mono, -1) for r in results if r.started_at and r.ended_at])
+    best = running = 0
+    for _, step in edges:
+        running += step
+        best = max(best, running)
+    return best
 
 
 def run_invocations(sim: Any, args: argparse.Namespace) -> Tuple[List[Any], List[Any]]:
