@@ -193,7 +193,12 @@ class OtlpExporter:
             return self._config_problem(url, "its host is under the reserved .invalid domain (RFC 6761) "
                                              "and never resolves")
         if self._header_source is not None:
-            user_headers = self._header_source.headers(signal)
+            try:
+                user_headers = self._header_source.headers(signal)
+            except Exception as exc:  # noqa: BLE001 - a broken source defers, never kills the worker
+                self._once.warning(log, ("header_source", signal), "export headers for %s are not available: %s "
+                                   "(the data is kept)", signal, self._clean(f"{type(exc).__name__}: {exc}"))
+                user_headers = None
             if user_headers is None:
                 return ExportOutcome(NOT_READY, error="export headers are not resolved yet")
         else:

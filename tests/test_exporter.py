@@ -630,6 +630,19 @@ class HooksTest(ExporterTestCase):
             self.assertEqual(self.export(exp).kind, SUCCESS)
             self.assertEqual(looked_up, ["backend.test"])  # the export used the warm answer
 
+    def test_a_header_source_that_raises_defers_the_export(self):
+        class Broken(self.Headers):
+            def headers(self, signal=None):
+                raise KeyError("secret-ref")
+
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=self.sink.url("traces")), self.loss, header_source=Broken())
+        self.addCleanup(exp.close)
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcomes = [self.export(exp) for _ in range(2)]
+        self.assertEqual({o.kind for o in outcomes}, {NOT_READY})
+        self.assertEqual(len(logs.output), 1)
+        self.assertEqual(self.sink.requests, [])
+
     def test_requests_are_http_1_1(self):
         self.assertEqual(self.export(self.exporter()).kind, SUCCESS)
         self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
