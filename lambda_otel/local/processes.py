@@ -411,7 +411,15 @@ def _wait_for_exit(pid: int, poll_s: float) -> None:
 
 
 def children_of(pid: int) -> list[int]:
-    """Pids whose parent is `pid` (live or zombie), from /proc."""
+    """Pids whose parent is `pid` (live or zombie), from /proc (its children list where the kernel has one)."""
+    try:
+        kids: set[int] = set()
+        for task in os.listdir(f"/proc/{pid}/task"):  # each thread has its own list
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                kids.update(int(p) for p in fh.read().split())
+        return sorted(kids)
+    except (OSError, ValueError):
+        pass
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
