@@ -26,7 +26,6 @@ who knows the batch.
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import gzip
 import logging
@@ -391,6 +390,8 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # only for the rare HTTP-date form (the email package is a costly import)
+
         try:
             when = email.utils.parsedate_to_datetime(value)
             seconds = when.timestamp() - (time.time() if now is None else now)
