@@ -4,7 +4,8 @@ There, registering INVOKE is refused (and would fail init), only Telemetry API s
 accepted, invocations overlap in several runtime worker processes (the real awslambdaric forks one
 per concurrent request) and the environment never freezes. 40 overlapping invocations log lines
 from their workers (through `logging`, as functions do); then SHUTDOWN. What the backend holds must be exactly what the platform
-reported, and the extension exits 0 in time.
+reported, exported while the environment runs (not only at SHUTDOWN), and the extension exits 0
+in time.
 """
 
 import re
@@ -42,7 +43,9 @@ class FortyOverlappingInvocations(ExtensionTestCase):
         ext_dir = root / "extensions"
         ext_dir.mkdir()
         write_launcher(ext_dir)
-        env = case.make_env(cls.sink)
+        # The background export runs on the periodic timer (20 s by default): 1 s here, so that the
+        # test sees exports while the environment runs without waiting for the default.
+        env = case.make_env(cls.sink, LAMBDA_OTEL_FLUSH_INTERVAL_MS="1000")
         cls.sim = Simulator(extensions_dir=str(ext_dir), handler="lmi_handlers.handler", handler_dir=str(FUNCTIONS),
                             env=env, timeout_s=10.0, mode="managed-instances", concurrency=8)
         case.addCleanup(cls.sim.stop)
@@ -90,6 +93,10 @@ class FortyOverlappingInvocations(ExtensionTestCase):
             now += step
             most = max(most, now)
         self.assertGreaterEqual(most, 2)
+
+    def test_exports_happen_before_shutdown(self):
+        self.assertGreater(self.before_shutdown, 0, self.output())
+        self.assertEqual(self.spans_before_shutdown, INVOCATIONS, self.output())
 
     def test_one_invocation_span_per_request_and_metrics_count_the_reports(self):
         ids = Counter(attr(s, "faas.invocation_id") for s in self.sink.spans() if s.kind == s.SPAN_KIND_SERVER)
