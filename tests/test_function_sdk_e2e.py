@@ -350,6 +350,9 @@ class ReceiverUnderLoadTest(ExtensionTestCase):
 # --- a dead backend never slows the function ----------------------------------------------------
 
 BURST_SPANS = 2000  # per invocation (plus the handler's root span)
+# An SDK release of 2023 whose OTLP/HTTP exporter backs off up to 64 s on a 503 (run in its own venv).
+OLD_SDK_PINS = ("awslambdaric==4.2.2", "opentelemetry-api==1.20.0", "opentelemetry-sdk==1.20.0",
+                "opentelemetry-exporter-otlp-proto-http==1.20.0")
 
 
 class DeadBackendTest(SdkFunctionCase):
@@ -362,11 +365,22 @@ class DeadBackendTest(SdkFunctionCase):
     """
 
     def test_sdk_never_waits_and_every_span_is_delivered_or_counted(self):
+        self.run_outage()
+
+    def test_an_older_sdk_never_waits_either(self):
+        """SDK 1.20's exporter retried a 503 with backoff for up to 64 s: the same outage, in its own venv."""
+        from tests.fn_venv import function_python
+
+        python = function_python(OLD_SDK_PINS)
+        results = self.run_outage(runtime_cmd=[python, "-m", "awslambdaric", "sdk_handlers.handler"])
+        self.assertEqual({r.json()["sdk_version"] for r in results}, {"1.20.0"})
+
+    def run_outage(self, **sim_kwargs):
         port = free_port()
         sink = OtlpSink(port=port).start()
         self.addCleanup(sink.stop)
         capture = self.capture_dir()
-        sim = self.make_sim(self.sdk_env(sink, capture), handler="sdk_handlers.handler", memory_mb=128)
+        sim = self.make_sim(self.sdk_env(sink, capture), handler="sdk_handlers.handler", memory_mb=128, **sim_kwargs)
         sim.start(timeout=30)
         _, max_records = budget_from_memory(128)
         down_invocations = max_records // BURST_SPANS + 3  # more than the whole queue holds
@@ -420,6 +434,7 @@ class DeadBackendTest(SdkFunctionCase):
         self.assertEqual(len(delivered) + platform_delivered + dropped_traces, sum(sent.values()) + platform_sent,
                          f"delivered {len(delivered)}+{platform_delivered}, dropped {dropped_traces}, "
                          f"sent {sum(sent.values())}+{platform_sent}; {summary}")
+        return results
 
 
 def platform_items(sink) -> list:
