@@ -273,8 +273,9 @@ class Prepared:
 
 
 def warm_export_client(extension: Extension) -> None:
-    """Import the exporter's HTTP stack (~100 ms of CPU here) off every critical path. Until it is
-    done the exporter is not ``ready()`` and no hold waits for an export (the data waits instead)."""
+    """Import the exporter's HTTP stack (~100 ms of CPU here) off every critical path, right after
+    the servers are up, so that the first flush (often the first invocation's hold) finds it done.
+    A first invocation that ends before this finished still waits for it in its hold."""
     try:
         extension.pipeline.exporter.warm_up()
     except Exception as exc:  # a broken install: the first export reports it, counted
