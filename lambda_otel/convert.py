@@ -264,6 +264,7 @@ class Converted:
     runtime_done: List[str] = field(default_factory=list)  # request ids seen in platform.runtimeDone
     reports: List[str] = field(default_factory=list)  # request ids seen in platform.report
     started: List[str] = field(default_factory=list)  # request ids seen in platform.start
+    instance_max_memory: Optional[int] = None  # bytes, from a 2025-01-29 platform.initStart (Managed Instances)
     deduplicated: int = 0  # function log lines not exported because the function's SDK sent them
     ignored: int = 0  # problems counted in lambda_otel.telemetry.ignored during this call
 
@@ -336,6 +337,7 @@ class _Batch:
         self.runtime_done: List[str] = []
         self.reports: List[str] = []
         self.started: List[str] = []
+        self.instance_max_memory: Optional[int] = None
         self.deduplicated = 0
         self.ignored = 0
 
@@ -379,7 +381,7 @@ class _Batch:
 
     def result(self) -> Converted:
         out = Converted(runtime_done=self.runtime_done, reports=self.reports, started=self.started,
-                        deduplicated=self.deduplicated, ignored=self.ignored)
+                        instance_max_memory=self.instance_max_memory, deduplicated=self.deduplicated, ignored=self.ignored)
         if self.ss is not None and len(self.ss.spans):
             out.resource_spans, out.span_count = self.rs, len(self.ss.spans)
         if self.rl is not None:
@@ -956,6 +958,9 @@ class TelemetryConverter:
         instance = resource_mod.instance_attributes(record)  # schema 2025-01-29, Managed Instances
         if instance:
             resource_mod.update_resource(self._resource, instance)
+            memory = instance.get("faas.max_memory")
+            if isinstance(memory, int):
+                batch.instance_max_memory = memory  # the pipeline sizes its buffers from it
 
     def _on_restore_start(self, t: int, record: object, batch: _Batch) -> None:
         if not isinstance(record, dict):

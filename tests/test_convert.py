@@ -1213,6 +1213,10 @@ class ManagedInstances(JoinBase):
         self.conv.process([ev("platform.initStart", T0, {"initializationType": "lambda-managed-instances",
                                                           "phase": "init", "instanceId": "i-0abc",
                                                           "instanceMaxMemory": 2147483648})])
+        first = self.conv.process([ev("platform.initStart", T0 + MS, {"initializationType": "lambda-managed-instances",
+                                                                       "phase": "init", "instanceMaxMemory": 4294967296})])
+        self.assertEqual(first.instance_max_memory, 4294967296)
         out = self.conv.process(invocation(RID, T0 + MS, tracing=TRACING))
+        self.assertIsNone(out.instance_max_memory)
         resource = attrs(out.resource_spans.resource)
-        self.assertEqual((resource["faas.instance"], resource["faas.max_memory"]), ("i-0abc", 2147483648))
+        self.assertEqual((resource["faas.instance"], resource["faas.max_memory"]), ("i-0abc", 4294967296))
