@@ -15,8 +15,11 @@ Choices (README material):
   ``durationMs`` only) records nothing. ``faas.invocations`` counts successful invocations. A timeout counts when its report arrives (Lambda emits one
   with ``status: timeout`` before the SHUTDOWN). If SHUTDOWN(timeout|failure) comes first,
   ``on_shutdown`` counts the invocation itself and marks it, so a report that still arrives
-  later adds its durations but is not counted twice.
-* Invocation span: SERVER, named after the function (resource ``faas.name``), from
+  later adds its durations but is not counted twice. SnapStart: ``restoreReport`` gives the restore
+  duration and the cold start (once per restored copy); init events timed before the restore
+  are the snapshot's and are ignored.
+* Invocation span: SERVER (INTERNAL above the function's own SERVER span, see below), named after
+  the function (resource ``faas.name``), from
   ``platform.start`` to ``platform.runtimeDone``; children from ``runtimeDone.spans``; an
   ``extensionOverhead`` child from the later ``platform.report`` (emitted on its own, same
   trace, parent = the invocation span). ``faas.trigger`` is not set: the platform does not say.
