@@ -429,3 +429,34 @@ class SnapStartRestoreSpansTest(ExtensionTestCase):
         self.assertEqual(sorted(p.count for p in restore_points.values()), [1, 1])
         self.assertEqual(counter_total(points, "faas.coldstarts"), 2)
         self.assertEqual(final_cumulative(points, "faas.init_duration"), {})
+
+
+class SamplerFromTheSharedEnvironmentTest(ExtensionTestCase):
+    """OTEL_TRACES_SAMPLER is the function's too: honoured, and never a failed init."""
+
+    def run_with(self, **env):
+        sink = self.make_sink()
+        sim = self.make_sim(self.make_env(sink, **env), handler=HANDLER)
+        init = sim.start(timeout=30)
+        self.assertTrue(init.ok, self.extension_output(sim))
+        results = [sim.invoke({"text": 1}, timeout=30) for _ in range(2)]
+        sim.shutdown("spindown", timeout=30)
+        return sim, sink, results
+
+    def test_unknown_values_warn_once_and_keep_the_default(self):
+        sim, sink, results = self.run_with(OTEL_TRACES_SAMPLER="no_such_sampler", OTEL_TRACES_SAMPLER_ARG="lots")
+        output = [line for _, line in sim.process_output("lambda-otel")]
+        for variable in ("OTEL_TRACES_SAMPLER:", "OTEL_TRACES_SAMPLER_ARG:"):
+            warnings = [line for line in output if variable in line]
+            self.assertEqual(len(warnings), 1, output)  # once, at start
+            self.assertIn("WARNING", warnings[0])
+        server = [s for s in sink.spans() if s.kind == SERVER]
+        self.assertEqual(len(server), len(results))  # parentbased_always_on, Sampled=1
+
+    def test_always_off_exports_no_span_but_every_log_and_metric(self):
+        sim, sink, results = self.run_with(OTEL_TRACES_SAMPLER="always_off")
+        self.assertEqual(sink.spans(), [])
+        for r in results:
+            (line,) = [i.record for i in sink.log_items() if i.record.body.string_value == f"plain line 0 of {r.request_id}"]
+            self.assertEqual(line.trace_id, xray_parts(r.trace_header)[0])  # still in its trace
+        self.assertEqual(counter_total(sink.metrics(), "faas.invocations"), len(results))
