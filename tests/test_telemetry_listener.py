@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import socket
 import threading
 import time
 import unittest
@@ -153,6 +154,79 @@ class PipelineTest(unittest.TestCase):
         self.assertGreaterEqual(pipeline.aggregator.pending_records("traces"), 1)
         self.assertEqual(pipeline.aggregator.pending_records("logs"), 1)
         self.assertIsNone(pipeline.receiver)
+
+
+class ListenerLimitsTest(unittest.TestCase):
+    """What a misbehaving client can make the Telemetry API listener spend: the receiver's limits."""
+
+    LIMITS = None  # set in setUp (small, so the test is quick)
+
+    def setUp(self):
+        from lambda_otel.http_server import ServerLimits
+
+        self.batches = []
+        self.listener = TelemetryListener(bind_socket("127.0.0.1", 0), self.batches.append, TelemetryConfig(),
+                                          limits=ServerLimits(max_connections=8, idle_timeout_s=30.0,
+                                                              header_timeout_s=0.5, body_timeout_s=0.5))
+        self.listener.start()
+        self.addCleanup(self.listener.stop)
+
+    def raw(self):
+        s = socket.create_connection(("127.0.0.1", self.listener.port), timeout=10)
+        self.addCleanup(s.close)
+        return s
+
+    def post_ok(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.listener.port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/", body=b'[{"type": "function", "record": "ok"}]')
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    def test_idle_connections_past_the_cap_cost_no_thread_and_lock_nobody_out(self):
+        idle = [self.raw() for _ in range(40)]  # 5,000 of these once meant 5,000 threads
+        self.assertEqual(self.post_ok(), 200)
+        for _ in range(100):
+            if self.listener.connection_count() <= 8:
+                break
+            time.sleep(0.02)
+        self.assertLessEqual(self.listener.connection_count(), 8)
+        self.assertLess(threading.active_count(), 40)
+        self.assertGreater(self.listener.http_stats.snapshot()["idle_closed_at_connection_cap"], 30)
+        del idle
+
+    def test_slow_head_and_long_declared_body_are_cut_at_their_deadlines(self):
+        head = self.raw()
+        head.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # never finishes its head
+        body = self.raw()
+        body.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n[")  # never sends the rest
+        for sock in (head, body):
+            sock.settimeout(10)
+            started = time.monotonic()
+            self.assertEqual(sock.recv(1024), b"")  # closed by the listener
+            self.assertLess(time.monotonic() - started, 9)
+        stats = self.listener.http_stats.snapshot()
+        self.assertEqual((stats["slow_request_head"], stats["slow_body"]), (1, 1))
+        self.assertEqual(self.post_ok(), 200)
+
+    def test_aborted_connections_print_nothing(self):
+        """200 aborted connections once printed 5,619 traceback lines, which came back as telemetry."""
+        import contextlib
+        import io
+        import struct
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertNoLogs("lambda_otel", level="DEBUG"):
+            for i in range(60):
+                s = socket.create_connection(("127.0.0.1", self.listener.port), timeout=10)
+                s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 50\r\n\r\n" + (b"[" if i % 2 else b""))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()  # RST
+            self.assertEqual(self.post_ok(), 200)
+            time.sleep(0.6)  # past the body deadline of any connection still open
+        self.assertEqual(err.getvalue(), "")
+        self.assertEqual(self.batches, [[{"type": "function", "record": "ok"}]])
 
 
 class SlowConverter:
