@@ -58,7 +58,8 @@ def loaded_extension_mib(ws: Workspace, invocations: int) -> float:
             sink.wait_for(lambda: sum(1 for s in sink.spans() if s.name == "work") >= invocations, timeout=10)
             got = sum(1 for s in sink.spans() if s.name == "work")
             if got < invocations:
-                raise RuntimeError(f"only {got} of {invocations} function spans reached the sink")
+                raise RuntimeError(f"only {got} of {invocations} function spans reached the sink; "
+                                   f"{env.final_flush_line()}")
         finally:
             env.close()
     return peak

@@ -51,7 +51,7 @@ def shutdown_once(ws: Workspace, variant: str, lines: int, pending: List[int]) -
             if variant == NAME:
                 got = sum(1 for r in sink.log_records() if r.body.string_value.startswith("bench line"))
                 if got != lines:
-                    raise RuntimeError(f"the sink got {got} of {lines} lines")
+                    raise RuntimeError(f"the sink got {got} of {lines} lines; {env.final_flush_line()}")
                 pending.append((lines - in_extension, in_extension - exported_before))
         finally:
             env.close()

@@ -426,5 +426,11 @@ class Environment:
             raise RuntimeError(f"{self.variant}: invocation ended {res.status} {res.error_type}\n{tail}")
         return res
 
+    def final_flush_line(self) -> str:
+        """The extension's one summary line of its final flush (sent, unsent, dropped by reason):
+        printed with every short count, so a reader can tell lost from counted."""
+        lines = [line for _, line in self.sim.process_output(self.ext_name) if "final flush:" in line]
+        return lines[-1] if lines else "(the extension logged no final flush line)"
+
     def close(self) -> None:
         quiet_stop(self.sim)

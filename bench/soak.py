@@ -46,6 +46,7 @@ class SoakResult:
     lines_delivered: int = 0
     duplicates: int = 0
     missing: int = 0
+    final_flush: str = ""  # the extension's final-flush line, when a count is short
     dropped: Dict[str, int] = field(default_factory=dict)
     statuses: Dict[str, int] = field(default_factory=dict)
     rss_kb_warm: Optional[int] = None  # after the first 10 % (at least 20 invocations)
@@ -128,6 +129,9 @@ def run_soak(invocations: int, max_seconds: float = 600.0, lines: int = LINES,
         result.lines_delivered = len(set(seen) & expected)
         result.duplicates = sum(n - 1 for n in seen.values() if n > 1)
         result.missing = len(expected - set(seen))
+        if result.missing:
+            result.final_flush = next((line for line in reversed(output.splitlines()) if "final flush:" in line),
+                                      "(no final flush line)")
     finally:
         if sim is not None:
             sim.stop()

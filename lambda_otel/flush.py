@@ -72,7 +72,8 @@ Every wait in this module is bounded, and never longer than ``MAX_WAIT_S`` at a 
 
 Shutdown: everything pending is sent in batches, every request's deadline being
 ``deadlineMs - shutdown_margin_s`` (even with the breaker open: it is the last
-chance); what is left at that instant is counted as ``shutdown_deadline``.
+chance); what is left at the end is counted as ``export_failed`` when the last request failed
+(refused, DNS, TLS, an error status: ``final_loss_reason``), else as ``shutdown_deadline``.
 
 Lock order (a thread holding one may take only those after it; never the reverse):
 
@@ -101,7 +102,7 @@ from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Seq
 
 from lambda_otel import loss as loss_mod
 from lambda_otel.config import STRATEGIES
-from lambda_otel.exporter import ExportKind
+from lambda_otel.exporter import ExportKind, FailureCause
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
@@ -120,6 +121,7 @@ ESCALATION_FAILURES = 20  # consecutive failed flushes before forcing continuous
 MAX_BATCH_ATTEMPTS = 5  # a batch that failed this often is dropped (retries_exhausted)
 CONTINUOUS_MIN_GAP_S = 0.1  # continuous: at most one data-driven flush per this interval
 MIN_REQUEST_S = 0.01  # a request is not started with less time than this before its deadline
+NOT_READY_RETRY_S = 0.2  # the exporter's headers were not resolved yet: try again after this
 RUNTIME_DONE_WAIT_FLOOR_S = 0.05  # the adaptive runtimeDone wait never shrinks below this
 PROBE_MAX_RECORDS = 100  # a breaker probe is one small batch ...
 PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_s)
@@ -365,6 +367,15 @@ FREEZE_SAFE = FlushPolicy("freeze-safe", decide, invocation_budget=True)  # on-d
 MANAGED_INSTANCES = FlushPolicy("managed-instances", decide_managed_instances, invocation_budget=False)
 
 
+def final_loss_reason(last_failure: Optional[FailureCause]) -> str:
+    """Why the records left at the end of the final flush are lost: the backend's failure when the
+    last request failed for a reason other than time running out (refused, DNS, TLS, an error
+    status...), else the deadline."""
+    if last_failure is None or last_failure in (FailureCause.TIMEOUT, FailureCause.CLOSED):
+        return loss_mod.SHUTDOWN_DEADLINE
+    return loss_mod.EXPORT_FAILED
+
+
 def _not_now(asked: bool, wait_s: Optional[float] = None) -> Decision:
     return Decision(Action.DEFER) if asked else Decision(Action.WAIT, wait_s=wait_s)
 
@@ -605,7 +616,8 @@ class FlushResult:
     sent: Dict[str, int] = field(default_factory=dict)  # records accepted, per signal
     requests: int = 0
     deferred: bool = False  # stopped before the queue was empty (gate, budget, breaker, Retry-After)
-    shutdown_dropped: int = 0  # final flush only: records left unsent at the deadline
+    shutdown_dropped: int = 0  # final flush only: records left unsent at the end
+    last_failure: Optional[FailureCause] = None  # why the last request failed (None: it did not)
 
 
 class FlushTicket:
@@ -832,7 +844,7 @@ class ExportWorker(threading.Thread):
                     result.success = False
                 elif status is DrainStatus.STOPPED:
                     break
-        unsent = self.aggregator.discard_all(loss_mod.SHUTDOWN_DEADLINE)
+        unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
         result.shutdown_dropped = unsent
         result.deferred = unsent > 0
         self._record(result)
@@ -853,6 +865,7 @@ class ExportWorker(threading.Thread):
             token = self.gate.try_begin(req_deadline)
             if token is None:
                 return DrainStatus.STOPPED
+            batch = None
             try:
                 batch = self.aggregator.take_batch(signal, cfg.max_batch_bytes, max_records or cfg.max_batch_records)
                 if batch is None:
@@ -862,8 +875,14 @@ class ExportWorker(threading.Thread):
                 elapsed = self._clock() - started
             finally:
                 self.gate.end(token)
-            result.requests += 1
             kind = ExportKind.RETRYABLE if outcome is None else outcome.kind
+            if kind is ExportKind.NOT_READY:  # nothing was sent (headers not resolved yet): not a failure
+                self.aggregator.requeue(batch)
+                with self._cond:
+                    self._not_before = max(self._not_before, self._clock() + NOT_READY_RETRY_S)
+                return DrainStatus.STOPPED
+            result.requests += 1
+            result.last_failure = None
             if kind is ExportKind.SUCCESS:
                 # Partial-success rejections are counted by the exporter itself.
                 rejected = min(batch.records, max(0, outcome.rejected_records))
@@ -880,13 +899,14 @@ class ExportWorker(threading.Thread):
                     self._warned_no_endpoint.add(signal)
                     log.warning("no endpoint configured for %s: dropping them (counted as no_endpoint)", signal)
             else:  # RETRYABLE (or an exception)
+                result.last_failure = FailureCause.RESPONSE if outcome is None else outcome.cause
                 retry_after = None if outcome is None else outcome.retry_after
                 with self._cond:
                     self._failing_spent += elapsed
                     if retry_after:
                         self._not_before = max(self._not_before, self._clock() + retry_after)
                 batch.attempts += 1
-                if batch.attempts >= MAX_BATCH_ATTEMPTS:
+                if batch.attempts >= MAX_BATCH_ATTEMPTS and not final:  # final: what is left is counted at the end
                     self.loss.add(signal, loss_mod.RETRIES_EXHAUSTED, batch.records)
                 else:
                     self.aggregator.requeue(batch)  # keeps batch.attempts

@@ -272,6 +272,16 @@ class DecideTest(unittest.TestCase):
         d = decide_managed_instances(NOW, state(timer_due=NOW, breaker_open=True, next_probe_at=NOW, pending_records=1, **s))
         self.assertIs(d.action, Action.PROBE)
 
+    def test_final_loss_reason_names_the_backend_failure(self):
+        from lambda_otel.exporter import FailureCause
+        from lambda_otel.flush import final_loss_reason
+        from lambda_otel.loss import EXPORT_FAILED, SHUTDOWN_DEADLINE
+
+        self.assertEqual(final_loss_reason(None), SHUTDOWN_DEADLINE)
+        self.assertEqual(final_loss_reason(FailureCause.TIMEOUT), SHUTDOWN_DEADLINE)
+        for cause in (FailureCause.CONNECT, FailureCause.DNS, FailureCause.TLS, FailureCause.HTTP_STATUS):
+            self.assertEqual(final_loss_reason(cause), EXPORT_FAILED, cause)
+
     def test_bounded(self):
         self.assertEqual([bounded(x) for x in (-1.0, 0.0, 0.5, 1e10, float("inf"), float("nan"))],
                          [0.0, 0.0, 0.5, MAX_WAIT_S, MAX_WAIT_S, 0.0])

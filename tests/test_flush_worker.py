@@ -3,6 +3,7 @@ and the OtlpSink backend on 127.0.0.1, with real threads."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import unittest
@@ -14,6 +15,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from lambda_otel import exporter as exporter_mod
 from lambda_otel import flush as flush_mod
 from lambda_otel import loss as L
 from lambda_otel.aggregator import Aggregator
@@ -78,6 +80,7 @@ class Harness:
             traces_endpoint=ep and ep + "/v1/traces", metrics_endpoint=ep and ep + "/v1/metrics",
             logs_endpoint=ep and ep + "/v1/logs", compression="none", timeout_s=exporter_timeout_s), self.loss)
         test.addCleanup(self.exporter.close)
+        self.exporter.warm_up()  # as app.py does on its start-up thread: flushes wait for it
         self.config = replace(FlushConfig(), **flush)
         self.aggregator = Aggregator(16 * 1024 * 1024, queue_records, self.loss)
         self.metrics = MetricsState(resource(), "delta", self.loss)
@@ -542,7 +545,39 @@ class CoordinatorTest(unittest.TestCase):
         self.assertLess(time.time() * 1000, deadline_ms)
         self.assertEqual(len(h.sink.requests_to("/v1/traces")), 1, "no retry inside the Retry-After")
         self.assertEqual(summary.shutdown_deadline, 2)
-        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.SHUTDOWN_DEADLINE): 2})
+        # The backend's refusal, not our deadline, lost them: counted as export_failed.
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_FAILED): 2})
+
+    def test_dead_backend_at_shutdown_counts_export_failed_within_the_deadline(self):
+        h = Harness(self, strategy="end", shutdown_margin_s=0.2)
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        port = dead.getsockname()[1]
+        dead.close()  # nothing listens there: connection refused
+        h.exporter.close()
+        h.worker.exporter = h.exporter = OtlpExporter(ExporterConfig(
+            traces_endpoint=f"http://127.0.0.1:{port}/v1/traces", compression="none"), h.loss)
+        self.addCleanup(h.exporter.close)
+        h.exporter.warm_up()
+        h.add_spans(3)
+        deadline_ms = epoch_ms_in(1.0)
+        summary = h.coordinator.on_shutdown_event(deadline_ms)
+        self.assertLess(time.time() * 1000, deadline_ms)
+        self.assertEqual(summary.shutdown_deadline, 3, (summary, h.loss.snapshot()))
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_FAILED): 3}, "the real cause, not the deadline")
+
+    def test_headers_not_ready_is_not_a_failure(self):
+        h = Harness(self, strategy="end", breaker_failures=1)
+        h.gate.open()
+        h.add_spans(2)
+        outcome = exporter_mod.ExportOutcome(exporter_mod.NOT_READY, error="headers not resolved")
+        with mock.patch.object(h.exporter, "export", return_value=outcome):
+            result = h.flush()
+        self.assertIsNone(result.success, "nothing was sent: no evidence either way")
+        self.assertFalse(h.worker.breaker.is_open)
+        self.assertEqual(h.manager.consecutive_failures, 0)
+        batch = h.aggregator.take_batch(L.TRACES, 1 << 20, 100)
+        self.assertEqual((batch.records, batch.attempts), (2, 0), "kept, and not counted as an attempt")
 
     def test_metrics_ride_along_with_every_flush(self):
         h = Harness(self, strategy="end")
