@@ -1200,9 +1200,10 @@ class TelemetryConverter:
         self._holding.remove(inv)
         self._held_count -= len(held)
         self._held_bytes -= sum(len(line.dedup_text) for line in held)
+        taken = self._sdk_view.take_logs([(line.severity_number, line.dedup_text, *line.window) for line in held])
         deduplicated = 0
-        for line in held:
-            if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
+        for line, dropped in zip(held, taken):
+            if dropped:
                 deduplicated += 1
             else:
                 self._emit_log(line, inv, batch)

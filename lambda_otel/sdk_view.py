@@ -45,7 +45,7 @@ class _BoundedIndex:
     """A bounded multiset: key -> values, oldest forgotten first; ``take`` consumes one match."""
 
     def __init__(self, limit: int) -> None:
-        self._limit = max(1, limit)
+        self.limit = max(1, limit)
         self._entries: "OrderedDict[int, Tuple[object, object]]" = OrderedDict()  # seq -> (key, value)
         self._seqs: Dict[object, List[int]] = {}  # key -> its seqs, oldest first
         self._next = 0
@@ -58,7 +58,7 @@ class _BoundedIndex:
         self._next += 1
         self._entries[seq] = (key, value)
         self._seqs.setdefault(key, []).append(seq)
-        while len(self._entries) > self._limit:
+        while len(self._entries) > self.limit:
             old, (old_key, _) = self._entries.popitem(last=False)
             self._forget(old_key, old)
 
@@ -94,6 +94,7 @@ class FunctionSdkView:
         # (severity, message key) -> (lo, hi) time window of lines we exported with no SDK copy seen
         self._exported = _BoundedIndex(max_log_keys)
         self._on_deduplicated = on_deduplicated
+        self._noted_unseen = 0  # exported lines remembered before the SDK sent any log record
         self.sdk_logs_seen = False  # sticky: this function's SDK sends logs
 
     # -- the receiver's side ------------------------------------------------------------------
@@ -153,12 +154,30 @@ class FunctionSdkView:
         """True: the SDK's copy of this line (same severity and message, timed in [lo_ns, hi_ns))
         arrived, and is consumed. False: the caller exports the line, and it is remembered so that
         an SDK copy arriving later is dropped instead."""
-        key = (severity, message_key(message))
+        return self.take_logs([(severity, message, lo_ns, hi_ns)])[0]
+
+    def take_logs(self, lines: List[Tuple[int, str, int, int]]) -> List[bool]:
+        """``take_log`` for many lines under one lock (an invocation's held lines).
+
+        Until the SDK has sent any log record, exported lines are remembered only up to the
+        index's size: a function whose SDK sends no logs stops paying for them there, and one whose
+        SDK is merely late has its first records deduplicated."""
+        out = []
         with self._lock:
-            if self._sdk_logs.take(key, lambda t: lo_ns <= t < hi_ns):
-                return True
-            self._exported.add(key, (lo_ns, hi_ns))
-            return False
+            if not self.sdk_logs_seen:
+                room = self._exported.limit - self._noted_unseen
+                for severity, message, lo_ns, hi_ns in lines[:max(0, room)]:
+                    self._exported.add((severity, message_key(message)), (lo_ns, hi_ns))
+                self._noted_unseen += min(len(lines), max(0, room))
+                return [False] * len(lines)
+            for severity, message, lo_ns, hi_ns in lines:
+                key = (severity, message_key(message))
+                if self._sdk_logs.take(key, lambda t: lo_ns <= t < hi_ns):
+                    out.append(True)
+                else:
+                    self._exported.add(key, (lo_ns, hi_ns))
+                    out.append(False)
+        return out
 
     def renew_after_restore(self) -> None:
         """A restored snapshot starts with what the snapshot's SDK sent: nothing of it is this copy's."""
@@ -166,4 +185,5 @@ class FunctionSdkView:
             self._server_parents.clear()
             self._sdk_logs.clear()
             self._exported.clear()
+            self._noted_unseen = 0
 

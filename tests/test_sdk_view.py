@@ -168,3 +168,27 @@ def _iso(ns: int) -> str:
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LateCopiesBeforeAnySdkLog(unittest.TestCase):
+    def test_lines_are_remembered_up_to_the_index_size_until_the_sdk_sends_logs(self):
+        from tests.test_convert import sdk_log
+
+        seen = []
+        view = FunctionSdkView(max_log_keys=5, on_deduplicated=seen.append)
+        t = 10**18
+        self.assertEqual(view.take_logs([(9, f"m{i}", t, t + 10) for i in range(8)]), [False] * 8)
+        self.assertEqual(len(view._exported), 5)  # a function with no SDK logs pays for 5 lines only
+        self.assertEqual(view.take_logs([(9, "m8", t, t + 10)]), [False])
+        self.assertEqual(len(view._exported), 5)
+        late = sdk_log("m0", t + 1)
+        view.observe("logs", [late])
+        self.assertEqual(len(late.scope_logs[0].log_records), 0)  # remembered: the late copy is dropped
+        self.assertEqual(seen, [1])
+        later = sdk_log("m8", t + 1)  # past the budget while no SDK log had come: kept (exported twice)
+        view.observe("logs", [later])
+        self.assertEqual(len(later.scope_logs[0].log_records), 1)
+        # Once the SDK sends logs, every exported line is remembered again.
+        self.assertEqual(view.take_logs([(9, "m9", t, t + 10)]), [False])
+        view.observe("logs", [sdk_log("m9", t + 2)])
+        self.assertEqual(seen, [1, 1])
