@@ -65,7 +65,10 @@ class HostileBackendTest(FaultScenarioCase):
         for secret in ("pw-s3cret", "t0ken"):
             self.assertNotIn(secret, output)
         lost = len(expected_lines(results, LINES))
-        self.assertGreaterEqual(sum(summary["dropped"].values()) + summary["unsent"], lost, summary)
+        self.assertGreaterEqual(sum(summary["dropped"].values()), lost, summary)
+        # The real cause, not "ran out of time": the backend never answered.
+        self.assertIn("export_failed", summary["dropped"], summary)
+        self.assertNotIn("shutdown_deadline", summary["dropped"], summary)
 
     def test_an_answer_dripped_a_byte_at_a_time(self):
         sink = self.make_sink()
@@ -86,6 +89,62 @@ class HostileBackendTest(FaultScenarioCase):
         seen = function_lines(sink)
         self.assertEqual(set(seen), expected_lines(results, LINES))
         self.assertEqual(summary["unsent"], 0, summary)
+
+
+
+class HeadersNotReadyTest(unittest.TestCase):
+    """Headers a HeaderSource does not know yet: nothing is sent, nothing is lost, no failure is
+    counted, and the worker does not spin; what is still waiting at SHUTDOWN is counted."""
+
+    class Source:
+        def __init__(self):
+            self.value = None
+            self.calls = 0
+
+        def headers(self, signal=None):
+            self.calls += 1
+            return None if self.value is None else {"Authorization": self.value}
+
+        def secret_values(self):
+            return (self.value,) if self.value else ()
+
+    def make(self):
+        from lambda_otel.config import ExporterConfig
+        from lambda_otel.exporter import OtlpExporter
+        from tests.test_exporter import quiet_exporter_logs
+        from tests.test_flush_worker import Harness
+
+        quiet_exporter_logs(self)
+        h = Harness(self, strategy="continuous", breaker_failures=1)
+        source = self.Source()
+        exporter = OtlpExporter(ExporterConfig(traces_endpoint=h.sink.url("traces")), h.loss, header_source=source)
+        self.addCleanup(exporter.close)
+        h.worker.exporter = exporter
+        return h, source
+
+    def test_data_waits_for_the_headers_without_failures(self):
+        h, source = self.make()
+        h.gate.open()
+        h.add_spans(3)
+        time.sleep(1.0)  # continuous: the worker would send at once, if it could
+        self.assertEqual(h.sink.requests, [])
+        self.assertLessEqual(source.calls, 5)  # asked again about every NOT_READY_RETRY_S, not in a loop
+        self.assertFalse(h.worker.breaker.is_open)
+        self.assertEqual(h.aggregator.pending_records(), 3)
+        source.value = "Bearer resolved"
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 3, timeout=5))
+        self.assertEqual(h.loss.snapshot(), {})
+
+    def test_still_not_ready_at_shutdown_is_counted(self):
+        h, source = self.make()
+        h.gate.open()
+        h.add_spans(3)
+        ticket = h.worker.request_flush(time.monotonic() + 0.8, final=True)
+        self.assertTrue(ticket.wait(5))
+        counted = h.loss.snapshot()
+        self.assertEqual(sum(counted.values()), 3, counted)  # every record, once, by one reason
+        self.assertLessEqual({reason for _, reason in counted}, {"shutdown_deadline", "export_failed"})
+        self.assertEqual(h.sink.requests, [])
 
 
 if __name__ == "__main__":
