@@ -185,6 +185,8 @@ class OtlpExporter:
         url = self._config.endpoint(signal)
         if not url:
             return ExportOutcome(NO_ENDPOINT, error=f"no endpoint configured for {signal}")
+        if not items:
+            return ExportOutcome(SUCCESS)  # nothing to send: no request
         if self._closed.is_set():
             return ExportOutcome(RETRYABLE, error="exporter closed", cause=FailureCause.CLOSED)
         if _never_resolves(url):

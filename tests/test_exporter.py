@@ -142,6 +142,10 @@ class SuccessTest(ExporterTestCase):
         self.assertEqual(headers["content-encoding"], "gzip")
         self.assertEqual(len(self.sink.spans()), 3)
 
+    def test_an_empty_batch_sends_no_request(self):
+        self.assertEqual(self.exporter().export(TRACES, [], time.monotonic() + 5).kind, SUCCESS)
+        self.assertEqual(self.sink.requests, [])
+
     def test_no_endpoint(self):
         outcome = self.export(self.exporter(), signal="metrics")
         self.assertEqual((outcome.kind, outcome.attempts), (NO_ENDPOINT, 0))
