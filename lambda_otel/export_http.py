@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import requests
 
 DNS_CACHE_S = 30.0
+DNS_MAX_WAIT_S = 10.0  # a lookup is never waited on longer than this, even without a timeout given
 MAX_RESPONSE_BYTES = 1024 * 1024  # an OTLP response is a few bytes; an error page is cut here
 
 AddrInfo = Tuple[int, int, int, str, Any]
@@ -65,6 +66,8 @@ class Resolver:
             if lookup is None:  # at most one thread per host, however slow its DNS
                 lookup = self._pending[key] = _Lookup(host, port, self._done)
                 lookup.start()
+        if timeout is None:
+            timeout = DNS_MAX_WAIT_S
         if not lookup.finished.wait(timeout):
             raise DeadlineExceeded(f"DNS resolution of {host} took longer than {timeout:.3g}s")
         if lookup.error is not None:

@@ -474,6 +474,39 @@ class WholeRequestDeadlineTest(ExporterTestCase):
             self.assertLessEqual(threading.active_count(), before)
 
 
+class ResolverTest(unittest.TestCase):
+    def test_answers_are_cached_for_a_while_failures_are_not(self):
+        from lambda_otel.export_http import Resolver
+
+        now = [100.0]
+        calls = []
+        answer = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))]
+
+        def fake(host, port, family=0, type=0, proto=0, flags=0):
+            if flags & socket.AI_NUMERICHOST:
+                raise socket.gaierror(socket.EAI_NONAME, "not numeric")
+            calls.append(host)
+            if host == "broken.test":
+                raise socket.gaierror(socket.EAI_NONAME, "no such host")
+            return answer
+
+        resolver = Resolver(cache_s=30.0, clock=lambda: now[0])
+        with mock.patch("socket.getaddrinfo", fake):
+            self.assertEqual(resolver.resolve("a.test", 80, 1.0), answer)
+            self.assertEqual(resolver.resolve("a.test", 80, 1.0), answer)
+            self.assertEqual(calls, ["a.test"])
+            now[0] += 31
+            resolver.resolve("a.test", 80, 1.0)
+            self.assertEqual(calls, ["a.test", "a.test"])
+            resolver.forget("a.test")
+            resolver.resolve("a.test", 80, 1.0)
+            self.assertEqual(len(calls), 3)
+            for _ in range(2):
+                with self.assertRaises(socket.gaierror):
+                    resolver.resolve("broken.test", 80, 1.0)
+            self.assertEqual(calls.count("broken.test"), 2)
+
+
 class PartialSuccessCapTest(ExporterTestCase):
     def test_rejections_are_capped_at_what_was_sent(self):
         self.sink.set_reply(Reply(partial_rejected=2_000_000, partial_message="nope"))
