@@ -4,13 +4,10 @@ It starts the Lambda simulator, the lambda-otel extension (from this checkout, t
 a temporary extensions folder, as the layer would), a demo function and an OTLP sink; runs a few
 invocations (one of them fails) and a SHUTDOWN; then prints what the backend received (metrics with
 values, spans as trees, log lines with their trace ids) and a short summary (invocations, extension
-overhead per invocation as the simulator measured it, shutdown result).
-
-    lambda-otel-local                                  # demo function, 5 invocations
-    lambda-otel-local --handler app.handler --handler-dir ./src --env LOG_LEVEL=debug
-    lambda-otel-local --endpoint https://collector.example:4318   # real backend; summary only
-    lambda-otel-local --extensions-dir ./my-extensions # run other extensions instead of lambda-otel
+overhead per invocation as the simulator measured it, what lambda-otel dropped, shutdown result).
+docs/local.md says how to read it; ``lambda-otel-local --help`` lists the options with examples.
 """
+
 
 from __future__ import annotations
 
@@ -34,6 +31,14 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath
 DEMO_HANDLER = "lambda_otel.local.demo_function.handler"
 EXTENSION_NAME = "lambda-otel"
 STATUS_CODES = {0: "", 1: "OK", 2: "ERROR"}
+EXAMPLES = """examples:
+  lambda-otel-local                                   the demo function, 5 invocations (the middle one fails)
+  lambda-otel-local --handler app.handler --handler-dir ./src --env LOG_LEVEL=debug
+  lambda-otel-local --endpoint https://collector.example:4318      a real backend; the summary only
+  lambda-otel-local --mode managed-instances --concurrency 8 -n 40
+  lambda-otel-local --mode snapstart --restores 2 -n 6
+  lambda-otel-local --extensions-dir ./my-extensions  other extensions instead of lambda-otel
+"""
 SPAN_KINDS = {2: "server", 3: "client", 4: "producer", 5: "consumer"}  # internal (1) and unset are not shown
 MODES = ("on-demand", "provisioned-concurrency", "managed-instances", "snapstart")
 MIB = 1024 * 1024
@@ -44,6 +49,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="lambda-otel-local",
         description="Run lambda-otel in a local Lambda simulator and show what a backend receives.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--invocations", "-n", type=int, default=5, help="number of invocations (default 5; "
                         "when there are 2 or more, the middle one is asked to fail)")
