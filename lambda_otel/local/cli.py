@@ -8,7 +8,6 @@ overhead per invocation as the simulator measured it, what lambda-otel dropped, 
 docs/local.md says how to read it; ``lambda-otel-local --help`` lists the options with examples.
 """
 
-
 from __future__ import annotations
 
 import argparse
