@@ -266,17 +266,19 @@ class Aggregator:
                 self._records += entry.records
             self._evict_until_fits_locked(0, 0)
 
-    def discard_all(self, reason: str) -> int:
-        """Drop everything still queued, counting it under ``reason``; returns the records dropped."""
+    def discard_all(self, reason: str, signals: Sequence[str] = SIGNALS) -> int:
+        """Drop everything still queued (of ``signals``), counting it under ``reason``; returns the
+        records dropped."""
         with self._lock:
             dropped = 0
-            for signal, queue in self._queues.items():
+            for signal in signals:
+                queue = self._queues[signal]
                 n = sum(e.records for e in queue)
+                self._bytes -= sum(e.nbytes for e in queue)
+                self._records -= n
                 self._loss.add(signal, reason, n)
                 dropped += n
                 queue.clear()
-            self._bytes = 0
-            self._records = 0
             self._room.notify_all()
         return dropped
 

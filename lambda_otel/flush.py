@@ -208,7 +208,7 @@ class BatchQueue(Protocol):
 
     def set_admission_wait(self, seconds: float) -> None: ...
 
-    def discard_all(self, reason: str) -> int: ...
+    def discard_all(self, reason: str, signals: Sequence[str] = ...) -> int: ...
 
     def set_on_data(self, callback: Optional[Callable[[], None]]) -> None: ...
 
@@ -844,7 +844,14 @@ class ExportWorker(threading.Thread):
                     result.success = False
                 elif status is DrainStatus.STOPPED:
                     break
-        unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
+        reason = final_loss_reason(result.last_failure)
+        unsent = self.aggregator.discard_all(reason, (loss_mod.TRACES, loss_mod.LOGS))
+        # What was just counted (and any metrics still queued) goes out in one last metrics
+        # request if time remains, so the backend's lambda_otel.dropped adds up to this line.
+        self._collect_metrics()
+        if self.aggregator.pending_records(loss_mod.METRICS) and self._clock() < until - MIN_REQUEST_S:
+            self._drain_signal(loss_mod.METRICS, until, result, final=True)
+        unsent += self.aggregator.discard_all(final_loss_reason(result.last_failure) if result.last_failure else reason)
         result.shutdown_dropped = unsent
         result.deferred = unsent > 0
         self._record(result)

@@ -518,10 +518,13 @@ class CoordinatorTest(unittest.TestCase):
         summary = h.coordinator.on_shutdown_event(deadline_ms)
         self.assertLess(time.time() * 1000, deadline_ms)
         self.assertTrue(summary.completed)
-        self.assertEqual(summary.shutdown_deadline, 7)
         self.assertEqual(summary.sent, {})
-        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.SHUTDOWN_DEADLINE): 4, (L.LOGS, L.SHUTDOWN_DEADLINE): 3})
-        self.assertEqual(summary.dropped, {L.SHUTDOWN_DEADLINE: 7})
+        loss = h.loss.snapshot()
+        # The last metrics item (the counts of this very loss) could not be sent either: counted too.
+        metrics_lost = loss.pop((L.METRICS, L.SHUTDOWN_DEADLINE), 0)
+        self.assertEqual(loss, {(L.TRACES, L.SHUTDOWN_DEADLINE): 4, (L.LOGS, L.SHUTDOWN_DEADLINE): 3})
+        self.assertEqual(summary.shutdown_deadline, 7 + metrics_lost)
+        self.assertEqual(summary.dropped, {L.SHUTDOWN_DEADLINE: 7 + metrics_lost})
         self.assertFalse(h.worker.is_alive())
 
     def test_shutdown_sends_everything_and_honours_short_retry_after(self):
@@ -544,9 +547,12 @@ class CoordinatorTest(unittest.TestCase):
         summary = h.coordinator.on_shutdown_event(deadline_ms)
         self.assertLess(time.time() * 1000, deadline_ms)
         self.assertEqual(len(h.sink.requests_to("/v1/traces")), 1, "no retry inside the Retry-After")
-        self.assertEqual(summary.shutdown_deadline, 2)
-        # The backend's refusal, not our deadline, lost them: counted as export_failed.
-        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_FAILED): 2})
+        # The backend's refusal, not our deadline, lost them: counted as export_failed (and so is
+        # the last metrics item, refused the same way).
+        loss = h.loss.snapshot()
+        metrics_lost = loss.pop((L.METRICS, L.EXPORT_FAILED), 0)
+        self.assertEqual(loss, {(L.TRACES, L.EXPORT_FAILED): 2})
+        self.assertEqual(summary.shutdown_deadline, 2 + metrics_lost)
 
     def test_dead_backend_at_shutdown_counts_export_failed_within_the_deadline(self):
         h = Harness(self, strategy="end", shutdown_margin_s=0.2)
@@ -563,8 +569,21 @@ class CoordinatorTest(unittest.TestCase):
         deadline_ms = epoch_ms_in(1.0)
         summary = h.coordinator.on_shutdown_event(deadline_ms)
         self.assertLess(time.time() * 1000, deadline_ms)
-        self.assertEqual(summary.shutdown_deadline, 3, (summary, h.loss.snapshot()))
-        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_FAILED): 3}, "the real cause, not the deadline")
+        loss = h.loss.snapshot()
+        self.assertEqual(loss.pop((L.TRACES, L.EXPORT_FAILED)), 3, "the real cause, not the deadline")
+        self.assertEqual(set(loss), {(L.METRICS, L.NO_ENDPOINT)}, loss)  # this exporter has no metrics URL
+        self.assertEqual(summary.shutdown_deadline, 3)
+
+    def test_the_last_metrics_request_carries_the_shutdown_losses(self):
+        # The backend refuses traces for good but takes metrics: what the final flush counted
+        # must reach it in lambda_otel.dropped, so the backend's sum equals the shutdown line.
+        h = Harness(self, strategy="end")
+        h.sink.set_reply(Reply(status=503), path="/v1/traces")
+        h.add_spans(4)
+        summary = h.coordinator.on_shutdown_event(epoch_ms_in(1.5))
+        self.assertEqual(summary.shutdown_deadline, 4)
+        dropped = [p for p in h.sink.metrics() if p.name == "lambda_otel.dropped"]
+        self.assertEqual(sum(p.point.as_int for p in dropped), 4, "the shutdown's losses never reached the backend")
 
     def test_headers_not_ready_is_not_a_failure(self):
         h = Harness(self, strategy="end", breaker_failures=1)
