@@ -142,6 +142,7 @@ class Extension:
                 self.pipeline.converter.on_invoke(event.request_id, event.deadline_ms, event.invoked_function_arn,
                                                   event.tracing_value)
                 self.pipeline.coordinator.on_invoke(event.request_id, event.deadline_ms)
+                self.pipeline.on_invoke(event.request_id)  # says once if platform events stopped coming
                 event = None
             else:
                 return self.shutdown(event)

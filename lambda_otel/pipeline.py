@@ -19,9 +19,11 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, List, Mapping, Optional, Set
+from collections import deque
+from typing import Any, Deque, List, Mapping, Optional, Set
 
 from .config import Config
+from .log_once import LogOnce
 from .loss import LOGS, PLATFORM_LOGS_DROPPED, TRACES
 from .telemetry_api import BatchRefused
 
@@ -33,6 +35,8 @@ _REPORTS_REMEMBERED = 10_000
 # A batch waits this long for the read lock (only SHUTDOWN's write lock holds it up) before it
 # is refused: the write lock is kept until the process exits.
 BATCH_LOCK_WAIT_S = 1.0
+# An invocation with no platform event this many INVOKEs later is reported (once).
+SILENCE_WINDOW = 16
 
 
 class Pipeline:
@@ -106,6 +110,9 @@ class Pipeline:
         self._convert_lock = threading.Lock()  # the converter, so SHUTDOWN can wait for it bounded
         self._reports_seen: Set[str] = set()
         self._open: Set[str] = set()  # started, not reported yet
+        self._platform_seen: Set[str] = set()  # request ids named by any platform event
+        self._invoked: Deque[str] = deque()  # the last INVOKEs' request ids (on_invoke)
+        self._log_once = LogOnce()
         self._reports_cond = threading.Condition()
 
     # -- start and stop -------------------------------------------------------------------------
@@ -164,7 +171,7 @@ class Pipeline:
                 self.coordinator.on_runtime_done(request_id)
             if lambda_dropped:
                 self.coordinator.on_telemetry_dropped()  # a runtimeDone may be among the lost
-            self._note_lifecycle(converted.started, converted.reports)
+            self._note_lifecycle(converted.started, converted.runtime_done, converted.reports)
             if self._size_by_instance:
                 self._budget_from_instance()
         finally:
@@ -221,18 +228,42 @@ class Pipeline:
             self.aggregator.add_many(LOGS, [(converted.resource_logs, converted.log_count, None)],
                                      wait_for_room=True)
 
-    def _note_lifecycle(self, started: List[str], reports: List[str]) -> None:
-        """Remember which invocations started (``platform.start``) and which reported."""
-        if started or reports:
+    def _note_lifecycle(self, started: List[str], runtime_done: List[str], reports: List[str]) -> None:
+        """Remember which invocations started (``platform.start``), finished and reported."""
+        if started or runtime_done or reports:
             with self._reports_cond:
                 if len(self._reports_seen) > _REPORTS_REMEMBERED:
                     self._reports_seen.clear()
                 if len(self._open) > _REPORTS_REMEMBERED:
                     self._open.clear()
+                if len(self._platform_seen) > _REPORTS_REMEMBERED:
+                    self._platform_seen.clear()
+                self._platform_seen.update(started, runtime_done, reports)
                 self._reports_seen.update(reports)
                 self._open.update(rid for rid in started if rid not in self._reports_seen)
                 self._open.difference_update(reports)
                 self._reports_cond.notify_all()
+
+    def on_invoke(self, request_id: str) -> None:
+        """INVOKE (events thread): say once if an invocation got no platform event at all.
+
+        A subscription that silently delivers nothing is the worst case (no invocation span, no
+        metrics, every hold waiting for a runtimeDone that never comes). An invocation is judged
+        ``SILENCE_WINDOW`` INVOKEs later: platform events are buffered by Lambda and arrive late
+        (a report only after our next ``/next``; while frozen, nothing is delivered).
+        """
+        with self._reports_cond:
+            self._invoked.append(request_id)
+            if len(self._invoked) <= SILENCE_WINDOW:
+                return
+            earlier = self._invoked.popleft()
+            silent = earlier not in self._platform_seen
+        if silent:
+            self._log_once.warning(
+                log, "no-platform-events",
+                "no platform event (platform.start, runtimeDone, report) arrived for invocation %s, %d "
+                "invocations ago: the Telemetry API subscription delivers none (check "
+                "LAMBDA_OTEL_TELEMETRY_TYPES); said once", earlier, SILENCE_WINDOW)
 
     def wait_for_open_reports(self, timeout: float) -> bool:
         """True once every invocation seen to start has its ``platform.report`` (bounded wait): the

@@ -421,20 +421,24 @@ class DeadBackendTest(SdkFunctionCase):
         self.assertGreater(missing, 0, "the outage was meant to overflow the queue")
 
         # Every span missing at the backend is counted as dropped (traces), and what is counted beyond
-        # the SDK's spans is only the platform's own spans of the same invocations.
+        # the SDK's spans is only the platform's own spans of the same invocations. The exported
+        # counter can miss only the drops made after its last collection (the final flush's own
+        # metrics item may evict a batch from a full queue): those are in the shutdown line.
         summary = shutdown_summary(output)
         self.assertIsNotNone(summary, output[-3000:])
         self.assertEqual(summary["unsent"], 0, output[-3000:])
         dropped_traces = counter_total(sink.metrics(), "lambda_otel.dropped", signal="traces")
+        late = sum(summary["dropped"].values()) - counter_total(sink.metrics(), "lambda_otel.dropped")
         # The platform's spans: init's (delivered with the first invocation), and each invocation's
         # (a report, so its extensionOverhead span, arrives during the next invocation).
         init_spans = [i for i in platform_items(sink) if "faas.invocation_id" not in attrs_to_dict(i.span.attributes)]
         self.assertTrue(init_spans)
         platform_sent = len(init_spans) + sum(platform_spans_of(res) for res in results)
         platform_delivered = len(platform_items(sink))
-        self.assertEqual(len(delivered) + platform_delivered + dropped_traces, sum(sent.values()) + platform_sent,
-                         f"delivered {len(delivered)}+{platform_delivered}, dropped {dropped_traces}, "
-                         f"sent {sum(sent.values())}+{platform_sent}; {summary}")
+        lost = sum(sent.values()) + platform_sent - len(delivered) - platform_delivered
+        self.assertTrue(dropped_traces <= lost <= dropped_traces + late,
+                        f"delivered {len(delivered)}+{platform_delivered}, counted {dropped_traces} (+{late} after the "
+                        f"last export), sent {sum(sent.values())}+{platform_sent}; {summary}")
         return results
 
 
@@ -498,6 +502,9 @@ for r in range(rounds):  # one "invocation" per round: spans and logs, flushed a
         logger.warning("w%d-r%d-l%d", worker, r, i)
     tracer_provider.force_flush(10_000)
     logger_provider.force_flush(10_000)
+    if r == 0:  # every worker has its connections open before any goes on
+        print("ready", flush=True)
+        sys.stdin.readline()
     time.sleep(0.02)
 print(results["ok"], results["failed"], flush=True)
 """
@@ -523,11 +530,16 @@ class ManyWorkerProcessesTest(unittest.TestCase):
         self.addCleanup(receiver.stop)
         rounds = 6
         procs = [subprocess.Popen([sys.executable, "-c", WORKER, receiver.address, str(w), str(rounds)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for w in range(self.WORKERS)]
         for proc in procs:
             self.addCleanup(proc.wait, 10)
             self.addCleanup(proc.kill)
+        for proc in procs:  # all connected (more connections than the cap) ...
+            self.assertEqual(proc.stdout.readline().strip(), "ready", proc.stderr.read()[-2000:] if proc.poll() else "")
+        for proc in procs:  # ... then all export at once
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
         outputs = []
         for proc in procs:
             out, err = proc.communicate(timeout=180)

@@ -17,6 +17,7 @@ import uuid
 
 from lambda_otel.config import TelemetryConfig
 from tests.reliability_support import ReliabilityTestCase, expected_lines, function_lines, shutdown_summary
+from lambda_otel.pipeline import SILENCE_WINDOW
 from tests.support import counter_total, histogram_totals
 
 NOW = "2024-05-01T10:00:00.000Z"
@@ -216,6 +217,29 @@ class ReceiverMemoryTest(ReliabilityTestCase):
         sim.shutdown(timeout=30)
         self.assert_clean_exits(sim)
         self.assertEqual(set(function_lines(sink)), expected_lines(results[:1], 2) | expected_lines(results[1:], 3))
+
+
+class SilentSubscriptionE2ETest(ReliabilityTestCase):
+    def test_a_subscription_without_platform_events_is_said_once(self):
+        sink = self.make_sink()
+        sim = self.make_sim(self.make_env(sink, LAMBDA_OTEL_TELEMETRY_TYPES="function,extension"))
+        sim.start(timeout=30)
+        results = [sim.invoke({"logs": 1}, timeout=30) for _ in range(SILENCE_WINDOW + 4)]
+        sim.shutdown(timeout=30)
+        output = self.extension_output(sim)
+        self.assertEqual([r.status for r in results], ["success"] * (SILENCE_WINDOW + 4))
+        self.assertEqual(output.count("no platform event"), 1, output)
+        self.assertIn(results[0].request_id, output)
+        self.assert_clean_exits(sim)
+
+    def test_a_normal_subscription_says_nothing(self):
+        sink = self.make_sink()
+        sim = self.make_sim(self.make_env(sink))
+        sim.start(timeout=30)
+        for _ in range(3 * SILENCE_WINDOW):  # with periodic flushes, platform events lag several invocations
+            sim.invoke({"logs": 1}, timeout=30)
+        sim.shutdown(timeout=30)
+        self.assertNotIn("no platform event", self.extension_output(sim))
 
 
 def _varint(n: int) -> bytes:

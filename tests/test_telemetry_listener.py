@@ -229,6 +229,39 @@ class ListenerLimitsTest(unittest.TestCase):
         self.assertEqual(self.batches, [[{"type": "function", "record": "ok"}]])
 
 
+class SilentSubscriptionTest(unittest.TestCase):
+    """A subscription that delivers no platform event is said once, not per invocation."""
+
+    def pipeline(self):
+        from lambda_otel.config import load_config
+        from lambda_otel.pipeline import Pipeline
+
+        return Pipeline(load_config({}), {"service.name": "silent"})
+
+    def test_invocations_without_platform_events_are_said_once(self):
+        pipeline = self.pipeline()
+        from lambda_otel.pipeline import SILENCE_WINDOW
+
+        with self.assertNoLogs("lambda_otel.pipeline", level="WARNING"):  # its events may still come
+            for i in range(SILENCE_WINDOW):
+                pipeline.on_invoke(f"req-{i}")
+        with self.assertLogs("lambda_otel.pipeline", level="WARNING") as logs:
+            for i in range(SILENCE_WINDOW, 3 * SILENCE_WINDOW):
+                pipeline.on_invoke(f"req-{i}")
+        self.assertEqual(len(logs.records), 1, logs.output)
+        self.assertIn("req-0", logs.output[0])
+        self.assertIn("LAMBDA_OTEL_TELEMETRY_TYPES", logs.output[0])
+
+    def test_an_invocation_with_a_platform_event_is_not_reported(self):
+        pipeline = self.pipeline()
+        with self.assertNoLogs("lambda_otel.pipeline", level="WARNING"):
+            for i in range(40):
+                pipeline.on_invoke(f"req-{i}")
+                # only its platform.start arrives (the report would come after the next /next)
+                pipeline.process_batch([{"time": "2024-05-01T10:00:00.000Z", "type": "platform.start",
+                                         "record": {"requestId": f"req-{i}"}}])
+
+
 class SlowConverter:
     """The real converter behind a lock it holds ``delay`` seconds per batch, as a heavy batch does."""
 
