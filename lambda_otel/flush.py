@@ -220,6 +220,8 @@ class Exporter(Protocol):
 class MetricsSource(Protocol):
     def collect(self, now_ns: int) -> Optional["ResourceMetrics"]: ...
 
+    def restore(self, items: Sequence["ResourceMetrics"]) -> None: ...  # a metrics batch dropped for good
+
 
 # --- the one flush decision -------------------------------------------------------------------
 
@@ -898,6 +900,7 @@ class ExportWorker(threading.Thread):
                     result.success = True
             elif kind is ExportKind.REJECTED:  # the backend answered: it is up, the data is bad
                 self.loss.add(signal, loss_mod.EXPORT_REJECTED, batch.records)
+                self._lost_for_good(signal, batch)
                 if result.success is None:
                     result.success = True
             elif kind is ExportKind.NO_ENDPOINT:
@@ -915,10 +918,19 @@ class ExportWorker(threading.Thread):
                 batch.attempts += 1
                 if batch.attempts >= MAX_BATCH_ATTEMPTS and not final:  # final: what is left is counted at the end
                     self.loss.add(signal, loss_mod.RETRIES_EXHAUSTED, batch.records)
+                    self._lost_for_good(signal, batch)
                 else:
                     self.aggregator.requeue(batch)  # keeps batch.attempts
                 return DrainStatus.FAILED
         return DrainStatus.STOPPED if self.aggregator.pending_records(signal) else DrainStatus.EMPTY
+
+    def _lost_for_good(self, signal: str, batch: "Batch") -> None:
+        """A metrics batch the backend will never have: with delta temporality, the loss counts
+        it carried are reported again by the next collect (MetricsState.restore), so the exported
+        lambda_otel.dropped still sums to the shutdown line. Not for no_endpoint: nothing is ever
+        delivered there."""
+        if signal == loss_mod.METRICS and self.metrics_state is not None:
+            self.metrics_state.restore(batch.items)
 
     def _export(self, signal: str, batch: "Batch", deadline: float) -> Optional["ExportOutcome"]:
         """One export; None when the exporter raised (it should not; treated as retryable)."""

@@ -297,12 +297,16 @@ class MetricsState:
         return points
 
     def restore(self, items: Iterable[metrics_pb2.ResourceMetrics]) -> None:
-        """Give back the values of collected items that were dropped for good (rejected, evicted,
-        left unsent at shutdown), so that with delta temporality the next collect reports them.
+        """Collected items that were dropped for good (the backend rejected them, retries ran out):
+        with delta temporality, the ``lambda_otel.dropped`` counts they carried are reported again by
+        the next collect, so that what reaches the backend sums to the LossCounter's totals (what
+        the shutdown line prints). A lost delta item would otherwise take those counts with it; a
+        cumulative one loses nothing (the next carries the totals), so there this does nothing.
 
-        Only items this state collected are taken back (same scope name); the values join the
-        next window rather than widening it, so delta windows never overlap. Cumulative: nothing
-        to do, the next collect carries the totals anyway.
+        Only the loss counts come back: the LossCounter stays their one truth, so nothing is
+        counted twice. The other instruments' values are not put back: their data points were
+        dropped and are counted as dropped metric records, like any other record. Items of other
+        scopes (not ours) are ignored.
         """
         if self._temporality != DELTA:
             return
@@ -312,39 +316,13 @@ class MetricsState:
                     if sm.scope.name != self._scope_name:
                         continue
                     for metric in sm.metrics:
-                        self._restore_metric(metric)
-
-    def _restore_metric(self, metric: metrics_pb2.Metric) -> None:
-        inst = INSTRUMENTS_BY_NAME.get(metric.name)
-        if inst is None:
-            return
-        if inst.name == DROPPED:
-            for dp in metric.sum.data_points:
-                attrs = {kv.key: kv.value.string_value for kv in dp.attributes}
-                key = (attrs.get("signal", ""), attrs.get("reason", ""))
-                self._loss_reported[key] = max(0, self._loss_reported.get(key, 0) - dp.as_int)
-            self._loss_version = -1  # the next collect reads the LossCounter again
-            return
-        if inst.kind == COUNTER:
-            for dp in metric.sum.data_points:
-                series, key = self._series(self._counters, inst.name, _attrs(dp))
-                series[key] = min(INT64_MAX, series.get(key, 0) + max(0, dp.as_int))
-                self._dirty = True
-            return
-        for dp in metric.histogram.data_points:
-            if tuple(dp.explicit_bounds) != inst.bounds or len(dp.bucket_counts) != len(inst.bounds) + 1:
-                continue
-            series, key = self._series(self._hists, inst.name, _attrs(dp))
-            hist = series.get(key)
-            if hist is None:
-                hist = series[key] = _Hist(len(inst.bounds) + 1)
-            hist.count += dp.count
-            hist.sum = min(FLOAT_MAX, hist.sum + dp.sum)
-            hist.min = min(hist.min, dp.min)
-            hist.max = max(hist.max, dp.max)
-            for i, n in enumerate(dp.bucket_counts):
-                hist.buckets[i] += n
-            self._dirty = True
+                        if metric.name != DROPPED:
+                            continue
+                        for dp in metric.sum.data_points:
+                            attrs = {kv.key: kv.value.string_value for kv in dp.attributes}
+                            key = (attrs.get("signal", ""), attrs.get("reason", ""))
+                            self._loss_reported[key] = max(0, self._loss_reported.get(key, 0) - dp.as_int)
+                        self._loss_version = -1  # the next collect reads the LossCounter again
 
     def renew_after_restore(self) -> None:
         """A SnapStart restore: this copy of the environment starts its own series.
@@ -364,14 +342,6 @@ class MetricsState:
             self._loss_version = -1
             self._dirty = False
 
-
-def _attrs(dp) -> Dict[str, AttrValue]:
-    out: Dict[str, AttrValue] = {}
-    for kv in dp.attributes:
-        field = kv.value.WhichOneof("value")
-        if field in ("string_value", "bool_value", "int_value", "double_value"):
-            out[kv.key] = getattr(kv.value, field)
-    return out
 
 
 __all__ = [
