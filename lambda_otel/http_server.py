@@ -96,6 +96,8 @@ class Request:
         # isascii: str.isdigit() also accepts digits such as '²' that int() refuses.
         if not (text.isascii() and text.isdigit()):
             raise BadRequest(400, f"invalid Content-Length {text[:40]!r}")
+        if len(text.lstrip("0")) > 18:  # int() refuses over 4,300 digits; no body is this long anyway
+            raise BadRequest(413, f"Content-Length of {len(text)} digits is over any limit")
         return int(text)
 
 
