@@ -121,15 +121,25 @@ class Watchdog:
         self._fired = False
         self._thread: Optional[threading.Thread] = None
         self.opened = False  # whether the current/last attempt opened a new connection
+        self._generation = 0  # the running thread's number; a thread whose number is old ends
 
     def arm(self, deadline: float) -> None:
         with self._cond:
             self._deadline, self._sock, self._fired = deadline, None, False
             self.opened = False
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lambda-otel-export-watchdog", daemon=True)
+                self._generation += 1
+                self._thread = threading.Thread(target=self._run, args=(self._generation,),
+                                                name="lambda-otel-export-watchdog", daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    def stop(self) -> None:
+        """End the thread (a later ``arm`` starts a new one)."""
+        with self._cond:
+            self._generation += 1
+            self._thread = None
+            self._cond.notify_all()
 
     def attach(self, sock: socket.socket, new: bool = False) -> None:
         """The attempt now uses ``sock`` (``new``: a connection opened for it, not a pooled one)."""
@@ -154,9 +164,9 @@ class Watchdog:
         with self._cond:
             return self._fired
 
-    def _run(self) -> None:
+    def _run(self, generation: int) -> None:
         with self._cond:
-            while True:
+            while generation == self._generation:
                 if self._deadline is None or self._fired:
                     self._cond.wait()
                     continue
@@ -254,11 +264,13 @@ class Transport:
             session.close()
 
     def close(self) -> None:
+        """Close every pooled connection, forget DNS answers, end the watchdog's thread. Usable again."""
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             session.close()
         self.resolver.forget()
+        self.watchdog.stop()
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -142,6 +142,17 @@ class SuccessTest(ExporterTestCase):
         self.assertEqual(headers["content-encoding"], "gzip")
         self.assertEqual(len(self.sink.spans()), 3)
 
+    def test_closed_exporters_leave_no_thread_behind(self):
+        before = threading.active_count()
+        for _ in range(5):
+            exp = self.exporter()
+            self.assertEqual(self.export(exp).kind, SUCCESS)
+            exp.close()
+        deadline = time.monotonic() + 5
+        while threading.active_count() > before and time.monotonic() < deadline:  # bounded
+            time.sleep(0.02)
+        self.assertLessEqual(threading.active_count(), before)
+
     def test_an_empty_batch_sends_no_request(self):
         self.assertEqual(self.exporter().export(TRACES, [], time.monotonic() + 5).kind, SUCCESS)
         self.assertEqual(self.sink.requests, [])
