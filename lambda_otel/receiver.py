@@ -260,7 +260,7 @@ def limits_for_memory(memory_mb: int) -> Dict[str, Any]:
     * decompressed body: ``clamp(memory_mb x 32 KiB, 4 MiB, 16 MiB)``;
     * concurrent decodes (body, inflate, parse): ``clamp(memory_mb / 256, 2, 8)``.
     """
-    if memory_mb < 1:
+    if not memory_mb or memory_mb < 1:  # not told (None): as for 128 MB
         memory_mb = 128
     return {
         "max_connections": max(16, min(256, memory_mb // 4)),
@@ -423,7 +423,7 @@ class OtlpReceiver:
 
     @classmethod
     def from_config(cls, config: ReceiverConfig, aggregator: Aggregator, loss: LossCounter,
-                    sock: Optional[socket.socket] = None, memory_mb: int = 128, observer=None) -> "OtlpReceiver":
+                    sock: Optional[socket.socket] = None, memory_mb: Optional[int] = 128, observer=None) -> "OtlpReceiver":
         """From ``config.ReceiverConfig`` and the function's memory (the smaller size limit wins)."""
         derived = limits_for_memory(memory_mb)
         return cls(aggregator, loss, port=config.port, sock=sock, observer=observer,

@@ -43,6 +43,21 @@ class RegistrationEventsTest(unittest.TestCase):
             self.assertEqual(app.registration_events(kind), ("INVOKE", "SHUTDOWN"), kind)
 
 
+class StartWithoutMemorySettingTest(unittest.TestCase):
+    def test_servers_start_when_lambda_does_not_say_the_memory_size(self):
+        # Config keeps "not told" as None (no invented memory); every consumer must cope with it.
+        from lambda_otel.subscription import bind_socket
+
+        env = {"AWS_LAMBDA_FUNCTION_NAME": "fn"}  # no AWS_LAMBDA_FUNCTION_MEMORY_SIZE
+        config = load_config(env)
+        self.assertIsNone(config.queue.memory_mb)
+        ext = app.Extension(config, Registration("id"), ExtensionsApiClient("127.0.0.1:9"), env)
+        ext.start_servers(bind_socket("127.0.0.1", 0), bind_socket("127.0.0.1", 0))
+        self.addCleanup(ext.pipeline.stop)
+        self.assertIsNotNone(ext.pipeline.receiver)
+        self.assertGreater(ext.pipeline.receiver.port, 0)
+
+
 class HelpTest(unittest.TestCase):
     def test_help_prints_usage_and_never_calls_the_extensions_api(self):
         with socket.socket() as api:
