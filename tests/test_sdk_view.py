@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import unittest
+import warnings
 from unittest import mock
 
 from awslambdaric import bootstrap
@@ -82,7 +83,9 @@ class ThroughTheReceiver(unittest.TestCase):
         logger = logging.getLogger(f"sdk-view-{log_format}")
         logger.propagate = False
         logger.setLevel(logging.DEBUG)
-        logger.addHandler(LoggingHandler(logger_provider=provider))
+        with warnings.catch_warnings():  # SDK 1.45 deprecates it; functions still use it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            logger.addHandler(LoggingHandler(logger_provider=provider))
         logger.addHandler(lambda_handler)
         self.addCleanup(logger.handlers.clear)
         bootstrap._GLOBAL_AWS_REQUEST_ID = RID
