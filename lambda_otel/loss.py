@@ -40,6 +40,9 @@ LOGS = "logs"
 SIGNALS = (TRACES, METRICS, LOGS)
 
 
+COUNT_MAX = 2**63 - 1  # the largest count an OTLP int64 data point carries
+
+
 class LossCounter:
     """Thread-safe cumulative counts of dropped records, keyed by (signal, reason).
 
@@ -59,7 +62,9 @@ class LossCounter:
             raise ValueError(f"unknown drop reason {reason!r}")
         key = (signal, reason)
         with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + records
+            # Saturates: a count taken from input (platform.logsDropped) can be any size, and the
+            # shutdown line must agree with the exported int64 metric.
+            self._counts[key] = min(COUNT_MAX, self._counts.get(key, 0) + records)
             self._version += 1
 
     def snapshot(self) -> Dict[Tuple[str, str], int]:

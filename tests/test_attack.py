@@ -4,7 +4,10 @@ Each test is one way a hostile client, backend or platform broke a promise, kept
 comes back. Real servers on 127.0.0.1, real sockets.
 """
 
+import http.client
+import json
 import socket
+import time
 import unittest
 
 from lambda_otel.aggregator import Aggregator
@@ -13,6 +16,8 @@ from lambda_otel.loss import LossCounter
 from lambda_otel.receiver import OtlpReceiver
 from lambda_otel.subscription import bind_socket
 from lambda_otel.telemetry_api import TelemetryListener
+from tests.reliability_support import ReliabilityTestCase, dropped_by, shutdown_summary
+from tests.support import free_port
 
 MiB = 1 << 20
 
@@ -50,6 +55,47 @@ class ContentLengthWithThousandsOfDigitsTest(unittest.TestCase):
                 answer = answer_to(port, head)  # an empty body: read as length 0, not refused as too long
                 self.assertTrue(answer.startswith(b"HTTP/1.1 "), answer)
                 self.assertFalse(answer.startswith(b"HTTP/1.1 413 "), answer)
+
+
+class HugeLogsDroppedTest(ReliabilityTestCase):
+    """platform.logsDropped with droppedRecords of 2**64 and 2**200 through the real extension's
+    listener: the exported metric was clamped to int64, the shutdown line printed the raw sum (a
+    61-digit count), so the two disagreed. Every count taken from input now saturates at int64."""
+
+    def test_the_shutdown_line_and_the_exported_metric_agree_at_int64_max(self):
+        sink = self.make_sink()
+        port = free_port()
+        sim = self.make_sim_with(self.make_env(sink, LAMBDA_OTEL_TELEMETRY_PORT=str(port),
+                                               LAMBDA_OTEL_FLUSH_STRATEGY="end"), timeout_s=30)
+        sim.start(timeout=30)
+        running = sim.invoke_async({"logs": 1, "sleep": 2})  # the sandbox is not frozen meanwhile
+        events = [{"time": "2026-12-02T00:00:00.000Z", "type": "platform.logsDropped",
+                   "record": {"droppedRecords": n, "droppedBytes": n, "reason": "attack"}} for n in (2**64, 2**200)]
+        deadline = time.monotonic() + 10
+        while True:  # the listener binds after the first /next: retry a refused connection briefly
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", "/", body=json.dumps(events))
+                response = conn.getresponse()
+                response.read()
+                conn.close()
+                break
+            except ConnectionRefusedError:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(running.wait(30).status, "success")
+        sim.shutdown("spindown", timeout=30)
+        self.assert_clean_exits(sim)
+        output = self.extension_output(sim)
+        deadline = time.monotonic() + 5  # stderr is read on a thread of the simulator's
+        while "final flush:" not in output and time.monotonic() < deadline:
+            time.sleep(0.05)
+            output = self.extension_output(sim)
+        summary = shutdown_summary(output)
+        self.assertIsNotNone(summary, output)
+        self.assertEqual(summary["dropped"].get("platform_logs_dropped"), 2**63 - 1, summary)
+        self.assertEqual(dropped_by(sink.metrics(), "logs", "platform_logs_dropped"), 2**63 - 1)
 
 
 if __name__ == "__main__":
