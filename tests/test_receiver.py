@@ -657,6 +657,35 @@ def _varint_bytes(n: int) -> bytes:
             return bytes(out)
 
 
+class DecodeSlotsTest(ReceiverTestBase):
+    receiver_kwargs = {"decode_slots": 1}
+
+    def big_request(self, prefix: str) -> bytes:
+        request = ExportLogsServiceRequest()
+        records = request.resource_logs.add().scope_logs.add().log_records
+        for i in range(3000):
+            records.add(body={"string_value": f"{prefix} {i} " + "x" * 100})
+        return request.SerializeToString()
+
+    def test_large_requests_are_read_and_decoded_one_slot_at_a_time(self):
+        """Memory held by bodies being read, inflated and parsed is bounded by the decode slots."""
+        first, second = self.big_request("first"), self.big_request("second")
+        self.assertGreater(len(first), 256 * 1024)  # past the size read before waiting for a slot
+        head = (b"POST /v1/logs HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: %d\r\n\r\n")
+        a = self.raw_socket()
+        a.sendall(head % len(first) + first[:1000])  # holds the only slot while its body trickles in
+        threading.Event().wait(0.2)
+        b = self.raw_socket()
+        b.sendall(head % len(second) + second)  # complete, but must wait for the slot
+        readable, _, _ = select.select([b], [], [], 0.5)
+        self.assertEqual(readable, [], "a second large request was decoded while the only slot was taken")
+        a.sendall(first[1000:])
+        for sock in (a, b):
+            sock.settimeout(WAIT)
+            self.assertTrue(sock.recv(65536).startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(self.agg.pending_records(LOGS), 6000)
+
+
 class ConstructionTest(unittest.TestCase):
     def test_loopback_only_and_ports(self):
         loss = LossCounter()
