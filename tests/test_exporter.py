@@ -456,9 +456,10 @@ class WholeRequestDeadlineTest(ExporterTestCase):
             os.urandom(16 * 1024 * 1024).hex()  # 32 MiB that do not compress away
         exp = self.exporter(traces_endpoint=f"http://127.0.0.1:{server.getsockname()[1]}/v1/traces",
                             compression="none", timeout_s=5.0)
-        started = time.monotonic()
-        outcome = exp.export(TRACES, items_of(request), started + 0.8)
-        self.assertLess(time.monotonic() - started, 2.0)
+        items = items_of(request)
+        deadline = time.monotonic() + 0.8
+        outcome = exp.export(TRACES, items, deadline)
+        self.assertLess(time.monotonic(), deadline + 1.5)  # generous slack for a loaded machine
         self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
 
     def test_dns_resolution_is_bounded_by_the_deadline(self):
