@@ -122,6 +122,7 @@ MAX_BATCH_ATTEMPTS = 5  # a batch that failed this often is dropped (retries_exh
 CONTINUOUS_MIN_GAP_S = 0.1  # continuous: at most one data-driven flush per this interval
 MIN_REQUEST_S = 0.01  # a request is not started with less time than this before its deadline
 NOT_READY_RETRY_S = 0.2  # the exporter's headers were not resolved yet: try again after this
+FINAL_METRICS_RESERVE_S = 0.1  # the final flush keeps this (at most a quarter of its time) for its last metrics
 RUNTIME_DONE_WAIT_FLOOR_S = 0.05  # the adaptive runtimeDone wait never shrinks below this
 PROBE_MAX_RECORDS = 100  # a breaker probe is one small batch ...
 PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_s)
@@ -268,7 +269,7 @@ class Decision:
     wait_s: Optional[float] = None  # WAIT: look again after this long at the latest (None: when woken)
 
 
-def decide(now: float, s: FlushState) -> Decision:
+def decide(now: float, state: FlushState) -> Decision:
     """What to do now. Pure: the same snapshot always gives the same decision.
 
     The checks, in order: a final flush always runs; nothing starts from the background
@@ -278,6 +279,7 @@ def decide(now: float, s: FlushState) -> Decision:
     the deadline is near (INVOKE), the timer is due, a full batch is pending, or (continuous)
     anything is pending.
     """
+    s = state
     cfg = s.config
     if s.occasion is Occasion.FINAL:
         return Decision(Action.FINAL, until=_or(s.request_deadline, now))
@@ -348,11 +350,11 @@ def request_deadline(now: float, flush_until: float, final: bool, budget_s: floa
     return d if cap is None else min(d, cap)
 
 
-def decide_managed_instances(now: float, s: FlushState) -> Decision:
+def decide_managed_instances(now: float, state: FlushState) -> Decision:
     """``decide`` for Lambda Managed Instances: the environment never freezes and has no
     INVOKE, so there is no gate to respect, no invocation budget and no invocation cap; the
     timer, full batches, Retry-After and the breaker still decide when to export."""
-    return decide(now, replace(s, gate_open=True, budget_spent=False, cap=None, invocation_deadline=None))
+    return decide(now, replace(state, gate_open=True, budget_spent=False, cap=None, invocation_deadline=None))
 
 
 @dataclass(frozen=True)
@@ -827,9 +829,11 @@ class ExportWorker(threading.Thread):
         return result
 
     def _final_flush(self, until: float) -> FlushResult:
-        """SHUTDOWN: send everything that fits before ``until``; count the rest."""
+        """SHUTDOWN: send everything that fits before ``until``; count the rest; then one last
+        metrics request with those counts, in time kept aside for it."""
         self._collect_metrics()
         result = FlushResult()
+        last_until, until = until, until - min(FINAL_METRICS_RESERVE_S, max(0.0, until - self._clock()) / 4)
         for _ in range(MAX_BATCH_ATTEMPTS):  # passes: a signal that failed is retried next pass
             if self.aggregator.pending_records() == 0 or self._clock() >= until:
                 break
@@ -846,18 +850,40 @@ class ExportWorker(threading.Thread):
                     result.success = False
                 elif status is DrainStatus.STOPPED:
                     break
-        reason = final_loss_reason(result.last_failure)
-        unsent = self.aggregator.discard_all(reason, (loss_mod.TRACES, loss_mod.LOGS))
-        # What was just counted (and any metrics still queued) goes out in one last metrics
-        # request if time remains, so the backend's lambda_otel.dropped adds up to this line.
-        self._collect_metrics()
-        if self.aggregator.pending_records(loss_mod.METRICS) and self._clock() < until - MIN_REQUEST_S:
-            self._drain_signal(loss_mod.METRICS, until, result, final=True)
-        unsent += self.aggregator.discard_all(final_loss_reason(result.last_failure) if result.last_failure else reason)
+        unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
+        self._send_last_metrics(last_until, result)
         result.shutdown_dropped = unsent
         result.deferred = unsent > 0
         self._record(result)
         return result
+
+    def _send_last_metrics(self, until: float, result: FlushResult) -> None:
+        """The losses the final flush just counted, in one metrics request, so the backend's
+        ``lambda_otel.dropped`` adds up to the shutdown line. Not queued and not counted if it
+        fails: it only describes the loss, which the shutdown line logs anyway."""
+        if self.metrics_state is None:
+            return
+        try:
+            rm = self.metrics_state.collect(self._wall_ns())
+        except Exception:  # logged by the first collect that failed
+            return
+        now = self._clock()
+        if rm is None or until - now < MIN_REQUEST_S:
+            return
+        from lambda_otel.aggregator import Batch
+        from lambda_otel.otlp import count_records
+
+        records = count_records(loss_mod.METRICS, rm)
+        token = self.gate.try_begin(until)
+        if token is None:
+            return
+        try:
+            outcome = self._export(loss_mod.METRICS, Batch(loss_mod.METRICS, [rm], records, 0), until)
+        finally:
+            self.gate.end(token)
+        result.requests += 1
+        if outcome is not None and outcome.kind is ExportKind.SUCCESS:
+            result.sent[loss_mod.METRICS] = result.sent.get(loss_mod.METRICS, 0) + records
 
     def _drain_signal(self, signal: str, until: float, result: FlushResult, final: bool,
                       max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH) -> DrainStatus:

@@ -519,12 +519,11 @@ class CoordinatorTest(unittest.TestCase):
         self.assertLess(time.time() * 1000, deadline_ms)
         self.assertTrue(summary.completed)
         self.assertEqual(summary.sent, {})
-        loss = h.loss.snapshot()
-        # The last metrics item (the counts of this very loss) could not be sent either: counted too.
-        metrics_lost = loss.pop((L.METRICS, L.SHUTDOWN_DEADLINE), 0)
-        self.assertEqual(loss, {(L.TRACES, L.SHUTDOWN_DEADLINE): 4, (L.LOGS, L.SHUTDOWN_DEADLINE): 3})
-        self.assertEqual(summary.shutdown_deadline, 7 + metrics_lost)
-        self.assertEqual(summary.dropped, {L.SHUTDOWN_DEADLINE: 7 + metrics_lost})
+        # (The last metrics request, with these counts, cannot be sent either: it only describes
+        # the loss, which this summary logs; it is not counted as one.)
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.SHUTDOWN_DEADLINE): 4, (L.LOGS, L.SHUTDOWN_DEADLINE): 3})
+        self.assertEqual(summary.shutdown_deadline, 7)
+        self.assertEqual(summary.dropped, {L.SHUTDOWN_DEADLINE: 7})
         self.assertFalse(h.worker.is_alive())
 
     def test_shutdown_sends_everything_and_honours_short_retry_after(self):
@@ -547,12 +546,9 @@ class CoordinatorTest(unittest.TestCase):
         summary = h.coordinator.on_shutdown_event(deadline_ms)
         self.assertLess(time.time() * 1000, deadline_ms)
         self.assertEqual(len(h.sink.requests_to("/v1/traces")), 1, "no retry inside the Retry-After")
-        # The backend's refusal, not our deadline, lost them: counted as export_failed (and so is
-        # the last metrics item, refused the same way).
-        loss = h.loss.snapshot()
-        metrics_lost = loss.pop((L.METRICS, L.EXPORT_FAILED), 0)
-        self.assertEqual(loss, {(L.TRACES, L.EXPORT_FAILED): 2})
-        self.assertEqual(summary.shutdown_deadline, 2 + metrics_lost)
+        # The backend's refusal, not our deadline, lost them: counted as export_failed.
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.EXPORT_FAILED): 2})
+        self.assertEqual(summary.shutdown_deadline, 2)
 
     def test_dead_backend_at_shutdown_counts_export_failed_within_the_deadline(self):
         h = Harness(self, strategy="end", shutdown_margin_s=0.2)
@@ -571,7 +567,7 @@ class CoordinatorTest(unittest.TestCase):
         self.assertLess(time.time() * 1000, deadline_ms)
         loss = h.loss.snapshot()
         self.assertEqual(loss.pop((L.TRACES, L.EXPORT_FAILED)), 3, "the real cause, not the deadline")
-        self.assertEqual(set(loss), {(L.METRICS, L.NO_ENDPOINT)}, loss)  # this exporter has no metrics URL
+        self.assertEqual(loss, {})
         self.assertEqual(summary.shutdown_deadline, 3)
 
     def test_the_last_metrics_request_carries_the_shutdown_losses(self):
@@ -648,6 +644,27 @@ class ManagedInstancesTest(unittest.TestCase):
         summary = h.coordinator.on_shutdown_event(deadline_ms)
         self.assertLess(time.time() * 1000, deadline_ms)
         self.assertEqual((summary.sent.get("traces"), summary.shutdown_deadline), (3, 0))
+
+
+class ManagedInstancesBudgetTest(unittest.TestCase):
+    def test_the_buffer_is_sized_by_the_instance_memory_once_init_start_tells_it(self):
+        from lambda_otel.aggregator import budget_from_memory
+        from lambda_otel.config import load_config
+        from lambda_otel.pipeline import Pipeline
+
+        env = {"AWS_LAMBDA_INITIALIZATION_TYPE": "lambda-managed-instances", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128"}
+        pipeline = Pipeline(load_config(env), {"service.name": "lmi"})
+        self.assertIsInstance(pipeline.coordinator, ManagedInstancesCoordinator)
+        self.assertEqual((pipeline.aggregator.max_bytes, pipeline.aggregator.max_records), budget_from_memory(128))
+        pipeline.process_batch([{"time": "2026-12-01T00:00:00.000Z", "type": "platform.initStart", "record": {
+            "initializationType": "lambda-managed-instances", "phase": "init", "runtimeVersion": "python:3.13",
+            "instanceId": "i-0abc", "instanceMaxMemory": 4 * 1024 ** 3}}])
+        self.assertEqual((pipeline.aggregator.max_bytes, pipeline.aggregator.max_records), budget_from_memory(4096),
+                         "the per-request memory setting, not the instance's")
+        # Elsewhere the function's memory setting stays the budget.
+        on_demand = Pipeline(load_config({"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128"}), {"service.name": "od"})
+        self.assertNotIsInstance(on_demand.coordinator, ManagedInstancesCoordinator)
+        self.assertEqual(on_demand.aggregator.max_records, budget_from_memory(128)[1])
 
 
 class _nothing:
