@@ -105,6 +105,7 @@ class Aggregator:
         self._room = threading.Condition(self._lock)  # wait_for_room producers wait here
         self._room_waiters = 0
         self._admission_wait_s = 0.0
+        self._admission_until: Optional[float] = None  # one window for every wait of a hold
         self._intake_records = 0  # everything ever queued (the flush policy's data rate)
         self._intake_bytes = 0
         self._queues: Dict[str, Deque[_Entry]] = {s: deque() for s in SIGNALS}
@@ -176,14 +177,19 @@ class Aggregator:
         return all_ok
 
     def set_admission_wait(self, seconds: float) -> None:
-        """How long an ``add(..., wait_for_room=True)`` may wait for room before evicting: set while
-        the exporter drains the queue (a hold), 0 when nothing can drain it (the gate is closed)."""
+        """How long ``add(..., wait_for_room=True)`` calls may wait for room before evicting: set while
+        the exporter drains the queue (a hold), 0 when nothing can drain it (the gate is closed).
+        One window for all of them, opened by the first wait: a slow backend drains slowly, and
+        batches waiting one after the other would each delay runtimeDone, so the hold."""
         with self._lock:
             self._admission_wait_s = max(0.0, seconds)
+            self._admission_until = None
             self._room.notify_all()
 
     def _wait_for_room_locked(self, nbytes: int, records: int) -> None:
-        deadline = time.monotonic() + self._admission_wait_s
+        if self._admission_until is None:
+            self._admission_until = time.monotonic() + self._admission_wait_s
+        deadline = self._admission_until
         while not self._has_room_locked(min(nbytes, self.max_bytes), min(records, self.max_records)):
             remaining = deadline - time.monotonic()
             if self._admission_wait_s <= 0 or not remaining > 0:  # nothing drains us any more, or too long

@@ -133,7 +133,7 @@ MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
 NEAR_BUDGET_FRACTION = 0.5
 VOLUME_HISTORY = 5  # invocations whose data volume the near-budget decision remembers
 # While a hold keeps the gate open, a full queue makes platform telemetry wait this long for room
-# (Lambda buffers it meanwhile) before the oldest records are dropped.
+# (Lambda buffers it meanwhile; one window per hold, not per batch) before the oldest records are dropped.
 ADMISSION_WAIT_S = 1.0
 # The longest single wait: an idle worker re-decides at least this often, and no computed
 # wait (a Retry-After, a far deadline) can reach threading.TIMEOUT_MAX.
@@ -935,6 +935,9 @@ class ExportWorker(threading.Thread):
                     self._warned_no_endpoint.add(signal)
                     log.warning("no endpoint configured for %s: dropping them (counted as no_endpoint)", signal)
             else:  # RETRYABLE (or an exception)
+                # Nothing drains the queue now: platform telemetry must not wait for room (that
+                # delays runtimeDone, and so the hold, by ADMISSION_WAIT_S per batch). Next hold re-arms it.
+                self.aggregator.set_admission_wait(0.0)
                 result.last_failure = FailureCause.RESPONSE if outcome is None else outcome.cause
                 retry_after = None if outcome is None else outcome.retry_after
                 with self._cond:

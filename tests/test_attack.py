@@ -98,5 +98,46 @@ class HugeLogsDroppedTest(ReliabilityTestCase):
         self.assertEqual(dropped_by(sink.metrics(), "logs", "platform_logs_dropped"), 2**63 - 1)
 
 
+class DrippingBackendDuringAChattyHoldTest(ReliabilityTestCase):
+    """A backend dripping its answer while a chatty function's hold keeps the gate open: every
+    Telemetry API batch waited ADMISSION_WAIT_S (1 s) for room that no export was making, and the
+    hold waited for runtimeDone behind them: with 1,000-event batches, one invocation's /next was
+    held many seconds (the flush budget is 0.3 s). A failed request now ends the wait for room."""
+
+    LINES = 40_000
+
+    def test_the_hold_stays_within_the_fault_bound(self):
+        from lambda_otel.local.sink import Reply
+        from tests.reliability_support import expected_lines, function_lines
+        from tests.test_reliability_faults import OVERHEAD_BOUND_MS
+
+        sink = self.make_sink()
+        env = self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY="end", LAMBDA_OTEL_FLUSH_BUDGET_MS="300",
+                            LAMBDA_OTEL_RUNTIME_DONE_WAIT_MS="1000", LAMBDA_OTEL_TELEMETRY_MAX_ITEMS="1000",
+                            LAMBDA_OTEL_QUEUE_MAX_RECORDS="3000")  # full: telemetry must wait for room
+        sim = self.make_sim_with(env, timeout_s=60)
+        sim.start(timeout=30)
+        results = [sim.invoke({"logs": 5}, timeout=90)]  # healthy, start-up done
+        sink.set_reply(Reply(drip=0.01))
+        results.append(sim.invoke({"logs": self.LINES}, timeout=90))
+        sink.set_reply(Reply())
+        sim.shutdown("spindown", timeout=30)
+        self.assert_clean_exits(sim)
+        output = self.extension_output(sim)
+        self.assertTrue(any(r.outcome == "error" for r in sink.requests), "no request was cut: no fault")
+        for r in results:
+            self.assertEqual(r.status, "success", output[-2000:])
+            self.assertLess(r.extension_overhead_ms, OVERHEAD_BOUND_MS,
+                            ([x.extension_overhead_ms for x in results], output[-3000:]))
+        deadline = time.monotonic() + 5
+        while "final flush:" not in output and time.monotonic() < deadline:
+            time.sleep(0.05)
+            output = self.extension_output(sim)
+        summary = shutdown_summary(output)
+        expected = expected_lines(results[:1], 5) | expected_lines(results[1:], self.LINES)
+        lost = len(expected - set(function_lines(sink)))
+        self.assertGreaterEqual(sum(summary["dropped"].values()), lost, summary)  # what was lost is counted
+
+
 if __name__ == "__main__":
     unittest.main()
