@@ -24,8 +24,8 @@ import lambda_otel
 REPO = Path(__file__).resolve().parent.parent
 DESIGN = REPO / "docs" / "design.md"
 
-_MEMBER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\(.*\))?(\s*->.*)?$")
-_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\((.*)\)(\s*->.*)?$")
+_MEMBER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\(.*?\))?(\s*->.*)?$")
+_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\((.*?)\)(\s*->.*)?$")
 _PATH = re.compile(r"^(lambda_otel|tests|bench|docs)/[\w/]*(\.py)?/?$")
 _DOTTED = re.compile(r"^lambda_otel(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
