@@ -222,10 +222,11 @@ _LOG_IDS = ((0, 16), (0, 8))
 
 
 def drop_invalid_ids(signal: str, request) -> int:
-    """Remove spans (and span links) and log records whose trace or span id has the wrong length
-    (a strict backend refuses the whole batch for one of them); returns the records removed."""
+    """Remove spans (and span links), log records and metric data points (their exemplars) whose
+    trace or span id has the wrong length (a strict backend refuses the whole batch for one of
+    them); returns the records removed."""
     if signal == METRICS:
-        return 0
+        return _drop_invalid_exemplar_points(request)
     removed = 0
     for item in getattr(request, otlp.spec(signal).items_field):
         for scope in (item.scope_spans if signal == TRACES else item.scope_logs):
@@ -247,6 +248,28 @@ def _valid_span(span) -> bool:
 
 def _valid_log(record) -> bool:
     return len(record.trace_id) in (0, 16) and len(record.span_id) in (0, 8)
+
+
+def _valid_point(point) -> bool:
+    return all(len(e.trace_id) in (0, 16) and len(e.span_id) in (0, 8) for e in point.exemplars)
+
+
+def _drop_invalid_exemplar_points(request) -> int:
+    removed = 0
+    for item in request.resource_metrics:
+        for scope in item.scope_metrics:
+            for metric in scope.metrics:
+                kind = metric.WhichOneof("data")
+                if kind not in ("sum", "gauge", "histogram", "exponential_histogram"):
+                    continue  # a summary has no exemplars
+                points = getattr(metric, kind).data_points
+                if all(_valid_point(p) for p in points):
+                    continue
+                keep = [p for p in points if _valid_point(p)]
+                removed += len(points) - len(keep)
+                del points[:]
+                points.extend(keep)
+    return removed
 
 
 # --- limits from the function's memory -------------------------------------------------------

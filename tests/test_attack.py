@@ -139,5 +139,57 @@ class DrippingBackendDuringAChattyHoldTest(ReliabilityTestCase):
         self.assertGreaterEqual(sum(summary["dropped"].values()), lost, summary)  # what was lost is counted
 
 
+class ExemplarIdsTest(unittest.TestCase):
+    """A metric exemplar with a 17-byte trace id (or a 3-byte span id) went through intake and on to
+    the backend: a strict one (the collector's pdata types every trace_id/span_id field, exemplars
+    included) refuses the whole metrics batch, the platform's metrics and lambda_otel.dropped with
+    it. Such data points are now dropped at intake, counted and reported like spans and logs."""
+
+    def setUp(self):
+        self.loss = LossCounter()
+        self.agg = Aggregator(max_bytes=64 * MiB, max_records=100_000, loss=self.loss)
+        self.receiver = OtlpReceiver(self.agg, self.loss, port=0, poll_interval_s=0.02)
+        self.receiver.start()
+        self.addCleanup(self.receiver.stop)
+
+    def test_points_with_bad_exemplar_ids_are_dropped_counted_and_reported(self):
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse)
+
+        from lambda_otel.loss import INVALID_RECORD, METRICS
+
+        request = ExportMetricsServiceRequest()
+        metrics = request.resource_metrics.add().scope_metrics.add().metrics
+        counter = metrics.add(name="requests")
+        counter.sum.is_monotonic = True
+        counter.sum.aggregation_temporality = 2
+        counter.sum.data_points.add(as_int=1).exemplars.add(as_int=1, trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+        counter.sum.data_points.add(as_int=2).exemplars.add(as_int=2)  # no trace context: fine
+        counter.sum.data_points.add(as_int=3).exemplars.add(as_int=3, trace_id=b"\x01" * 17, span_id=b"\x02" * 8)
+        latency = metrics.add(name="latency")
+        latency.histogram.aggregation_temporality = 2
+        latency.histogram.data_points.add(count=1).exemplars.add(as_double=1.0, trace_id=b"\x01" * 16,
+                                                                span_id=b"\x02" * 3)
+        level = metrics.add(name="level")
+        level.gauge.data_points.add(as_int=7)
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.receiver.port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/v1/metrics", body=request.SerializeToString(),
+                     headers={"Content-Type": "application/x-protobuf"})
+        response = conn.getresponse()
+        body = response.read()
+        self.assertEqual(response.status, 200)
+        answer = ExportMetricsServiceResponse.FromString(body)
+        self.assertEqual(answer.partial_success.rejected_data_points, 2)
+        self.assertIn("16 bytes", answer.partial_success.error_message)
+        self.assertEqual(self.loss.snapshot(), {(METRICS, INVALID_RECORD): 2})
+        batch = self.agg.take_batch(METRICS, 1 << 40, 1 << 40)
+        kept = [e for rm in batch.items for sm in rm.scope_metrics for m in sm.metrics
+                for p in getattr(m, m.WhichOneof("data")).data_points for e in p.exemplars]
+        self.assertEqual(sorted(e.as_int for e in kept), [1, 2])
+        self.assertEqual(batch.records, 3)  # the two good sum points and the gauge point
+
+
 if __name__ == "__main__":
     unittest.main()
