@@ -73,7 +73,8 @@ Every wait in this module is bounded, and never longer than ``MAX_WAIT_S`` at a 
 Shutdown: everything pending is sent in batches, every request's deadline being
 ``deadlineMs - shutdown_margin_s`` (even with the breaker open: it is the last
 chance); what is left at the end is counted as ``export_failed`` when the last request failed
-(refused, DNS, TLS, an error status: ``final_loss_reason``), else as ``shutdown_deadline``.
+(refused, DNS, TLS, an error status: ``final_loss_reason``) or a ``Retry-After`` ends past the
+deadline, else as ``shutdown_deadline``.
 
 Lock order (a thread holding one may take only those after it; never the reverse):
 
@@ -840,7 +841,10 @@ class ExportWorker(threading.Thread):
             with self._cond:
                 not_before = self._not_before
             if not_before >= until:
-                break  # the backend asked us to wait past the deadline
+                # The backend asked us to wait past the deadline: what is left is lost to its
+                # answer (export_failed), not to our time.
+                result.last_failure = result.last_failure or FailureCause.RESPONSE
+                break
             with self._cond:  # honour Retry-After (bounded: it ends before the deadline)
                 self._cond.wait_for(lambda: self._stopping or self._clock() >= not_before,
                                     bounded(not_before - self._clock()))

@@ -191,5 +191,34 @@ class ExemplarIdsTest(unittest.TestCase):
         self.assertEqual(batch.records, 3)  # the two good sum points and the gauge point
 
 
+class RetryAfterPastTheShutdownDeadlineTest(ReliabilityTestCase):
+    """A backend that answered 503 with Retry-After: 120 and still throttles at SHUTDOWN: the final
+    flush rightly sends nothing, but counted what was left as shutdown_deadline, as if our deadline
+    had been too short; the real cause is the backend's answer (export_failed)."""
+
+    def test_what_is_left_is_export_failed(self):
+        from lambda_otel.local.sink import Reply
+        from tests.test_reliability_faults import FAULT_ENV
+
+        sink = self.make_sink()
+        sim = self.make_sim_with(self.make_env(sink, **FAULT_ENV))
+        sim.start(timeout=30)
+        self.assertEqual(sim.invoke({"logs": 5}, timeout=30).status, "success")
+        sink.set_reply(Reply(status=503, retry_after="120"))
+        self.assertEqual(sim.invoke({"logs": 5}, timeout=30).status, "success")
+        sim.shutdown("spindown", timeout=30)
+        self.assert_clean_exits(sim)
+        self.assertTrue(any(r.status == 503 for r in sink.requests), "the fault never happened")
+        output = self.extension_output(sim)
+        deadline = time.monotonic() + 5
+        while "final flush:" not in output and time.monotonic() < deadline:
+            time.sleep(0.05)
+            output = self.extension_output(sim)
+        summary = shutdown_summary(output)
+        self.assertIsNotNone(summary, output)
+        self.assertGreater(summary["dropped"].get("export_failed", 0), 0, summary)
+        self.assertNotIn("shutdown_deadline", summary["dropped"], summary)
+
+
 if __name__ == "__main__":
     unittest.main()
