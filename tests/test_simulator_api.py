@@ -1,4 +1,4 @@
-"""Status codes and error bodies of the simulator's HTTP APIs (reference §1, §6 checks 1-4, malformed input).
+"""Status codes and error bodies of the simulator's HTTP APIs (Runtime, Extensions, Telemetry), malformed input too.
 
 The test itself plays the runtime (no runtime process) and registers internal extensions by hand.
 """

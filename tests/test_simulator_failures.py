@@ -1,4 +1,4 @@
-"""Shutdown, timeouts, errors and crashes (reference §3.5, §3.6, §6 checks 11-13, process environment)."""
+"""Shutdown (its deadline, SIGKILL), timeouts, errors and crashes, and the environment of each process."""
 
 import json
 import sys
@@ -174,7 +174,7 @@ class Errors(SimTestCase):
 
 class Environment(SimTestCase):
     def test_runtime_and_extension_environments(self):
-        """Reference §1.5: shared variables in both, runtime-only ones hidden from extensions, extra env in both."""
+        """Shared variables in both, runtime-only ones hidden from extensions, extra env in both."""
         sim = self.make_sim([("ext-a", [])], handler="sim_handlers.env", env={"CUSTOM_VAR": "x"},
                             function_name="fn-env", memory_mb=256)
         sim.start(timeout=20)

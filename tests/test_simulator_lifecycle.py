@@ -1,4 +1,4 @@
-"""Conformance of the simulator's init and invoke lifecycle (reference §3.1, §3.2, §6 checks 5-8, 13, 14)."""
+"""Conformance of the simulator's init and invoke lifecycle: event order, runtimeDone and report timing, provisioned concurrency."""
 
 import json
 import math

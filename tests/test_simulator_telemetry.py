@@ -1,4 +1,6 @@
-"""Freeze and Telemetry API delivery conformance (reference §3.3, §3.4, §6 checks 9, 10, 14)."""
+"""Freeze and Telemetry API delivery as Lambda does them: frozen between invocations, nothing delivered
+meanwhile; a batch leaves at maxItems, maxBytes or timeoutMs after its first event; a refused POST is
+retried, and what overflows the buffer is reported in platform.logsDropped."""
 
 import unittest
 
