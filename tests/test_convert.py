@@ -24,7 +24,7 @@ XRAY_PARENT = bytes.fromhex("35465b3a9e2f7c6a")
 LAMBDA_SPAN = bytes.fromhex("24cd7d670fa455f0")
 TRACING = {"spanId": "24cd7d670fa455f0", "type": "X-Amzn-Trace-Id", "value": HEADER}
 
-# The exact examples of lambda-apis.md §2.2.
+# Events as Lambda's Telemetry API delivers them (schema 2022-12-13 shapes).
 INIT_START = {"time": "2024-05-01T10:00:00.100Z", "type": "platform.initStart", "record": {
     "initializationType": "on-demand", "phase": "init", "runtimeVersion": "python:3.12.v40",
     "runtimeVersionArn": "arn:aws:lambda:us-east-1::runtime:0123abcd", "functionName": "my-fn",
