@@ -47,7 +47,7 @@ def budget_from_memory(memory_mb: int) -> Tuple[int, int]:
     for messages parsed from the wire, up to ~5x for messages built field by field, ~0.9 KiB
     per 6-attribute span). 5% keeps the worst case small on a 128 MB function (6.4 MiB
     serialised, 13,107 records) while large functions get up to 64 MiB / 131,072 records,
-    the Rust original's per-queue byte cap, now shared by all three signals. The records cap
+    one budget shared by all three signals. The records cap
     bounds the per-record object overhead that ``ByteSize()`` does not see.
     Examples: 128 MB -> (6.4 MiB, 13,107); 512 MB -> (25.6 MiB, 52,428);
     1,769 MB and up -> (64 MiB, 131,072). Values below 1 are treated as 128 MB (Lambda's minimum).
