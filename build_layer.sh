@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the lambda-otel Lambda layer zip (see "Lambda layer" in README.rst), one per Python and arch.
+# Build the lambda-otel Lambda layer zip (see docs/layer.md), one per Python and arch.
 #
 #   ./build_layer.sh [--arch x86_64|arm64|all[,...]] [--python X.Y|all[,...]] [--python-bin PATH]...
 #                    [--out DIR] [--pip-cache DIR] [--constraints FILE] [--source DIR]

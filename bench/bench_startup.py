@@ -18,7 +18,7 @@ Each round, in a shuffled order (interleaved rounds, one run, this machine's noi
 * ``before`` (``--before-layer DIR``, optional): the same for another build, e.g. the commit
   before a change, so that every change is measured before/after in the same rounds.
 * ``card``: a fresh interpreter started like the launcher (``python3 -I -S -B``) that only imports
-  the design card's packages (``requests``, protobuf with the three OTLP service modules,
+  the four runtime dependencies (``requests``, protobuf with the three OTLP service modules,
   ``readerwriterlock.rwlock``) from the layer; CPU from ``wait4``. Goal 1: ours ≤ 1.15 × card.
 * ``bare``: ``python3 -I -S -B -c pass``, spawn → exit. Goal 3: ready ≤ 3 × bare.
 
@@ -192,7 +192,7 @@ def ready_ms(ws: Workspace, layer: Layer) -> float:
 
 
 def card_cpu_ms(layer: Layer) -> float:
-    """CPU (ms) of a fresh ``python3 -I -S -B`` that imports the design card's packages from the layer."""
+    """CPU (ms) of a fresh ``python3 -I -S -B`` that imports the four runtime dependencies from the layer."""
     code = f"import sys; sys.path.insert(0, {str(layer.code_dir)!r}); {CARD_IMPORTS}"
     proc = subprocess.Popen([layer.python3, "-I", "-S", "-B", "-c", code], stdin=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)

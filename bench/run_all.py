@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.run_all --only ready,throughput --layer /tmp/root
 
 The layer is built once with ./build_layer.sh into a temporary folder (or taken from --layer, an
-unzipped layer) and shared by every benchmark. See "Benchmarks" in README.rst.
+unzipped layer) and shared by every benchmark. Figures and method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

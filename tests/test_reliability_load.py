@@ -1,7 +1,7 @@
 """Load and races (issue 9): a bounded soak, and SHUTDOWN arriving while work is in flight.
 
 The soak is bench/soak.py with 300 invocations of 50 lines (the full 10,000 runs from the command
-line, see "Reliability" in README.rst). The races use the real extension under the simulator; the 8
+line, see docs/reliability.md). The races use the real extension under the simulator; the 8
 concurrent receiver clients at SHUTDOWN are in tests/test_function_sdk_e2e.py (issue 5) and the
 RWLock race at batch granularity in tests/test_shutdown_race.py, so they are not repeated here.
 """
