@@ -240,7 +240,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._serve(sink, rec, path)
         except OSError:
-            sink._close_request(rec, outcome="error", status=rec.status)
+            # A connection cut by stop() is a request the sink never answered ("hung", as stop()
+            # records it), even when stop() came before the handler reached its hang.
+            outcome = "hung" if sink._stopping.is_set() else "error"
+            sink._close_request(rec, outcome=outcome, status=rec.status)
             self.close_connection = True
         finally:
             self.served += 1
