@@ -17,13 +17,14 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import stat
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+from lambda_otel.local.tools import free_port
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,12 +38,6 @@ INVOCATIONS = 3
 START_RATE = 5_000
 MAX_RATE = 80_000
 LINE_RE = re.compile(r"^chatty (\d{6}) of ([0-9a-f-]{36}) x+$")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launcher(ext_dir: Path) -> None:
@@ -64,7 +59,7 @@ def run_once(strategy: str, memory_mb: int, rate: int) -> Tuple[int, int, str, f
     _launcher(ext_dir)
     sink = OtlpSink().start()
     env = {"LAMBDA_OTEL_EXPORTER_ENDPOINT": sink.endpoint, "LAMBDA_OTEL_FLUSH_STRATEGY": strategy,
-           "LAMBDA_OTEL_RECEIVER_PORT": str(_free_port()), "LAMBDA_OTEL_TELEMETRY_PORT": str(_free_port()),
+           "LAMBDA_OTEL_RECEIVER_PORT": str(free_port()), "LAMBDA_OTEL_TELEMETRY_PORT": str(free_port()),
            "LAMBDA_OTEL_LOG_LEVEL": "warning"}
     sim = Simulator(extensions_dir=str(ext_dir), handler="chatty_handlers.handler", handler_dir=str(FUNCTIONS),
                     env=env, memory_mb=memory_mb, timeout_s=30)

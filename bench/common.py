@@ -18,15 +18,15 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
+
+from lambda_otel.local.tools import free_port, unzip_layer  # noqa: F401  (bench modules import them from here)
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "lambda-otel"
@@ -170,16 +170,6 @@ def real_python() -> str:
     return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
-def unzip_layer(zip_path: Path, dest: Path) -> None:
-    """Extract like Lambda does, keeping the Unix modes stored in the zip (zipfile drops them)."""
-    with zipfile.ZipFile(zip_path) as zf:
-        for info in zf.infolist():
-            zf.extract(info, dest)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode:
-                os.chmod(dest / info.filename, mode)
-
-
 def build_layer(tmp: Path, log: Callable[[str], None] = print) -> Layer:
     """``./build_layer.sh`` into tmp (for this interpreter's version), unzipped into tmp/root."""
     out = tmp / "out"
@@ -315,12 +305,6 @@ def write_noop_extension(folder: Path, name: str = "noop") -> Path:
     path.write_text(NOOP_EXTENSION.format(python=real_python()))
     path.chmod(0o755)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def extension_env(layer: Layer, sink_endpoint: Optional[str], **extra: str) -> Dict[str, str]:

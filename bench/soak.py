@@ -32,9 +32,8 @@ from tests.reliability_support import (
     quantile,
     shutdown_summary,
     vm_rss_kb,
-    write_launcher_with,
 )
-from tests.support import EXTENSION_NAME, FUNCTIONS, free_port
+from tests.support import EXTENSION_NAME, FUNCTIONS, free_port, write_launcher
 
 LINES = 50
 
@@ -81,7 +80,7 @@ def run_soak(invocations: int, max_seconds: float = 600.0, lines: int = LINES,
     try:
         ext_dir = root / "extensions"
         ext_dir.mkdir()
-        write_launcher_with(ext_dir)
+        write_launcher(ext_dir)
         env = {
             "LAMBDA_OTEL_RECEIVER_PORT": str(free_port()),
             "LAMBDA_OTEL_TELEMETRY_PORT": str(free_port()),

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
-import shlex
 import shutil
-import stat
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,24 +19,11 @@ from typing import Dict, Iterable, List, Optional
 
 from lambda_otel.local.simulator import Simulator
 from lambda_otel.local.sink import OtlpSink
-from tests.support import EXTENSION_NAME, FUNCTIONS, REPO, ExtensionTestCase, counter_total
+from tests.support import EXTENSION_NAME, FUNCTIONS, ExtensionTestCase, counter_total, write_launcher
 
 # The e2e handler prints "text line {i} of {request_id}": unique per invocation and line.
 LINE_RE = re.compile(r"^text line (\d+) of ([0-9a-f-]{36})$")
 SUMMARY_RE = re.compile(r"final flush: sent (\{.*?\}), unsent at deadline (\d+), dropped over lifetime (\{.*?\}), ")
-
-
-def write_launcher_with(ext_dir: Path, extra_path: Optional[Path] = None, name: str = EXTENSION_NAME) -> Path:
-    """Like tests.support.write_launcher, with ``extra_path`` first on the extension's PYTHONPATH."""
-    paths = ([str(extra_path)] if extra_path else []) + [str(REPO)]
-    launcher = ext_dir / name
-    launcher.write_text(
-        "#!/bin/sh\n"
-        f"export PYTHONPATH={shlex.quote(':'.join(paths))}\n"
-        f"exec {shlex.quote(sys.executable)} -m lambda_otel\n"
-    )
-    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return launcher
 
 
 def expected_lines(results: Iterable, per_invocation: int) -> set:
@@ -115,7 +99,7 @@ class ReliabilityTestCase(ExtensionTestCase):
         self.addCleanup(shutil.rmtree, root, True)
         ext_dir = root / "extensions"
         ext_dir.mkdir()
-        write_launcher_with(ext_dir, extra_path)
+        write_launcher(ext_dir, extra_path=extra_path)
         kwargs.setdefault("timeout_s", 3.0)
         kwargs.setdefault("handler_dir", str(FUNCTIONS))
         sim = Simulator(extensions_dir=str(ext_dir), handler=handler, env=env, **kwargs)

@@ -20,25 +20,22 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from lambda_otel.local.simulator import Simulator
 from lambda_otel.local.sink import OtlpSink, any_value
+from lambda_otel.local.tools import free_port  # noqa: F401  (one definition, shared)
 
 REPO = Path(__file__).resolve().parent.parent
 FUNCTIONS = Path(__file__).resolve().parent / "fixtures" / "functions"
 EXTENSION_NAME = "lambda-otel"
 
 
-def free_port() -> int:
-    import socket
+def write_launcher(ext_dir: Path, name: str = EXTENSION_NAME, extra_path: Optional[Path] = None) -> Path:
+    """An executable like the layer's: Lambda starts it, it execs Python on lambda-otel.
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_launcher(ext_dir: Path, name: str = EXTENSION_NAME) -> Path:
-    """An executable like the layer's: Lambda starts it, it execs Python on lambda-otel."""
+    ``extra_path`` goes first on the extension's PYTHONPATH (a sitecustomize for fault injection).
+    """
+    paths = ([str(extra_path)] if extra_path else []) + [str(REPO)]
     launcher = ext_dir / name
     cmd = f"exec {shlex.quote(sys.executable)} -m lambda_otel"
-    launcher.write_text(f"#!/bin/sh\nexport PYTHONPATH={shlex.quote(str(REPO))}\n{cmd}\n")
+    launcher.write_text(f"#!/bin/sh\nexport PYTHONPATH={shlex.quote(':'.join(paths))}\n{cmd}\n")
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return launcher
 

@@ -24,6 +24,7 @@ from lambda_otel import exporter as exporter_module
 from lambda_otel.config import ExporterConfig, OtlpProtocol
 from lambda_otel.exporter import NO_ENDPOINT, NOT_READY, REJECTED, RETRYABLE, SUCCESS, FailureCause, OtlpExporter, parse_retry_after
 from lambda_otel.local.sink import OtlpSink, Reply
+from lambda_otel.local.tools import free_port
 from lambda_otel.loss import EXPORT_REJECTED, LOGS, TRACES, LossCounter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,13 +65,6 @@ def items_for(signal: str) -> list:
 def items_of(request) -> list:
     """The Resource* items of an Export*ServiceRequest (what OtlpExporter.export takes)."""
     return list(getattr(request, request.DESCRIPTOR.fields[0].name))
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def quiet_exporter_logs(test: unittest.TestCase) -> None:

@@ -19,13 +19,13 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import unittest
 import zipfile
 
+from lambda_otel.local.tools import free_port, unzip_layer
 from tests.interpreters import interpreter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,25 +82,8 @@ def sha256_of(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def unzip_layer(zip_path: str, dest: str) -> None:
-    """Extract like Lambda does, keeping the Unix modes stored in the zip (zipfile drops them)."""
-    with zipfile.ZipFile(zip_path) as zf:
-        for info in zf.infolist():
-            zf.extract(info, dest)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode:
-                os.chmod(os.path.join(dest, info.filename), mode)
-
-
 def walk_files(top: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), top) for d, _, fs in os.walk(top) for f in fs)
-
-
-def free_port() -> int:
-    """An unused 127.0.0.1 port (the extension's ports are configured, and must be >= 1024)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def elf_machine(path: str) -> int:

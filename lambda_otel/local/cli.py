@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shlex
-import socket
 import sys
 import tempfile
 from collections import defaultdict
@@ -25,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import loss
 from .sink import MetricPoint, OtlpSink, SpanItem, attrs_to_dict, describe
+from .tools import free_port
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_HANDLER = "lambda_otel.local.demo_function.handler"
@@ -104,12 +104,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         env[key.strip()] = value
     args.env = env
     return args
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_launcher(folder: str, fork_restores: bool = False) -> str:
