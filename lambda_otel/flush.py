@@ -104,6 +104,7 @@ from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Seq
 from lambda_otel import loss as loss_mod
 from lambda_otel.config import STRATEGIES
 from lambda_otel.exporter import ExportKind, FailureCause
+from lambda_otel.log_once import LogOnce
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics
@@ -687,9 +688,7 @@ class ExportWorker(threading.Thread):
         self._invocation_deadline: Optional[float] = None
         self._failing_spent = 0.0  # seconds spent on failed requests in this invocation
         self._not_before = 0.0  # Retry-After: no request before this instant
-        self._warned_no_endpoint: set = set()
-        self._warned_export_error = False
-        self._warned_metrics_error = False
+        self._once = LogOnce()  # one line per kind of problem (no endpoint per signal, export raised, collect raised)
         self.flushes = 0
         self._last_flush_end = float("-inf")
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
@@ -935,9 +934,8 @@ class ExportWorker(threading.Thread):
                     result.success = True
             elif kind is ExportKind.NO_ENDPOINT:
                 self.loss.add(signal, loss_mod.NO_ENDPOINT, batch.records)
-                if signal not in self._warned_no_endpoint:
-                    self._warned_no_endpoint.add(signal)
-                    log.warning("no endpoint configured for %s: dropping them (counted as no_endpoint)", signal)
+                self._once.warning(log, ("no_endpoint", signal),
+                                   "no endpoint configured for %s: dropping them (counted as no_endpoint)", signal)
             else:  # RETRYABLE (or an exception)
                 # Nothing drains the queue now: platform telemetry must not wait for room (that
                 # delays runtimeDone, and so the hold, by ADMISSION_WAIT_S per batch). Next hold re-arms it.
@@ -970,9 +968,7 @@ class ExportWorker(threading.Thread):
         try:
             return self.exporter.export(signal, batch.items, deadline)
         except Exception as exc:
-            if not self._warned_export_error:
-                self._warned_export_error = True
-                log.warning("export of %s raised %r; treating as retryable", signal, exc)
+            self._once.warning(log, "export_raised", "export of %s raised %r; treating as retryable", signal, exc)
             return None
 
     def _collect_metrics(self) -> None:
@@ -982,9 +978,7 @@ class ExportWorker(threading.Thread):
         try:
             rm = self.metrics_state.collect(self._wall_ns())
         except Exception as exc:
-            if not self._warned_metrics_error:
-                self._warned_metrics_error = True
-                log.warning("metrics collection failed: %r", exc)
+            self._once.warning(log, "collect_raised", "metrics collection failed: %r", exc)
             return
         if rm is not None:
             from lambda_otel.otlp import count_records

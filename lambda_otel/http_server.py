@@ -33,6 +33,8 @@ from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import Dict, Iterable, Optional, Tuple
 
+from lambda_otel.log_once import LogOnce
+
 log = logging.getLogger(__name__)
 
 _RECV = 64 * 1024
@@ -160,7 +162,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.http_stats = ServerStats()
         self._conns_lock = threading.Lock()
         self._conns: Dict[socket.socket, list] = {}  # connection -> [state, since, closing]
-        self._bug_logged = False
+        self._once = LogOnce()
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -270,8 +272,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         # A broken connection is the client's business; anything else is our bug: logged once.
         if isinstance(sys.exc_info()[1], OSError):
             self.http_stats.add("connection_errors")
-        elif not self._bug_logged:
-            self._bug_logged = True
+        elif self._once.first("handler_bug"):
             log.exception("%s: unexpected error while serving a request (logged once)", self.name)
         else:
             self.http_stats.add("handler_bugs")

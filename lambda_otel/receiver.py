@@ -37,6 +37,7 @@ from lambda_otel.config import ReceiverConfig
 from lambda_otel.http_server import BadRequest as HttpBadRequest
 from lambda_otel.http_server import BoundedHandler, BoundedHTTPServer, Request, ServerLimits
 from lambda_otel.loss import INVALID_RECORD, LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
+from lambda_otel.log_once import LogOnce
 from lambda_otel.otlp import JSON, PATHS, PROTOBUF, count_records, encode_message
 
 log = logging.getLogger(__name__)
@@ -310,16 +311,14 @@ class _Stats:
         self.records_accepted = {TRACES: 0, METRICS: 0, LOGS: 0}
         self.records_rejected = 0
         self.responses: Dict[str, int] = {}
-        self._warned: set = set()
+        self._once = LogOnce()
 
     def response(self, status: int) -> bool:
         """Count a response; True the first time this status is seen (log it once, not per request)."""
         with self._lock:
             key = str(status)
             self.responses[key] = self.responses.get(key, 0) + 1
-            first = status >= 400 and status not in self._warned
-            self._warned.add(status)
-            return first
+            return status >= 400 and self._once.first(status)
 
     def accepted(self, signal: str, records: int, rejected: int) -> None:
         with self._lock:

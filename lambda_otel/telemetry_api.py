@@ -21,6 +21,7 @@ from typing import Any, Callable, List
 
 from .config import TelemetryConfig
 from .http_server import BadRequest, BoundedHandler, BoundedHTTPServer, Request, ServerLimits
+from .log_once import LogOnce
 
 log = logging.getLogger("lambda_otel.telemetry_api")
 
@@ -111,7 +112,7 @@ class TelemetryListener(BoundedHTTPServer):
         self.max_body_bytes = 2 * config.max_bytes + METADATA_ALLOWANCE
         self.stats = ListenerStats()
         self._stats_lock = threading.Lock()
-        self._failure_logged = False
+        self._once = LogOnce()
 
     def count_batch(self, events: int) -> None:
         with self._stats_lock:
@@ -126,6 +127,5 @@ class TelemetryListener(BoundedHTTPServer):
         """A bug of ours in on_batch: the first one is logged with its traceback, later ones counted."""
         with self._stats_lock:
             self.stats.failed_batches += 1
-            first, self._failure_logged = not self._failure_logged, True
-        if first:
+        if self._once.first("batch_failed"):
             log.exception("telemetry batch processing failed (logged once; later failures are only counted)")
