@@ -199,7 +199,7 @@ def decode_message(cls, body: bytes, content_type: str = PROTOBUF):
         raise ValueError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ValueError(f"OTLP/JSON body must be an object, got {type(obj).__name__}")
-    obj = _ids(obj, _hex_to_b64)
+    obj = _rewrite(obj, _hex_to_b64)
     try:
         return json_format.ParseDict(obj, cls(), ignore_unknown_fields=True)
     except Exception as exc:  # ParseError mostly; any parser surprise is still the body's fault
@@ -246,25 +246,11 @@ def _int64_keys(cls) -> frozenset:
     return keys
 
 
-def _to_otlp_json(node: Any, int_keys: frozenset, depth: int = 0) -> Any:
+def _to_otlp_json(node: Any, int_keys: frozenset) -> Any:
     """protobuf's JSON mapping -> OTLP/JSON, in place: ids as hex; 64-bit integers as numbers
     when a double holds them exactly (timestamps stay decimal strings). Receivers accept both
     forms; some accept only numbers for values such as ``asInt``."""
-    if depth > _JSON_MAX_DEPTH:
-        raise ValueError("JSON nested too deeply")
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _HEX_ID_KEYS and isinstance(value, str):
-                node[key] = _b64_to_hex(value)
-            elif key in int_keys:
-                node[key] = _json_int(value)
-            elif isinstance(value, (dict, list)):
-                _to_otlp_json(value, int_keys, depth + 1)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _to_otlp_json(value, int_keys, depth + 1)
-    return node
+    return _rewrite(node, _b64_to_hex, int_keys)
 
 
 def _json_int(value: Any) -> Any:
@@ -276,20 +262,23 @@ def _json_int(value: Any) -> Any:
     return value
 
 
-def _ids(node: Any, convert, depth: int = 0) -> Any:
-    """Rewrite the id fields of an OTLP/JSON tree in place with ``convert`` (hex <-> base64)."""
+def _rewrite(node: Any, convert_id, int_keys: frozenset = frozenset(), depth: int = 0) -> Any:
+    """Rewrite an OTLP/JSON tree in place: id fields with ``convert_id`` (hex <-> base64) and,
+    for ``int_keys``, 64-bit integers with ``_json_int``."""
     if depth > _JSON_MAX_DEPTH:
         raise ValueError("JSON nested too deeply")
     if isinstance(node, dict):
         for key, value in node.items():
             if key in _HEX_ID_KEYS and isinstance(value, str):
-                node[key] = convert(value)
+                node[key] = convert_id(value)
+            elif key in int_keys:
+                node[key] = _json_int(value)
             elif isinstance(value, (dict, list)):
-                _ids(value, convert, depth + 1)
+                _rewrite(value, convert_id, int_keys, depth + 1)
     elif isinstance(node, list):
         for value in node:
             if isinstance(value, (dict, list)):
-                _ids(value, convert, depth + 1)
+                _rewrite(value, convert_id, int_keys, depth + 1)
     return node
 
 

@@ -24,10 +24,7 @@ import ipaddress
 import json
 import logging
 import socket
-import socketserver
-import sys
 import threading
-import time
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -231,14 +228,21 @@ def drop_invalid_ids(signal: str, request) -> int:
     removed = 0
     for item in getattr(request, otlp.spec(signal).items_field):
         for scope in (item.scope_spans if signal == TRACES else item.scope_logs):
-            records = scope.spans if signal == TRACES else scope.log_records
-            valid = _valid_span if signal == TRACES else _valid_log
-            if all(valid(r) for r in records):
-                continue
-            keep = [r for r in records if valid(r)]
-            removed += len(records) - len(keep)
-            del records[:]
-            records.extend(keep)
+            if signal == TRACES:
+                removed += _keep_valid(scope.spans, _valid_span)
+            else:
+                removed += _keep_valid(scope.log_records, _valid_log)
+    return removed
+
+
+def _keep_valid(records, valid) -> int:
+    """Remove, in place, the entries of a repeated protobuf field that ``valid`` refuses; returns how many."""
+    if all(valid(r) for r in records):
+        return 0
+    keep = [r for r in records if valid(r)]
+    removed = len(records) - len(keep)
+    del records[:]
+    records.extend(keep)
     return removed
 
 
@@ -263,13 +267,7 @@ def _drop_invalid_exemplar_points(request) -> int:
                 kind = metric.WhichOneof("data")
                 if kind not in ("sum", "gauge", "histogram", "exponential_histogram"):
                     continue  # a summary has no exemplars
-                points = getattr(metric, kind).data_points
-                if all(_valid_point(p) for p in points):
-                    continue
-                keep = [p for p in points if _valid_point(p)]
-                removed += len(points) - len(keep)
-                del points[:]
-                points.extend(keep)
+                removed += _keep_valid(getattr(metric, kind).data_points, _valid_point)
     return removed
 
 
