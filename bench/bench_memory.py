@@ -21,7 +21,7 @@ from typing import List
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import NAME, Environment, Row, Stats, Workspace, interleaved, main_for, vm_hwm_kib
+from bench.common import NAME, Environment, Row, Workspace, interleaved, main_for, vm_hwm_kib
 
 GOAL_RATIO = 1.15  # issue 17 goal 6
 GOAL_MIB = 40.0

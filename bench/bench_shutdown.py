@@ -21,7 +21,7 @@ from typing import List
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import NAME, Environment, Row, Stats, Workspace, interleaved, main_for
+from bench.common import NAME, Environment, Row, Workspace, interleaved, main_for
 
 GOAL_MS = 300.0
 

@@ -28,7 +28,7 @@ from typing import List, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Row, Stats, Workspace, interleaved, main_for
+from bench.common import Row, Workspace, interleaved, main_for
 
 GOAL_RATIO = 4.0
 EVENTS_PER_BATCH = 1000

@@ -7,7 +7,6 @@ AWS Runtime Interface Client, and the sink decodes what was exported with opente
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import stat

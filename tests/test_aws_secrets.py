@@ -25,7 +25,7 @@ class CaptureLogs:
         handler = logging.StreamHandler(self.stream)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger = logging.getLogger("lambda_otel")
-        old_level, old_propagate = logger.level, logger.propagate
+        old_level = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         test.addCleanup(logger.removeHandler, handler)

@@ -6,7 +6,6 @@ Also checks the two things the benchmarks rely on: the simulator's spawn instant
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import shutil
 import unittest
 from pathlib import Path
 
-from bench.common import NAME, Row, Stats, rst_table, write_noop_extension
+from bench.common import Row, Stats, rst_table, write_noop_extension
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 600  # generous: a shared, loaded machine; the quick run itself is meant to take < 60 s

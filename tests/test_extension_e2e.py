@@ -1,12 +1,8 @@
 """lambda-otel end to end (issue 3): the real extension process under the simulator, exporting to a
 real OTLP sink; what the backend holds must equal what the platform reported."""
 
-import json
-import threading
-import time
 import unittest
 
-from lambda_otel.local.sink import any_value
 from tests.support import ExtensionTestCase, counter_total, histogram_totals
 
 

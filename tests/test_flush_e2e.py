@@ -17,7 +17,7 @@ import time
 import unittest
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from lambda_otel.local.sink import Reply, any_value
 from tests.support import ExtensionTestCase, counter_total, histogram_totals

@@ -7,7 +7,6 @@ import json
 import select
 import socket
 import threading
-import time
 import unittest
 import zlib
 

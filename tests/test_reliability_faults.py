@@ -7,8 +7,6 @@ extension exits 0 before the deadline, and every function log line (each carries
 either delivered exactly once or counted as dropped with the right reason.
 """
 
-import threading
-import time
 import unittest
 
 from lambda_otel.local.sink import OtlpSink, Reply

@@ -13,7 +13,7 @@ import unittest
 from lambda_otel.config import ConfigError, load_config
 from lambda_otel.local.sink import Reply
 from lambda_otel.receiver import OtlpReceiver
-from tests.reliability_support import AUDIT_SITECUSTOMIZE, ReliabilityTestCase, read_audit, shutdown_summary
+from tests.reliability_support import AUDIT_SITECUSTOMIZE, ReliabilityTestCase, read_audit
 from tests.support import EXTENSION_NAME
 
 SECRET = "s3cr3t-Bearer-7f2c9a"

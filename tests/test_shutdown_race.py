@@ -6,7 +6,6 @@ and SHUTDOWN is started while it is held. Everything else is real: the listener 
 the batch over HTTP, the converter and aggregator run, the exporter sends to a real sink.
 """
 
-import dataclasses
 import http.client
 import json
 import threading
