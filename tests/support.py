@@ -26,6 +26,23 @@ FUNCTIONS = Path(__file__).resolve().parent / "fixtures" / "functions"
 EXTENSION_NAME = "lambda-otel"
 
 
+def empty_log_records_request(count: int) -> bytes:
+    """An ExportLogsServiceRequest of ``count`` empty log records, written straight on the wire:
+    millions of them cost the test nothing to build (the receiver's bounds are what is tested)."""
+    records = b"\x12\x00" * count  # ScopeLogs.log_records (field 2), each empty
+    scope = b"\x12" + _varint(len(records)) + records  # ResourceLogs.scope_logs
+    return b"\x0a" + _varint(len(scope)) + scope  # ExportLogsServiceRequest.resource_logs
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def write_launcher(ext_dir: Path, name: str = EXTENSION_NAME, extra_path: Optional[Path] = None) -> Path:
     """An executable like the layer's: Lambda starts it, it execs Python on lambda-otel.
 

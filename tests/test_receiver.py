@@ -39,6 +39,7 @@ from lambda_otel.aggregator import MiB, Aggregator
 from lambda_otel.loss import INVALID_RECORD, LOGS, METRICS, QUEUE_FULL, SHUTDOWN_DEADLINE, TRACES, LossCounter
 from lambda_otel.http_server import ServerLimits
 from lambda_otel.receiver import OtlpReceiver, build_status_class, inflate_bounded
+from tests.support import empty_log_records_request
 
 RESOURCE = Resource.create({"service.name": "my-function", "faas.name": "fn"})
 WAIT = 10  # generous bound for anything that should be quick
@@ -619,19 +620,14 @@ class IntakeBoundsTest(ReceiverTestBase):
 
     def test_gzip_bomb_of_empty_records_is_refused_before_it_is_built(self):
         """15 KiB of gzip inflating to millions of empty log records: 413, nothing built, nothing queued."""
-        empty_records = b"\x12\x00" * (7 * MiB // 2)  # ScopeLogs.log_records (field 2), each empty
-        scope = b"\x12" + _varint_bytes(len(empty_records)) + empty_records  # ResourceLogs.scope_logs
-        request = b"\x0a" + _varint_bytes(len(scope)) + scope  # ExportLogsServiceRequest.resource_logs
-        bomb = gzip.compress(request, 9)
+        bomb = gzip.compress(empty_log_records_request(7 * MiB // 2), 9)
         self.assertLess(len(bomb), 20 * 1024)
         resp, data = self.post("/v1/logs", bomb, headers={"Content-Encoding": "gzip"})
         self.assertEqual(resp.status, 413)
         self.assertIn("records", status_pb2.Status.FromString(data).message)
         self.assertEqual(self.agg.pending_items(), 0)
         # A request of the same shape within the queue's reach is accepted (the walk counts right).
-        few = b"\x12\x00" * 10
-        scope = b"\x12" + _varint_bytes(len(few)) + few
-        resp, data = self.post("/v1/logs", b"\x0a" + _varint_bytes(len(scope)) + scope)
+        resp, data = self.post("/v1/logs", empty_log_records_request(10))
         self.assertEqual(resp.status, 200)
         self.assertEqual(self.agg.pending_records(LOGS), 10)
 
@@ -645,15 +641,6 @@ class IntakeBoundsTest(ReceiverTestBase):
         self.assertGreater(count_messages(TRACES, request.SerializeToString(), 3), 3)  # stops past the limit
         with self.assertRaises(Exception):
             count_messages(TRACES, request.SerializeToString()[:-3], 10_000)
-
-
-def _varint_bytes(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 class DecodeSlotsTest(ReceiverTestBase):

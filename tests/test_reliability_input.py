@@ -18,7 +18,7 @@ import uuid
 from lambda_otel.config import TelemetryConfig
 from tests.reliability_support import ReliabilityTestCase, expected_lines, function_lines, shutdown_summary
 from lambda_otel.pipeline import SILENCE_WINDOW
-from tests.support import counter_total, histogram_totals
+from tests.support import counter_total, empty_log_records_request, histogram_totals
 
 NOW = "2024-05-01T10:00:00.000Z"
 MIN_NS, MAX_NS = 946_684_800 * 10**9, 4_102_444_800 * 10**9  # 2000..2100
@@ -196,9 +196,7 @@ class ReceiverMemoryTest(ReliabilityTestCase):
         pid = sim.extension_pids["lambda-otel"]
         before = vm_hwm_kb(pid)
         # 15 KiB of gzip that inflates to 7 MiB of empty log records (3.5 million of them).
-        empty = b"\x12\x00" * (7 * 1024 * 1024 // 2)
-        scope = b"\x12" + _varint(len(empty)) + empty
-        bomb = gzip.compress(b"\x0a" + _varint(len(scope)) + scope, 9)
+        bomb = gzip.compress(empty_log_records_request(7 * 1024 * 1024 // 2), 9)
         self.assertLess(len(bomb), 20 * 1024)
         statuses = []
         for _ in range(5):
@@ -240,15 +238,6 @@ class SilentSubscriptionE2ETest(ReliabilityTestCase):
             sim.invoke({"logs": 1}, timeout=30)
         sim.shutdown(timeout=30)
         self.assertNotIn("no platform event", self.extension_output(sim))
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 if __name__ == "__main__":
