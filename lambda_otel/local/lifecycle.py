@@ -20,7 +20,7 @@ import uuid
 from typing import Any, Callable, Optional
 
 from .processes import ManagedProcess, WorkerLogSocket, discover_extensions
-from .results import FreezeRecord, InitResult, Instant, ProcessExit, ShutdownResult, ms_between
+from .results import FreezeRecord, InitResult, Instant, InvocationResult, ProcessExit, ShutdownResult, ms_between
 from .sandbox import (
     FREEZE_INFLIGHT_WAIT_S,
     FREEZE_STATE_WAIT_S,
@@ -399,17 +399,24 @@ class Lifecycle:
             metrics["restoreDurationMs"] = env.restore_duration_ms
             metrics["billedRestoreDurationMs"] = int(math.ceil(env.restore_duration_ms))
             env.restore_duration_ms = None
+        self._emit_report(env, inv, r, metrics)
+        env.phase = "ready"
+        return reset
+
+    def _emit_report(self, env: _Env, inv: _Inv, r: InvocationResult, metrics: dict,
+                     spans: Optional[list] = None) -> None:
+        """``platform.report`` of one invocation (none for an aborted one), kept on its result."""
         report: dict[str, Any] = {"requestId": r.request_id, "status": r.status}
         if r.error_type:
             report["errorType"] = r.error_type
         report["metrics"] = metrics
+        if spans:
+            report["spans"] = spans
         if inv.tracing:
             report["tracing"] = inv.tracing
         if r.status != "aborted":
             self._emit(env, "platform.report", report)
         r.report = report
-        env.phase = "ready"
-        return reset
 
     def _emit_runtime_done(self, env: _Env, inv: _Inv, status: str, error_type: Optional[str]) -> None:
         r = inv.r

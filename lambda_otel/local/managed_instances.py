@@ -109,15 +109,5 @@ class ConcurrentInvocations:
         r.ended_at = r.runtime_done_at or end
         # Managed Instances report the duration (and the response spans) only: no billed duration,
         # no memory, no init duration.
-        report: dict[str, Any] = {"requestId": r.request_id, "status": r.status}
-        if r.error_type:
-            report["errorType"] = r.error_type
-        report["metrics"] = {"durationMs": ms_between(r.started_at, r.ended_at) or 0.0}
-        spans = response_spans(r)
-        if spans:
-            report["spans"] = spans
-        if inv.tracing:
-            report["tracing"] = inv.tracing
-        if r.status != "aborted":
-            self._emit(env, "platform.report", report)
-        r.report = report
+        self._emit_report(env, inv, r, {"durationMs": ms_between(r.started_at, r.ended_at) or 0.0},
+                          spans=response_spans(r))
