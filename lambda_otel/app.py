@@ -10,8 +10,10 @@ total CPU and by the first invocation, not only by the instant of the first ``/n
 * on-demand and provisioned concurrency: a "startup" thread then sets up logging, builds the
   pipeline and starts the servers on the already bound sockets while the first ``/next`` is
   pending (Lambda's POSTs and the function's OTLP requests wait in the sockets' backlog), and
-  finally warms the export client (``requests``) so that the first flush does not pay for it.
-  The events thread waits for the pipeline (bounded) before handling the first event.
+  finally warms the export client (``requests``). No hold waits for that import: if the first
+  invocation ends before it is done, its data is kept (never in flight across the freeze) and
+  sent at the next INVOKE or at SHUTDOWN. The events thread waits for the pipeline (bounded)
+  before handling the first event.
 * SnapStart: init runs once, when the snapshot is taken, and restores are what users wait
   for. So everything is built on the main thread before the first ``/next`` (the snapshot
   point) and no thread of ours runs across the snapshot. The first ``/next`` returning is the
@@ -50,6 +52,9 @@ LOGGER_NAME = "lambda_otel"
 # Our own log lines come back to us as `extension` telemetry records; this prefix is how
 # the converter recognises them (and how a user greps for them).
 LOG_FORMAT = "[lambda-otel] %(levelname)s %(name)s: %(message)s"
+
+# Said once when start-up is over (export client imported): from then on every hold exports.
+STARTED_LINE = "start-up done: the export client is ready"
 
 # How long the events thread waits for the startup thread when the first event needs no
 # pipeline deadline of its own (never reached in practice: building takes ~100 ms).
@@ -274,13 +279,15 @@ class Prepared:
 
 
 def warm_export_client(extension: Extension) -> None:
-    """Import the exporter's HTTP stack (~100 ms of CPU here) off every critical path, right after
-    the servers are up, so that the first flush (often the first invocation's hold) finds it done.
-    A first invocation that ends before this finished still waits for it in its hold."""
+    """Import the exporter's HTTP stack (~50-100 ms of CPU) off every critical path, right after
+    the servers are up. No hold waits for it: a first invocation that ends before it is done keeps
+    its data for the next INVOKE (``flush.decide``: the client is not ready)."""
     try:
-        extension.pipeline.exporter.warm_up()
+        extension.pipeline.warm_export_client()
     except Exception as exc:  # a broken install: the first export reports it, counted
         _logger().warning("could not prepare the exporter's HTTP stack: %s: %s", type(exc).__name__, exc)
+        return
+    _logger().info(STARTED_LINE)
 
 
 class Startup:
@@ -302,6 +309,7 @@ class Startup:
     def _build(self) -> None:
         try:
             extension = self._prepared.build()
+            extension.pipeline.expect_export_client_warm_up()  # before any thread could flush
             self._prepared.start(extension)
             self.extension = extension
         except BaseException as exc:  # handed to the events thread, which reports it

@@ -34,7 +34,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 from urllib.parse import quote, unquote, urlsplit
 
 from lambda_otel import __version__, otlp
@@ -163,17 +163,28 @@ class OtlpExporter:
         self._once = LogOnce()
         self._secrets = _url_secrets(config) + tuple(
             v for signal in otlp.SPECS for v in config.headers_for(signal).values() if v)
-        self._ready = False
+        self._warm_up_pending = False
+
+    def expect_warm_up(self) -> None:
+        """Someone (app.py's start-up thread) is about to import the HTTP stack: until ``warm_up``
+        is over, ``ready()`` is False, so that no flush starts an export that would wait for it."""
+        self._warm_up_pending = True
 
     def ready(self) -> bool:
-        """Whether the HTTP stack is imported, so an export does not wait ~100 ms for imports."""
-        return self._ready
+        """Whether an export may start now without waiting for the HTTP stack's import: False only
+        between ``expect_warm_up`` and the end of ``warm_up`` (without them, the first export imports)."""
+        return not self._warm_up_pending
 
-    def warm_up(self, dns_timeout_s: float = WARM_UP_DNS_S) -> None:
-        """Import the HTTP stack and resolve the endpoints' hosts now, so the first export pays
-        neither (call it off every critical path, e.g. on a start-up thread; bounded)."""
-        self._transport.warm_up()
-        self._ready = True
+    def warm_up(self, dns_timeout_s: float = WARM_UP_DNS_S, on_ready: Optional[Callable[[], None]] = None) -> None:
+        """Import the HTTP stack, call ``on_ready``, then resolve the endpoints' hosts, so the first
+        export pays neither (call it off every critical path, e.g. on a start-up thread; bounded).
+        An import that fails still ends the wait: the first export reports the error, counted."""
+        try:
+            self._transport.warm_up()
+        finally:
+            self._warm_up_pending = False
+            if on_ready is not None:
+                on_ready()
         for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None}:
             if not _never_resolves(url):
                 self._transport.resolve(url, dns_timeout_s)
@@ -209,7 +220,6 @@ class OtlpExporter:
             return self._config_problem(url, problem)
         content_type = otlp.JSON if self._config.protocol(signal) is OtlpProtocol.HTTP_JSON else otlp.PROTOBUF
         headers = _request_headers(user_headers, self._config.compression, content_type)
-        self._ready = True
         if self._max_bytes is None and self._max_records is None:
             groups = [list(items)]
         else:

@@ -29,7 +29,11 @@ default     Adaptive. *Infrequent* functions (fewer than 2 invocations seen, or
             every invocation.
 end         Flush at the end of every invocation: ``before_next`` holds ``/next``
             until this invocation's ``platform.runtimeDone`` is in the aggregator,
-            then flushes (bounded). Nothing waits in memory across a freeze.
+            then flushes (bounded). Nothing waits in memory across a freeze, with
+            one exception: no hold waits for the export client's import, so when
+            an environment's first invocation ends before start-up imported it,
+            that data goes at the next INVOKE (while the function runs) or at
+            SHUTDOWN, never in flight across the freeze.
 periodic    A real timer: every ``interval_s`` (while thawed, gate open) flush
             everything pending. The gate is open only from INVOKE until our next
             ``/next``, so a flush due at INVOKE starts then, while the function runs,
@@ -219,6 +223,8 @@ class BatchQueue(Protocol):
 class Exporter(Protocol):
     def export(self, signal: str, items: Sequence[object], deadline: float) -> "ExportOutcome": ...
 
+    def ready(self) -> bool: ...  # False while its HTTP stack is still being imported (start-up)
+
 
 class MetricsSource(Protocol):
     def collect(self, now_ns: int) -> Optional["ResourceMetrics"]: ...
@@ -262,6 +268,8 @@ class FlushState:
     pending_bytes: int = 0
     last_flush_end: float = float("-inf")
     request_deadline: Optional[float] = None  # REQUEST / FINAL: the deadline the asker gave
+    client_ready: bool = True  # False while the export client is still being imported (start-up)
+    left_over: bool = False  # the last hold ended with data it could not send
 
 
 @dataclass(frozen=True)
@@ -275,11 +283,12 @@ def decide(now: float, state: FlushState) -> Decision:
     """What to do now. Pure: the same snapshot always gives the same decision.
 
     The checks, in order: a final flush always runs; nothing starts from the background
-    while the gate is closed, once this invocation's export budget is spent, too close to
-    the invocation's cap, or before a Retry-After has passed; while the breaker is open only
-    a probe runs, once it is due; a requested flush then runs; otherwise a flush starts when
-    the deadline is near (INVOKE), the timer is due, a full batch is pending, or (continuous)
-    anything is pending.
+    while the gate is closed; nothing starts while the export client is still being imported,
+    once this invocation's export budget is spent, too close to the invocation's cap, or
+    before a Retry-After has passed; while the breaker is open only a probe runs, once it is
+    due; a requested flush then runs; otherwise a flush starts when the deadline is near
+    (INVOKE), the last hold left data behind, the timer is due, a full batch is pending, or
+    (continuous) anything is pending.
     """
     s = state
     cfg = s.config
@@ -293,6 +302,10 @@ def decide(now: float, state: FlushState) -> Decision:
 
     if background and not s.gate_open:
         return Decision(Action.WAIT)  # woken when /next returns
+    if not s.client_ready:
+        # No hold waits for an import: what is pending stays (the gate keeps it from crossing a
+        # freeze in flight) and goes once the client is ready, which wakes the worker.
+        return _not_now(asked)
     if s.budget_spent:
         return _not_now(asked)  # woken by the next invocation
     if background and s.cap is not None and now >= s.cap - MIN_REQUEST_S:
@@ -311,6 +324,8 @@ def decide(now: float, state: FlushState) -> Decision:
     if (s.occasion is Occasion.INVOKE and s.invocation_deadline is not None
             and s.invocation_deadline - now < cfg.deadline_margin_s and s.cap is not None):
         return Decision(Action.FLUSH, until=s.cap)  # there is no later chance in this invocation
+    if s.left_over and s.pending_records > 0:
+        return Decision(Action.FLUSH, until=base_until)  # what the last hold could not send, while the function runs
 
     timer_due = s.timer_due is not None and now >= s.timer_due
     full = s.pending_records > 0 and (s.pending_records >= cfg.max_batch_records
@@ -691,6 +706,7 @@ class ExportWorker(threading.Thread):
         self._once = LogOnce()  # one line per kind of problem (no endpoint per signal, export raised, collect raised)
         self.flushes = 0
         self._last_flush_end = float("-inf")
+        self._left_over = False  # the last hold ended with data pending (sent first, at the next chance)
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
 
     # -- called from other threads ------------------------------------------------
@@ -716,12 +732,19 @@ class ExportWorker(threading.Thread):
         with self._cond:
             self._cond.notify_all()
 
+    def note_hold_end(self) -> None:
+        """The events thread, at the end of a hold: whatever is still pending is sent at the next
+        chance (the next INVOKE, or as soon as the export client is ready while the gate is open)."""
+        with self._cond:
+            self._left_over = self.aggregator.pending_records() > 0
+
     def renew_after_restore(self) -> None:
         """SnapStart restore: no Retry-After, budget or breaker state from the snapshot's time."""
         with self._cond:
             self._not_before = 0.0
             self._failing_spent = 0.0
             self._last_flush_end = float("-inf")
+            self._left_over = False
             self._cond.notify_all()
         self.breaker.record(True, self._clock())
 
@@ -784,6 +807,8 @@ class ExportWorker(threading.Thread):
             pending_bytes=self.aggregator.pending_bytes(),
             last_flush_end=self._last_flush_end,
             request_deadline=request_deadline,
+            client_ready=self.exporter.ready(),
+            left_over=self._left_over,
         )
 
     def _act(self, decision: Decision) -> FlushResult:
@@ -798,6 +823,8 @@ class ExportWorker(threading.Thread):
     # -- flushing -------------------------------------------------------------------
     def _flush(self, until: float) -> FlushResult:
         """Drain the queues once (the periodic/explicit flush)."""
+        with self._cond:
+            self._left_over = False  # this flush is the chance it was waiting for
         self._collect_metrics()
         result = FlushResult()
         for signal in loss_mod.SIGNALS:
@@ -1169,9 +1196,12 @@ class FlushCoordinator:
                 now = self._clock()
                 flush_deadline = min(now + self.config.flush_budget_s, limit)
                 if flush_deadline > now:
+                    # Deferred at once (not waited for) while the export client is still being
+                    # imported at start-up: the data goes at the next INVOKE instead.
                     ticket = self.worker.request_flush(flush_deadline)
                     ticket.wait(flush_deadline - now + GATE_CLOSE_GRACE_S)
                     report.flushed = ticket.result
+                self.worker.note_hold_end()
         with self._cond:
             invoke_flush, self._invoke_flush = self._invoke_flush, None
         if invoke_flush is not None:  # started at INVOKE: usually done while the function ran

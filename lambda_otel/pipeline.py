@@ -117,6 +117,16 @@ class Pipeline:
 
     # -- start and stop -------------------------------------------------------------------------
 
+    def expect_export_client_warm_up(self) -> None:
+        """A start-up thread will call ``warm_export_client``: until it did, no flush waits for the
+        import (~50-100 ms of CPU): what is pending is kept for the next chance instead."""
+        self.exporter.expect_warm_up()
+
+    def warm_export_client(self) -> None:
+        """Import the export client's HTTP stack, wake the worker (flushes kept for it may go now),
+        then resolve the endpoints (bounded)."""
+        self.exporter.warm_up(on_ready=self.worker.wake)
+
     def start(self, telemetry_sock: socket.socket, receiver_sock: Optional[socket.socket],
               worker: bool = True) -> None:
         """Serve on the already bound sockets (``receiver_sock`` None: no receiver) and start the

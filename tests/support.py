@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from lambda_otel.app import STARTED_LINE
 from lambda_otel.local.simulator import Simulator
 from lambda_otel.local.sink import OtlpSink, any_value
 from lambda_otel.local.tools import free_port  # noqa: F401  (one definition, shared)
@@ -94,6 +95,18 @@ class ExtensionTestCase(unittest.TestCase):
 
     def extension_output(self, sim: Simulator) -> str:
         return "\n".join(f"{stream}: {line}" for stream, line in sim.process_output(EXTENSION_NAME))
+
+    def invoke_until_started(self, sim: Simulator, limit: int = 30) -> list:
+        """Invoke (printing nothing) until the extension says its start-up is over, at most
+        ``limit`` times; the results. No hold waits for the export client's import (app.py), and
+        the import runs only while the environment is thawed: a test that needs the next
+        invocation's data to be exported in its own hold calls this first. Needs log level info."""
+        results = []
+        for _ in range(limit):
+            if STARTED_LINE in self.extension_output(sim):
+                return results
+            results.append(sim.invoke({"logs": 0}, timeout=30))
+        self.fail(f"start-up not done after {limit} invocations\n{self.extension_output(sim)}")
 
 
 # --- reading metrics the way a backend would -----------------------------------------------------

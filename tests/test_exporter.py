@@ -666,8 +666,12 @@ class HooksTest(ExporterTestCase):
 
         with mock.patch("socket.getaddrinfo", recording):
             exp = self.exporter(traces_endpoint=f"http://backend.test:{self.sink.port}/v1/traces")
+            self.assertTrue(exp.ready())  # nobody said a warm-up is coming: the first export imports
+            exp.expect_warm_up()
             self.assertFalse(exp.ready())
-            exp.warm_up()
+            woken = []
+            exp.warm_up(on_ready=lambda: woken.append(exp.ready()))
+            self.assertEqual(woken, [True])
             self.assertTrue(exp.ready())
             self.assertEqual(looked_up, ["backend.test"])
             self.assertEqual(self.export(exp).kind, SUCCESS)

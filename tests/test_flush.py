@@ -248,6 +248,31 @@ class DecideTest(unittest.TestCase):
                               next_probe_at=NOW + 5))
         self.assertIs(d.action, Action.WAIT, "breaker open: no flush at a near deadline either")
 
+    def test_nothing_but_the_final_flush_waits_for_the_export_client_import(self):
+        not_ready = dict(client_ready=False, pending_records=100, timer_due=NOW, left_over=True)
+        self.assertEqual(decide(NOW, state(**not_ready)).action, Action.WAIT, "woken once the client is ready")
+        self.assertIs(decide(NOW, state(Occasion.REQUEST, request_deadline=NOW + 1, **not_ready)).action,
+                      Action.DEFER, "a hold's flush is deferred at once, not waited for")
+        self.assertIs(decide(NOW, state(Occasion.INVOKE, invocation_deadline=NOW + 0.4, cap=NOW + 0.2,
+                                        **not_ready)).action, Action.WAIT)
+        d = decide(NOW, state(Occasion.FINAL, request_deadline=NOW + 1.5, **not_ready))
+        self.assertEqual((d.action, d.until), (Action.FINAL, NOW + 1.5), "SHUTDOWN is the last chance")
+        d = decide(NOW, state(**dict(not_ready, client_ready=True)))
+        self.assertIs(d.action, Action.FLUSH, "ready again: the kept data goes")
+
+    def test_what_a_hold_left_behind_goes_at_the_next_chance(self):
+        for strategy in (Strategy.END, Strategy.PERIODIC, Strategy.CONTINUOUS):
+            d = decide(NOW, state(Occasion.INVOKE, strategy=strategy, left_over=True, pending_records=3,
+                                  invocation_deadline=NOW + 60, cap=NOW + 59.5, last_flush_end=NOW))
+            self.assertEqual((d.action, d.until), (Action.FLUSH, NOW + CFG.flush_budget_s), strategy)
+            d = decide(NOW, state(strategy=strategy, left_over=True, pending_records=3, last_flush_end=NOW))
+            self.assertIs(d.action, Action.FLUSH, f"{strategy}: in the background too, while the gate is open")
+        self.assertIs(decide(NOW, state(left_over=True, pending_records=0)).action, Action.WAIT, "nothing left")
+        self.assertIs(decide(NOW, state(left_over=True, pending_records=3, gate_open=False)).action, Action.WAIT)
+        self.assertIs(decide(NOW, state(left_over=True, pending_records=3, not_before=NOW + 2)).action, Action.WAIT)
+        self.assertIs(decide(NOW, state(left_over=True, pending_records=3, breaker_open=True,
+                                        next_probe_at=NOW + 2)).action, Action.WAIT)
+
     def test_near_budget_holds_in_every_strategy(self):
         budget = (1000, 1_000_000)
         self.assertFalse(near_budget((0, 0), (499, 1000), budget))

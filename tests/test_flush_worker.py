@@ -303,6 +303,45 @@ class CoordinatorTest(unittest.TestCase):
         self.assertFalse(h.gate.is_open)
         self.assertIsNone(h.gate.try_begin())
 
+    def test_no_hold_waits_for_the_export_client_import(self):
+        # app.py: the start-up thread imports requests after the first /next; an invocation that
+        # ends before that keeps its data (gate closed: nothing in flight across the freeze) and
+        # sends it at the next INVOKE, while the function runs.
+        h = Harness(self, strategy="end")
+        h.exporter.expect_warm_up()
+        h.coordinator.on_invoke("first", epoch_ms_in(10))
+        h.add_spans(3, "first")
+        h.coordinator.on_runtime_done("first")
+        h.coordinator.before_next()
+        hold = h.coordinator.last_hold
+        self.assertTrue(hold.held and hold.runtime_done)
+        self.assertTrue(hold.flushed is not None and hold.flushed.deferred and hold.flushed.requests == 0)
+        self.assertEqual(h.sink.requests, [])
+        self.assertEqual(h.aggregator.pending_records(), 3, "kept, not dropped")
+        self.assertFalse(h.gate.is_open)
+        h.exporter.warm_up(on_ready=h.worker.wake)  # the import ends while we are frozen (gate closed)
+        self.assertFalse(h.sink.wait_for(lambda: len(h.sink.requests) > 0, 0.3), "nothing while frozen")
+        h.coordinator.on_invoke("second", epoch_ms_in(10))
+        self.assertTrue(h.sink.wait_for(lambda: {"first0", "first1", "first2"} <= h.span_names(), 5.0),
+                        "sent at INVOKE, before the second invocation's hold")
+        h.add_spans(1, "second")
+        h.coordinator.on_runtime_done("second")
+        h.coordinator.before_next()
+        self.assertIn("second0", h.span_names())
+        self.assertEqual(h.aggregator.pending_records(), 0)
+
+    def test_data_kept_for_the_export_client_goes_once_it_is_ready_while_the_gate_is_open(self):
+        h = Harness(self, strategy="end", max_batch_records=2)
+        h.exporter.expect_warm_up()
+        h.coordinator.on_invoke("first", epoch_ms_in(10))
+        h.add_spans(4)  # full batches: exported at once, but not before the client is ready
+        self.assertFalse(h.sink.wait_for(lambda: len(h.sink.requests) > 0, 0.3))
+        h.exporter.warm_up(on_ready=h.worker.wake)
+        self.assertTrue(h.sink.wait_for(lambda: len(h.sink.spans()) == 4, 5.0))
+        h.coordinator.on_runtime_done("first")
+        h.coordinator.before_next()
+        self.assertFalse(h.gate.is_open)
+
     def test_long_function_is_waited_for_beyond_the_fallback_wait(self):
         # While runtimeDone arrives, the hold waits for it up to the invocation deadline:
         # the function runs meanwhile, and its data must go out before the freeze.
