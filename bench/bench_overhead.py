@@ -10,7 +10,9 @@ of every invocation, holding ``/next``), and the no-op baseline extension (regis
 the environments in a shuffled order each round. The sink's round trip (a keep-alive
 ``http.client`` POST of a gzip'd 10-record OTLP logs request) is timed in the same rounds.
 
-Goals: default median ≤ 2 ms and p99 ≤ 10 ms; end median ≤ sink round trip + 2 ms.
+Goals: default median ≤ 2 ms and p99 ≤ 10 ms; end median ≤ sink round trip + 2 ms; end, from the
+POST that delivers platform.runtimeDone to our ``/next``, ≤ 3 × the sink round trip + 2 ms (the
+three requests of one flush: traces, metrics, logs).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from bench.common import NAME, Environment, Row, Stats, Workspace, interleaved, 
 GOAL_DEFAULT_MEDIAN_MS = 2.0
 GOAL_DEFAULT_P99_MS = 10.0
 GOAL_END_EXTRA_MS = 2.0
+GOAL_AFTER_DONE_RTTS = 3  # one request per signal
 
 
 def sample_logs_request() -> bytes:
@@ -127,8 +130,8 @@ def run(ws: Workspace, quick: bool = False) -> List[Row]:
             met=end.median <= rtt.median + GOAL_END_EXTRA_MS, base_label="sink round trip",
             note=f"end minus sink round trip: {end.median - rtt.median:.2f} ms at the median"),
         Row("overhead", "end: runtimeDone POST → /next", Stats(after_done or [float("nan")]), rtt, "ms",
-            f"≤ sink RTT + {GOAL_END_EXTRA_MS:g} ms",
-            met=bool(after_done) and Stats(after_done).median <= rtt.median + GOAL_END_EXTRA_MS,
+            f"≤ {GOAL_AFTER_DONE_RTTS} × sink RTT + {GOAL_END_EXTRA_MS:g} ms",
+            met=bool(after_done) and Stats(after_done).median <= GOAL_AFTER_DONE_RTTS * rtt.median + GOAL_END_EXTRA_MS,
             base_label="sink round trip",
             note=("the part of the end overhead after Lambda delivers platform.runtimeDone; before it, the "
                   "extension waits for the Telemetry API's buffering (timeoutMs, at least 25 ms from the "
