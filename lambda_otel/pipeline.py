@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Deque, List, Mapping, Optional, Set
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Set
 
 from .config import Config
 from .log_once import LogOnce
@@ -29,14 +29,40 @@ from .telemetry_api import BatchRefused
 
 log = logging.getLogger("lambda_otel.pipeline")
 
-# Request ids remembered for wait_for_report(); past this the set is cleared (only the
-# latest invocation's report is ever waited for).
-_REPORTS_REMEMBERED = 10_000
+# Request ids remembered as reported / named by a platform event: only the latest invocation's
+# report is waited for, and the silence check looks SILENCE_WINDOW INVOKEs back, so a few hundred
+# cover any lag of the Telemetry API; more would only cost memory (~0.2 KiB an invocation).
+_RECENT_IDS = 512
+# Invocations started and not reported yet (Managed Instances run many at once); past this the set
+# is cleared rather than grow without bound when reports stop coming.
+_OPEN_REMEMBERED = 10_000
 # A batch waits this long for the read lock (only SHUTDOWN's write lock holds it up) before it
 # is refused: the write lock is kept until the process exits.
 BATCH_LOCK_WAIT_S = 1.0
 # An invocation with no platform event this many INVOKEs later is reported (once).
 SILENCE_WINDOW = 16
+
+
+class RecentIds:
+    """The last ``cap`` request ids added (a set that forgets the oldest first)."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._ids: Dict[str, None] = {}
+
+    def update(self, *groups: Iterable[str]) -> None:
+        for group in groups:
+            for rid in group:
+                self._ids.pop(rid, None)
+                self._ids[rid] = None
+        while len(self._ids) > self._cap:
+            del self._ids[next(iter(self._ids))]
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class Pipeline:
@@ -108,9 +134,9 @@ class Pipeline:
         self._intake_closed = False
         self._sealed = False
         self._convert_lock = threading.Lock()  # the converter, so SHUTDOWN can wait for it bounded
-        self._reports_seen: Set[str] = set()
+        self._reports_seen = RecentIds(_RECENT_IDS)
         self._open: Set[str] = set()  # started, not reported yet
-        self._platform_seen: Set[str] = set()  # request ids named by any platform event
+        self._platform_seen = RecentIds(_RECENT_IDS)  # request ids named by any platform event
         self._invoked: Deque[str] = deque()  # the last INVOKEs' request ids (on_invoke)
         self._log_once = LogOnce()
         self._reports_cond = threading.Condition()
@@ -242,12 +268,8 @@ class Pipeline:
         """Remember which invocations started (``platform.start``), finished and reported."""
         if started or runtime_done or reports:
             with self._reports_cond:
-                if len(self._reports_seen) > _REPORTS_REMEMBERED:
-                    self._reports_seen.clear()
-                if len(self._open) > _REPORTS_REMEMBERED:
+                if len(self._open) > _OPEN_REMEMBERED:
                     self._open.clear()
-                if len(self._platform_seen) > _REPORTS_REMEMBERED:
-                    self._platform_seen.clear()
                 self._platform_seen.update(started, runtime_done, reports)
                 self._reports_seen.update(reports)
                 self._open.update(rid for rid in started if rid not in self._reports_seen)

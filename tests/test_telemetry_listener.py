@@ -156,6 +156,28 @@ class PipelineTest(unittest.TestCase):
         self.assertIsNone(pipeline.receiver)
 
 
+    def test_what_is_remembered_of_past_invocations_stays_small(self):
+        # A long-lived environment runs millions of invocations: the ids kept for the report wait and
+        # the silence check must not grow with them (they used to, up to 10,000 ids, ~2 MiB).
+        from lambda_otel.config import load_config
+        from lambda_otel.pipeline import _RECENT_IDS, Pipeline, RecentIds
+
+        recent = RecentIds(3)
+        recent.update(["a", "b"], ["c", "a"], ["d"])
+        self.assertEqual([r in recent for r in "abcd"], [True, False, True, True], "the oldest is forgotten")
+        pipeline = Pipeline(load_config({}), {"service.name": "pipeline-test"})
+        ids = [f"0b5e1c4e-0000-4000-8000-{i:012d}" for i in range(3 * _RECENT_IDS)]
+        for rid in ids:
+            pipeline.on_invoke(rid)
+            pipeline.process_batch([
+                {"time": "2024-05-01T10:00:00.000Z", "type": "platform.start", "record": {"requestId": rid}},
+                {"time": "2024-05-01T10:00:00.300Z", "type": "platform.report",
+                 "record": {"requestId": rid, "status": "success", "metrics": {"durationMs": 1.0}}}])
+        self.assertLessEqual(len(pipeline._reports_seen) + len(pipeline._platform_seen), 2 * _RECENT_IDS)
+        self.assertEqual(pipeline._open, set())
+        self.assertTrue(pipeline.wait_for_report(ids[-1], 0))
+
+
 class ListenerLimitsTest(unittest.TestCase):
     """What a misbehaving client can make the Telemetry API listener spend: the receiver's limits."""
 
