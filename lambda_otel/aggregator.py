@@ -90,8 +90,10 @@ class Aggregator:
     """Bounded per-signal FIFOs under one shared byte/record budget. Thread-safe.
 
     ``set_on_data(callback)``: the exporter thread subscribes to be woken after every add, so a
-    full batch starts exporting as soon as it is queued. The callback runs after the queue's lock
-    is released (it may take the exporter's own lock) and must be quick.
+    full batch starts exporting as soon as it is queued. ``set_on_lost(callback)``: told which
+    items were dropped from the queue (evicted, discarded), so that the loss counts a metrics item
+    carried are reported again. Both callbacks run after the queue's lock is released (they may
+    take other locks) and must be quick.
     """
 
     def __init__(self, max_bytes: int, max_records: int, loss: LossCounter) -> None:
@@ -102,6 +104,8 @@ class Aggregator:
         self._loss = loss
         self._lock = threading.Lock()
         self._on_data: Optional[Callable[[], None]] = None
+        self._on_lost: Optional[Callable[[str, List[Any]], None]] = None
+        self._lost: List[Tuple[str, Any]] = []  # dropped under the lock, handed to _on_lost after it
         self._room = threading.Condition(self._lock)  # wait_for_room producers wait here
         self._room_waiters = 0
         self._admission_wait_s = 0.0
@@ -172,6 +176,8 @@ class Aggregator:
                 self._intake_records += records
                 self._intake_bytes += nbytes
             on_data = self._on_data
+            lost = self._take_lost_locked()
+        self._hand_over(lost)
         if on_data is not None:
             on_data()
         return all_ok
@@ -205,6 +211,12 @@ class Aggregator:
         with self._lock:
             self._on_data = callback
 
+    def set_on_lost(self, callback: Optional[Callable[[str, List[Any]], None]]) -> None:
+        """Call ``callback(signal, items)`` with the items dropped from the queue (queue_full
+        evictions, ``discard_all``), already counted in the LossCounter (None: stop calling)."""
+        with self._lock:
+            self._on_lost = callback
+
     def set_budget(self, max_bytes: int, max_records: int) -> None:
         """A new budget (Managed Instances: once the instance's memory is known). What no longer
         fits is dropped, oldest first, counted as queue_full."""
@@ -214,6 +226,8 @@ class Aggregator:
             self.max_bytes, self.max_records = max_bytes, max_records
             self._evict_until_fits_locked(0, 0)
             self._room.notify_all()
+            lost = self._take_lost_locked()
+        self._hand_over(lost)
 
     def fits_budget(self, nbytes: int, records: int) -> bool:
         """Could this ever fit (in an empty queue)?"""
@@ -271,6 +285,8 @@ class Aggregator:
                 self._bytes += entry.nbytes
                 self._records += entry.records
             self._evict_until_fits_locked(0, 0)
+            lost = self._take_lost_locked()
+        self._hand_over(lost)
 
     def discard_all(self, reason: str, signals: Sequence[str] = SIGNALS) -> int:
         """Drop everything still queued (of ``signals``), counting it under ``reason``; returns the
@@ -284,8 +300,12 @@ class Aggregator:
                 self._records -= n
                 self._loss.add(signal, reason, n)
                 dropped += n
+                if self._on_lost is not None and queue:
+                    self._lost.extend((signal, e.item) for e in queue)
                 queue.clear()
             self._room.notify_all()
+            lost = self._take_lost_locked()
+        self._hand_over(lost)
         return dropped
 
     # -- observation -----------------------------------------------------------------------
@@ -331,6 +351,23 @@ class Aggregator:
             self._bytes -= entry.nbytes
             self._records -= entry.records
             self._loss.add(oldest_signal, QUEUE_FULL, entry.records)
+            if self._on_lost is not None:
+                self._lost.append((oldest_signal, entry.item))
+
+    def _take_lost_locked(self) -> List[Tuple[str, Any]]:
+        lost, self._lost = self._lost, []
+        return lost
+
+    def _hand_over(self, lost: List[Tuple[str, Any]]) -> None:
+        """Tell ``_on_lost`` (outside the lock) which items were dropped, grouped by signal."""
+        callback = self._on_lost
+        if not lost or callback is None:
+            return
+        by_signal: Dict[str, List[Any]] = {}
+        for signal, item in lost:
+            by_signal.setdefault(signal, []).append(item)
+        for signal, items in by_signal.items():
+            callback(signal, items)
 
     @staticmethod
     def _check_signal(signal: str) -> None:

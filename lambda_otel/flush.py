@@ -219,6 +219,8 @@ class BatchQueue(Protocol):
 
     def set_on_data(self, callback: Optional[Callable[[], None]]) -> None: ...
 
+    def set_on_lost(self, callback: Optional[Callable[[str, list], None]]) -> None: ...
+
 
 class Exporter(Protocol):
     def export(self, signal: str, items: Sequence[object], deadline: float) -> "ExportOutcome": ...
@@ -708,6 +710,7 @@ class ExportWorker(threading.Thread):
         self._last_flush_end = float("-inf")
         self._left_over = False  # the last hold ended with data pending (sent first, at the next chance)
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
+        aggregator.set_on_lost(self._lost_items)  # evicted metrics give their loss counts back
 
     # -- called from other threads ------------------------------------------------
     def request_flush(self, deadline: float, final: bool = False) -> FlushTicket:
@@ -989,6 +992,11 @@ class ExportWorker(threading.Thread):
         delivered there."""
         if signal == loss_mod.METRICS and self.metrics_state is not None:
             self.metrics_state.restore(batch.items)
+
+    def _lost_items(self, signal: str, items: list) -> None:
+        """Items the queue dropped (queue_full, discard_all): as ``_lost_for_good``."""
+        if signal == loss_mod.METRICS and self.metrics_state is not None:
+            self.metrics_state.restore(items)
 
     def _export(self, signal: str, batch: "Batch", deadline: float) -> Optional["ExportOutcome"]:
         """One export; None when the exporter raised (it should not; treated as retryable)."""

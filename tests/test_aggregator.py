@@ -196,6 +196,20 @@ class AggregatorTest(unittest.TestCase):
         agg.add(LOGS, logs("e", 1), 1)
         self.assertEqual(self.loss.total(QUEUE_FULL), 20, "the whole oldest item made room, at once")
 
+    def test_on_lost_hears_of_every_dropped_item_outside_the_lock(self):
+        agg = Aggregator(10 * MiB, 4, self.loss)
+        heard = []
+        # The callback may use the aggregator (the lock is released): a deadlock would hang here.
+        agg.set_on_lost(lambda signal, items: heard.append((signal, len(items), agg.pending_records())))
+        agg.add(METRICS, metrics_pb2.ResourceMetrics(), 2)
+        agg.add(LOGS, logs("a", 2), 2)
+        self.assertEqual(heard, [])
+        agg.add(LOGS, logs("b", 2), 2)  # the metrics item is the oldest: evicted
+        self.assertEqual(heard, [(METRICS, 1, 4)])
+        self.assertEqual(agg.discard_all(SHUTDOWN_DEADLINE), 4)
+        self.assertEqual(heard[1:], [(LOGS, 2, 0)])
+        self.assertEqual(self.loss.snapshot(), {(METRICS, QUEUE_FULL): 2, (LOGS, SHUTDOWN_DEADLINE): 4})
+
     def test_discard_all(self):
         agg = Aggregator(10 * MiB, 100, self.loss)
         agg.add(LOGS, logs("x", 3), 3)

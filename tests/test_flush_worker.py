@@ -131,6 +131,22 @@ class ExportWorkerTest(unittest.TestCase):
         self.assertEqual(dropped[0].point.as_int, 7)
         self.assertIsNone(h.flush().success, "nothing new: nothing sent")
 
+    def test_an_evicted_metrics_item_gives_its_loss_counts_back(self):
+        # Delta temporality: the lambda_otel.dropped points a metrics item carries exist nowhere else.
+        # Evicted from a full queue, they are reported again, so the backend's sum is the true total.
+        h = Harness(self, strategy="end", queue_records=20)
+        h.loss.add(L.LOGS, L.EXPORT_REJECTED, 7)
+        h.worker._collect_metrics()  # the item with dropped=7 is queued (as a flush does)
+        self.assertEqual(h.aggregator.pending_records(L.METRICS), 1)
+        h.add_spans(20)  # the queue is full: the metrics item, oldest, is evicted (counted as queue_full)
+        self.assertEqual(h.aggregator.pending_records(L.METRICS), 0)
+        h.gate.open()
+        h.aggregator.take_batch(L.TRACES, 1 << 30, 100)  # room for the next collect
+        self.assertTrue(h.flush().success)
+        dropped = sum(p.point.as_int for p in h.sink.metrics() if p.name == "lambda_otel.dropped")
+        self.assertEqual(dropped, h.loss.total())
+        self.assertEqual(h.loss.total(), 7 + 1)
+
     def test_no_request_while_gate_closed(self):
         h = Harness(self, strategy="periodic", interval_s=0.05)
         h.add_spans(2)
