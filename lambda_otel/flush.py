@@ -76,7 +76,9 @@ Every wait in this module is bounded, and never longer than ``MAX_WAIT_S`` at a 
 
 Shutdown: everything pending is sent in batches, every request's deadline being
 ``deadlineMs - shutdown_margin_s`` (even with the breaker open: it is the last
-chance); what is left at the end is counted as ``export_failed`` when the last request failed
+chance; if start-up is still importing the export client, the final flush waits for
+that import until then at most, never inside a request); what is left at the end is
+counted as ``export_failed`` when the last request failed
 (refused, DNS, TLS, an error status: ``final_loss_reason``) or a ``Retry-After`` ends past the
 deadline, else as ``shutdown_deadline``.
 
@@ -867,6 +869,8 @@ class ExportWorker(threading.Thread):
         for _ in range(MAX_BATCH_ATTEMPTS):  # passes: a signal that failed is retried next pass
             if self.aggregator.pending_records() == 0 or self._clock() >= until:
                 break
+            if not self._client_ready_by(until):
+                break  # start-up's import did not end in time: what is left is counted below
             with self._cond:
                 not_before = self._not_before
             if not_before >= until:
@@ -890,6 +894,18 @@ class ExportWorker(threading.Thread):
         self._record(result)
         return result
 
+    def _client_ready_by(self, until: float) -> bool:
+        """Whether the export client is ready, waiting (woken by start-up) until ``until`` at most
+        for its import: an export started before would wait for that import inside the request,
+        where no deadline can cut it."""
+        with self._cond:
+            while not self.exporter.ready() and not self._stopping:
+                remaining = until - self._clock()
+                if not remaining > 0:
+                    return False
+                self._cond.wait(bounded(remaining))
+            return self.exporter.ready()
+
     def _send_last_metrics(self, until: float, result: FlushResult) -> None:
         """The losses the final flush just counted, in one metrics request, so the backend's
         ``lambda_otel.dropped`` adds up to the shutdown line. Not queued and not counted if it
@@ -901,7 +917,7 @@ class ExportWorker(threading.Thread):
         except Exception:  # logged by the first collect that failed
             return
         now = self._clock()
-        if rm is None or until - now < MIN_REQUEST_S:
+        if rm is None or until - now < MIN_REQUEST_S or not self.exporter.ready():
             return
         from lambda_otel.aggregator import Batch
         from lambda_otel.otlp import count_records

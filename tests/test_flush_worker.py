@@ -358,6 +358,31 @@ class CoordinatorTest(unittest.TestCase):
         h.coordinator.before_next()
         self.assertFalse(h.gate.is_open)
 
+    def test_the_final_flush_waits_for_the_export_client_only_until_its_deadline(self):
+        # SHUTDOWN while start-up still imports the export client: an export now would wait for
+        # that import inside the request, where no deadline cuts it (Lambda then kills us and
+        # everything is lost, uncounted). It waits for the import until the deadline, no longer.
+        h = Harness(self, strategy="end", shutdown_margin_s=0.2)
+        h.exporter.expect_warm_up()  # and it never ends
+        h.add_spans(3)
+        h.aggregator.add(L.LOGS, logs(2), records=2)
+        summary = h.coordinator.on_shutdown_event(epoch_ms_in(1.0))
+        self.assertTrue(summary.completed, "the worker answered in time")
+        self.assertEqual(h.sink.requests, [], "no request before the client is ready")
+        self.assertEqual(h.loss.snapshot(), {(L.TRACES, L.SHUTDOWN_DEADLINE): 3, (L.LOGS, L.SHUTDOWN_DEADLINE): 2})
+        self.assertEqual(summary.shutdown_deadline, 5)
+
+    def test_the_final_flush_sends_everything_once_the_export_client_is_ready(self):
+        h = Harness(self, strategy="end")
+        h.exporter.expect_warm_up()
+        h.add_spans(3)
+        ready = threading.Timer(0.3, h.exporter.warm_up, kwargs={"on_ready": h.worker.wake})
+        ready.start()
+        self.addCleanup(ready.cancel)
+        summary = h.coordinator.on_shutdown_event(epoch_ms_in(5.0))
+        self.assertEqual((summary.sent.get("traces"), summary.shutdown_deadline), (3, 0))
+        self.assertEqual(h.loss.snapshot(), {})
+
     def test_long_function_is_waited_for_beyond_the_fallback_wait(self):
         # While runtimeDone arrives, the hold waits for it up to the invocation deadline:
         # the function runs meanwhile, and its data must go out before the freeze.
