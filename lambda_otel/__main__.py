@@ -1,12 +1,6 @@
-"""``python -m lambda_otel``: run the extension (what the layer's launcher starts)."""
+"""``python -m lambda_otel``: run the extension (the layer's launcher takes the same path)."""
 
-import logging
-import os
-
-from .app import main
+from .app import run_process
 
 if __name__ == "__main__":
-    code = main()
-    logging.shutdown()
-    # os._exit: no stray non-daemon thread (ours or a library's) may delay the exit Lambda waits for.
-    os._exit(code)
+    run_process()

@@ -21,43 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+# The budget rule is the queue config's default, so it lives in config (read before the first
+# /next, where importing this module would cost ~2 ms); re-exported here for the queue's users.
+from lambda_otel.config import MiB, budget_from_memory  # noqa: F401 - re-exported
 from lambda_otel.loss import QUEUE_FULL, SIGNALS, LossCounter
 from lambda_otel.otlp import count_records
-
-MiB = 1024 * 1024
-
-# budget_from_memory: see its docstring for the why.
-BUDGET_FRACTION = 0.05
-MIN_QUEUE_BYTES = 4 * MiB
-MAX_QUEUE_BYTES = 64 * MiB
-BYTES_PER_RECORD = 512
-MIN_QUEUE_RECORDS = 10_000
-MAX_QUEUE_RECORDS = 131_072
-
-
-def budget_from_memory(memory_mb: int) -> Tuple[int, int]:
-    """Queue budgets ``(max_bytes, max_records)`` for a function with ``memory_mb`` MB.
-
-    Rule:
-      * ``max_bytes   = clamp(memory_mb MiB x 5%, 4 MiB, 64 MiB)``
-      * ``max_records = clamp(max_bytes / 512, 10_000, 131_072)``
-
-    Why: the extension shares the function's memory. Python plus our imports already take
-    ~25-33 MiB, and a queued item costs more in RAM than its serialised size (measured: ~1x
-    for messages parsed from the wire, up to ~5x for messages built field by field, ~0.9 KiB
-    per 6-attribute span). 5% keeps the worst case small on a 128 MB function (6.4 MiB
-    serialised, 13,107 records) while large functions get up to 64 MiB / 131,072 records,
-    one budget shared by all three signals. The records cap
-    bounds the per-record object overhead that ``ByteSize()`` does not see.
-    Examples: 128 MB -> (6.4 MiB, 13,107); 512 MB -> (25.6 MiB, 52,428);
-    1,769 MB and up -> (64 MiB, 131,072). Values below 1 are treated as 128 MB (Lambda's minimum).
-    """
-    if memory_mb < 1:
-        memory_mb = 128
-    max_bytes = int(memory_mb * MiB * BUDGET_FRACTION)
-    max_bytes = max(MIN_QUEUE_BYTES, min(MAX_QUEUE_BYTES, max_bytes))
-    max_records = max(MIN_QUEUE_RECORDS, min(MAX_QUEUE_RECORDS, max_bytes // BYTES_PER_RECORD))
-    return max_bytes, max_records
 
 
 @dataclass

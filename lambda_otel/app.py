@@ -38,14 +38,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import LOG_LEVELS, Config, ConfigError, InitType, load_config
-from .extensions_api import Event, ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
+from .extensions_api import ExtensionsApiClient, ExtensionsApiError, InvokeEvent, Registration, ShutdownEvent
 
+# typing.TYPE_CHECKING without importing typing: the modules on the path to the first /next
+# need it for annotations only (strings here), and its import costs ~3 ms there.
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import socket
+    import threading
+    from typing import Callable, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
+    from .extensions_api import Event
     from .pipeline import Pipeline
 
 LOGGER_NAME = "lambda_otel"
@@ -294,16 +299,18 @@ class Startup:
     """Builds and starts the Extension on its own thread, so the first /next need not wait for it."""
 
     def __init__(self, prepared: Prepared) -> None:
-        import threading
-
         self._prepared = prepared
-        self._done = threading.Event()
+        self._done: Optional[threading.Event] = None
         self.extension: Optional[Extension] = None
         self.error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._build, name="startup", daemon=True)
 
     def begin(self) -> "Startup":
-        self._thread.start()
+        """Start the startup thread (called on the main thread once the first /next is on the wire:
+        nothing before that needs ``threading``, whose import is then off the path to /next)."""
+        import threading
+
+        self._done = threading.Event()
+        threading.Thread(target=self._build, name="startup", daemon=True).start()
         return self
 
     def _build(self) -> None:
@@ -321,6 +328,8 @@ class Startup:
 
     def wait(self, timeout: float) -> Extension:
         """The built Extension; raise StartupError if building failed or took longer than timeout."""
+        if self._done is None:
+            raise StartupError("Extension.StartupFailed", "lambda-otel start-up was never begun")
         if not self._done.wait(max(0.0, timeout)):
             raise StartupError("Extension.StartupFailed", f"lambda-otel start-up did not finish within {timeout:.1f} s")
         if self.error is not None:
@@ -440,6 +449,20 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
         return 1
     _install_thread_watchdog(client)
     return extension.run(first)
+
+
+def run_process() -> NoReturn:
+    """The process's one way through: ``python -m lambda_otel`` and the layer's launcher both end here.
+
+    ``logging`` is flushed only if something imported it (a ``--help`` or an early failure may not),
+    and the exit is ``os._exit``: no stray non-daemon thread (ours or a library's) may delay the exit
+    Lambda waits for.
+    """
+    code = main()
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.shutdown()
+    os._exit(code)
 
 
 def _run_snap_start(prepared: Prepared, at_snapshot: Optional[Callable[[Extension], None]]) -> int:

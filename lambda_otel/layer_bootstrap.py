@@ -6,8 +6,10 @@ The layer's launcher (``/opt/extensions/lambda-otel``, written by ``build_layer.
 
 Why a file run by path: ``-I`` ignores ``PYTHONPATH`` (the function's own path must not shadow our
 dependencies) and leaves the script's folder off ``sys.path``, so this file puts the layer's code
-folder (the parent of ``lambda_otel/``) first on ``sys.path`` itself, then runs the package exactly as
-``python -m lambda_otel`` does (one start-up and exit path, whichever way the extension is launched).
+folder (the parent of ``lambda_otel/``) first on ``sys.path`` itself, then calls
+``lambda_otel.app.run_process``, as ``python -m lambda_otel`` does (one start-up and exit path,
+whichever way the extension is launched). A plain import, not ``runpy``: ``runpy`` and the
+``pkgutil`` it imports would add a few ms before the first ``/next``.
 
 It also checks the interpreter: the layer's bytecode and compiled modules are for one Python minor
 version. Another version still works (pure-Python fallbacks) but recompiles everything from source
@@ -15,7 +17,6 @@ on every cold start, since ``/opt`` is read-only; so we say so on stderr. Kept t
 parses, so that an old interpreter reaches the clear message instead of a SyntaxError.
 """
 import os
-import runpy
 import sys
 
 MIN_PYTHON = (3, 10)
@@ -46,8 +47,9 @@ def main():
     code = _prepare(sys.argv)
     if code is not None:
         return code
-    # lambda_otel/__main__.py exits the process itself (os._exit) once the extension is done.
-    runpy.run_module("lambda_otel", run_name="__main__", alter_sys=False)
+    from lambda_otel.app import run_process
+
+    run_process()  # exits the process itself (os._exit) once the extension is done
     return 0
 
 

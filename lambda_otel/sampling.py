@@ -17,7 +17,9 @@ config, before the first ``/next``: stdlib only, nothing at import.
 
 from __future__ import annotations
 
-from typing import Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the first /next
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from typing import Optional
 
 ALWAYS_ON = "always_on"
 ALWAYS_OFF = "always_off"

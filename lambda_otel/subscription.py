@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import TYPE_CHECKING, Sequence
 
 from .extensions_api import ExtensionsApiError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing before the first /next
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from typing import Sequence
+
     from .config import TelemetryConfig
     from .extensions_api import ExtensionsApiClient
 
