@@ -62,7 +62,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -84,6 +84,7 @@ SCOPE_SPANS = "lambda-otel"
 SCOPE_FUNCTION = "lambda-otel.function"
 SCOPE_EXTENSION = "lambda-otel.extension"
 SCOPE_PLATFORM = "lambda-otel.platform"
+_LOG_SCOPES = {"function": SCOPE_FUNCTION, "extension": SCOPE_EXTENSION}  # event type -> scope of its lines
 
 # Reasons for lambda_otel.telemetry.ignored.
 MALFORMED_EVENT = "malformed_event"  # not {time, type, record}
@@ -278,7 +279,8 @@ class _Invocation:
     __slots__ = (
         "request_id", "start_ns", "invoke_ns", "end_ns", "arn", "version", "deadline_ms", "tracing_hint",
         "coldstart", "has_context", "trace_id", "span_id", "parent_span_id", "link", "flags",
-        "done", "runtime_ms", "report_seen", "counted", "exception_type", "held",
+        "done", "runtime_ms", "report_seen", "counted", "exception_type", "held", "held_bytes", "log_templates",
+        "child_template",
     )
 
     def __init__(self, request_id: str, coldstart: bool) -> None:
@@ -303,6 +305,37 @@ class _Invocation:
         self.counted = False  # outcome already counted in the metrics (by on_shutdown)
         self.exception_type: Optional[str] = None  # from the runtime's uncaught-exception log line
         self.held: Optional[list] = None  # function log lines waiting for the SDK's copy (see _hold)
+        self.held_bytes = 0  # their message text
+        # What each of its records shares, built once its trace context is fixed (see _log_templates).
+        self.log_templates: Optional[_LogTemplates] = None
+        self.child_template: Optional[trace_pb2.Span] = None
+
+
+class _LogTemplates:
+    """The fields every log record of one invocation shares, as two ``LogRecord`` messages: one
+    ``CopyFrom`` of a template costs half of setting trace id, span id, flags, observed time and
+    the ``faas.invocation_id`` attribute one by one, on the path every function line takes.
+
+    ``full`` carries the attribute (for a record that has no other); ``bare`` does not (the
+    attribute goes after the record's own, in the order the record has always had)."""
+
+    __slots__ = ("now", "bare", "full")
+
+    def __init__(self, inv: _Invocation, now: int) -> None:
+        self.now = now
+        self.bare = logs_pb2.LogRecord(trace_id=inv.trace_id, span_id=inv.span_id, flags=inv.flags & 0xFF,
+                                       observed_time_unix_nano=now)
+        self.full = logs_pb2.LogRecord()
+        self.full.CopyFrom(self.bare)
+        kv = self.full.attributes.add()
+        kv.key = "faas.invocation_id"
+        kv.value.string_value = inv.request_id
+
+    def observed_at(self, now: int) -> "_LogTemplates":
+        """The templates with this batch's observed time (one batch, one ``now``)."""
+        if now != self.now:
+            self.now = self.bare.observed_time_unix_nano = self.full.observed_time_unix_nano = now
+        return self
 
 
 class _Phase:
@@ -468,8 +501,6 @@ class TelemetryConverter:
             "function": self._on_function_log,
             "extension": self._on_extension_log,
         }
-        # Log handlers take the event's raw time (most lines carry their own).
-        self._log_handlers = {"function": self._on_function_log, "extension": self._on_extension_log}
 
     @staticmethod
     def _function_name(resource: Resource) -> str:
@@ -573,9 +604,9 @@ class TelemetryConverter:
     def _dispatch(self, event: object, batch: _Batch) -> None:
         if event.__class__ is dict:  # the well-formed case, with as few look-ups as possible
             etype = event.get("type")
-            handler = self._log_handlers.get(etype) if etype.__class__ is str else None
-            if handler is not None and "record" in event:
-                handler(event.get("time"), event["record"], batch)
+            scope = _LOG_SCOPES.get(etype) if etype.__class__ is str else None
+            if scope is not None and "record" in event:  # most events are lines: straight to _log
+                self._log(event.get("time"), event["record"], scope, batch)
                 return
         if not isinstance(event, dict):
             self._ignore(MALFORMED_EVENT, batch)
@@ -591,7 +622,7 @@ class TelemetryConverter:
             return
         if handler is None:
             return
-        if etype in self._log_handlers:  # most lines carry their own time: parse the event's only if needed
+        if etype in _LOG_SCOPES:  # most lines carry their own time: parse the event's only if needed
             handler(event.get("time"), event["record"], batch)
             return
         t = parse_time_ns(event.get("time"))
@@ -797,18 +828,20 @@ class TelemetryConverter:
     def _child(self, inv: _Invocation, name: str, start: int, end: int, batch: _Batch) -> None:
         if not inv.flags & _SPAN_FLAG_SAMPLED:
             return
+        template = inv.child_template
+        if template is None:  # what the invocation's children share (its context is fixed by now)
+            template = inv.child_template = trace_pb2.Span(
+                trace_id=inv.trace_id, parent_span_id=inv.span_id, flags=inv.flags | _HAS_IS_REMOTE,
+                kind=trace_pb2.Span.SPAN_KIND_INTERNAL)
+            kv = template.attributes.add()
+            kv.key = "faas.invocation_id"
+            kv.value.string_value = inv.request_id
         span = batch.span()
-        span.trace_id = inv.trace_id
+        span.CopyFrom(template)
         span.span_id = self._ids.span_id()
-        span.parent_span_id = inv.span_id
-        span.flags = inv.flags | _HAS_IS_REMOTE
         span.name = name
-        span.kind = trace_pb2.Span.SPAN_KIND_INTERNAL
         span.start_time_unix_nano = start
         span.end_time_unix_nano = end
-        kv = span.attributes.add()
-        kv.key = "faas.invocation_id"
-        kv.value.string_value = inv.request_id
 
     def _child_span(self, inv: _Invocation, item: object, batch: _Batch) -> None:
         """One of runtimeDone.spans: {"name", "start", "durationMs"}."""
@@ -1149,11 +1182,11 @@ class TelemetryConverter:
         inv = self._lookup(line.rid) if line.rid is not None else self._active_at(line.time_ns)
         if line.exception_type and inv is not None and line.uncaught:
             inv.exception_type = line.exception_type
-        if line.window is not None and self._sdk_view is not None:
+        if line.dedup is not None and self._sdk_view is not None:
             if inv is not None and not inv.done and inv.request_id == line.rid:
                 self._hold(inv, line, batch)  # decided when the invocation ends (the SDK flushes by then)
                 return
-            if self._sdk_view.take_log(line.severity_number, line.dedup_text, *line.window):
+            if self._sdk_view.take_log(*line.dedup):
                 self._deduplicated(1, batch)
                 return
         self._emit_log(line, inv, batch)
@@ -1164,31 +1197,36 @@ class TelemetryConverter:
         if t is None:
             self._ignore(BAD_TIME, batch)
             t = batch.now
+        inv = self._active_at(t)
         lr = batch.log(SCOPE_FUNCTION)
+        if inv is not None:
+            lr.CopyFrom(self._log_templates(inv, batch).full)
+        else:
+            lr.observed_time_unix_nano = batch.now
         lr.time_unix_nano = t
-        lr.observed_time_unix_nano = batch.now
         try:
             lr.body.string_value = text
         except ValueError:  # lone surrogates
             set_str(lr.body, text)
-        inv = self._active_at(t)
-        if inv is not None:
+
+    def _log_templates(self, inv: _Invocation, batch: _Batch) -> _LogTemplates:
+        templates = inv.log_templates
+        if templates is None:
             if not inv.has_context:
                 self._ensure_context(inv, None, None, batch)
-            lr.trace_id = inv.trace_id
-            lr.span_id = inv.span_id
-            lr.flags = inv.flags & 0xFF
-            kv = lr.attributes.add()
-            kv.key = "faas.invocation_id"
-            kv.value.string_value = inv.request_id
+            templates = inv.log_templates = _LogTemplates(inv, batch.now)
+        return templates.observed_at(batch.now)
 
     def _hold(self, inv: _Invocation, line: "_LogLine", batch: _Batch) -> None:
         if inv.held is None:
             inv.held = []
+            inv.held_bytes = 0
             self._holding.append(inv)
         inv.held.append(line)
+        size = len(line.dedup[1])
+        inv.held_bytes += size
         self._held_count += 1
-        self._held_bytes += len(line.dedup_text)
+        self._held_bytes += size
         while (self._held_count > _MAX_HELD_LINES or self._held_bytes > _MAX_HELD_BYTES) and self._holding:
             self._release(self._holding[0], batch)  # over budget: decide the oldest invocation's now
 
@@ -1199,16 +1237,19 @@ class TelemetryConverter:
             return
         self._holding.remove(inv)
         self._held_count -= len(held)
-        self._held_bytes -= sum(len(line.dedup_text) for line in held)
-        taken = self._sdk_view.take_logs([(line.severity_number, line.dedup_text, *line.window) for line in held])
+        self._held_bytes -= inv.held_bytes
+        taken = self._sdk_view.take_logs([line.dedup for line in held])
+        if True not in taken:
+            for line in held:
+                self._emit_log(line, inv, batch)
+            return
         deduplicated = 0
         for line, dropped in zip(held, taken):
             if dropped:
                 deduplicated += 1
             else:
                 self._emit_log(line, inv, batch)
-        if deduplicated:
-            self._deduplicated(deduplicated, batch)
+        self._deduplicated(deduplicated, batch)
 
     def _deduplicated(self, n: int, batch: _Batch) -> None:
         batch.deduplicated += n
@@ -1216,8 +1257,18 @@ class TelemetryConverter:
 
     def _emit_log(self, line: "_LogLine", inv: Optional[_Invocation], batch: _Batch) -> None:
         lr = batch.log(line.scope)
+        rid = line.rid
+        if inv is not None:
+            templates = self._log_templates(inv, batch)
+            if line.extra or line.attrs:  # its own attributes first, faas.invocation_id last
+                lr.CopyFrom(templates.bare)
+                rid = inv.request_id
+            else:
+                lr.CopyFrom(templates.full)
+                rid = None
+        else:
+            lr.observed_time_unix_nano = batch.now
         lr.time_unix_nano = line.time_ns
-        lr.observed_time_unix_nano = batch.now
         if line.severity_number:
             lr.severity_number = line.severity_number
         if line.severity_text:
@@ -1228,15 +1279,6 @@ class TelemetryConverter:
             set_str(lr.body, line.body)
         elif line.body is not None:
             set_any_value(lr.body, line.body)
-        rid = line.rid
-        attrs = line.attrs
-        if inv is not None:
-            if not inv.has_context:
-                self._ensure_context(inv, None, None, batch)
-            lr.trace_id = inv.trace_id
-            lr.span_id = inv.span_id
-            lr.flags = inv.flags & 0xFF
-            rid = inv.request_id
         if line.extra:
             n = 0
             for key, value in line.extra:
@@ -1249,8 +1291,8 @@ class TelemetryConverter:
                 set_key(kv, key)
                 set_any_value(kv.value, value)
                 n += 1
-        if attrs:
-            set_attributes(lr.attributes, attrs)
+        if line.attrs:
+            set_attributes(lr.attributes, line.attrs)
         if rid is not None:
             kv = lr.attributes.add()
             kv.key = "faas.invocation_id"
@@ -1317,8 +1359,9 @@ class _LogLine:
     rid: Optional[str] = None
     attrs: Optional[dict] = None
     extra: Optional[list] = None  # (key, JSON value) pairs of a structured record
-    window: Optional[tuple] = None  # (lo, hi) ns: where the SDK's copy's time may fall
-    dedup_text = ""
+    # (severity number, message, lo, hi) of a line the function's SDK may have sent too (its copy's
+    # time falls in [lo, hi) ns): what sdk_view.take_logs looks for; None for a line it cannot have.
+    dedup: Optional[Tuple[int, str, int, int]] = None
     event_name = ""
     exception_type: Optional[str] = None
     uncaught = False  # the runtime's own report of the handler's exception
@@ -1374,8 +1417,8 @@ def _parse_tabbed(line: _LogLine, text: str) -> None:
             line.rid = rid or None
             line.body = parts[3]
             if line.scope == SCOPE_FUNCTION:  # the runtime's logging handler: the SDK's may have it too
-                line.window = (t - 1_000_000, t + 2_000_000)  # ms precision, float rounding either way
-                line.dedup_text = parts[3]
+                # ms precision, float rounding either way
+                line.dedup = (line.severity_number, parts[3], t - 1_000_000, t + 2_000_000)
             return
     for part in parts[:3]:
         if line.rid is None and _UUID_RE.fullmatch(part):
@@ -1407,13 +1450,14 @@ def _parse_uncaught_text(line: _LogLine, text: str) -> None:
 def _parse_object(line: _LogLine, obj: dict, service_name: Optional[str]) -> None:
     """A structured record (Lambda's JSON format, Powertools Logger, any JSON line): fields that
     have a convention become it, fields that repeat the record or its resource are dropped."""
+    window = None  # (lo, hi) ns: where the SDK's copy's time may fall
     ts = obj.get("timestamp")
     if isinstance(ts, str):
         t = parse_time_ns(ts)
         if t is not None:
             line.time_ns = t
             # Lambda's JSON format has whole seconds; Powertools and others have milliseconds.
-            line.window = (t - 1_000_000, t + 2_000_000) if _has_fraction(ts) else (t, t + _SECOND)
+            window = (t - 1_000_000, t + 2_000_000) if _has_fraction(ts) else (t, t + _SECOND)
     level = obj.get("level")
     if isinstance(level, str):
         line.severity_text = _text(level, 32) or ""
@@ -1435,10 +1479,8 @@ def _parse_object(line: _LogLine, obj: dict, service_name: Optional[str]) -> Non
             line.event_name = EXCEPTION_EVENT
     else:
         line.body = obj
-    if not (isinstance(message, str) and line.scope == SCOPE_FUNCTION and line.severity_number):
-        line.window = None
-    else:
-        line.dedup_text = message
+    if window is not None and isinstance(message, str) and line.scope == SCOPE_FUNCTION and line.severity_number:
+        line.dedup = (line.severity_number, message, *window)
     for key, value in obj.items():
         if key in _DROPPED_KEYS:
             continue
