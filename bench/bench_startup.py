@@ -21,6 +21,11 @@ Each round, in a shuffled order (interleaved rounds, one run, this machine's noi
   the four runtime dependencies (``requests``, protobuf with the three OTLP service modules,
   ``readerwriterlock.rwlock``) from the layer; CPU from ``wait4``. Goal 1: ours ≤ 1.15 × card.
 * ``bare``: ``python3 -I -S -B -c pass``, spawn → exit. Goal 3: ready ≤ 3 × bare.
+* ``cpu_next`` (info): the CPU of the process from spawn to its first ``/next``, which a loaded
+  machine blurs far less than the wall-clock ``ready``: the layer's bootstrap run as its launcher
+  runs it (``python3 -I -S -B`` and a script by path) by a probe that only replaces
+  ``ExtensionsApiClient.next_event`` with "write ``time.process_time()`` and exit"; against the CPU
+  of ``python3 -I -S -B -c pass`` (``wait4``).
 
 Goal 2: first invocation overhead ≤ 2 × the warm median (``end``).
 
@@ -62,6 +67,35 @@ QUOTA_FRACTION = 128 / 1769  # of one CPU, as a 128 MB function gets
 # APIs) and those the code's style rests on (dataclasses for config and events, typing, enum):
 # what spawn → first /next costs before any code of ours runs.
 FLOOR_IMPORTS = "import socket, json, dataclasses, typing, enum"
+# Run as ``python3 -I -S -B CPU_PROBE <layer root> <out file>``: the layer's bootstrap as its
+# launcher runs it, except that the first /next writes the process's CPU so far and exits (the
+# import hook that installs this removes itself as soon as it has).
+CPU_PROBE = """\
+import builtins, os, sys, time
+root, out = sys.argv[1], sys.argv[2]
+real_import = builtins.__import__
+
+
+def first_next(self, on_sent=None):
+    with open(out, "w") as fh:
+        fh.write(repr(time.process_time()))
+    os._exit(0)
+
+
+def probe_import(*args, **kwargs):
+    module = real_import(*args, **kwargs)
+    api = sys.modules.get("lambda_otel.extensions_api")
+    if api is not None and hasattr(api, "ExtensionsApiClient"):
+        builtins.__import__ = real_import
+        api.ExtensionsApiClient.next_event = first_next
+    return module
+
+
+builtins.__import__ = probe_import
+path = os.path.join(root, "lambda-otel", "lambda_otel", "layer_bootstrap.py")
+sys.argv = [path, "", os.path.join(root, "extensions", "lambda-otel")]
+exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__", "__file__": path})
+"""
 CARD_IMPORTS = ("import requests; "
                 "from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; "
                 "from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2; "
@@ -211,6 +245,38 @@ def ready_ms(ws: Workspace, layer: Layer) -> float:
         quiet_stop(sim)
 
 
+def cpu_to_next_ms(ws: Workspace, layer: Layer) -> float:
+    """CPU (ms) of the layer's extension from spawn to its first /next, alone under the simulator."""
+    from lambda_otel.local.simulator import Simulator
+
+    folder = ws.mkdtemp("probe-")
+    probe, out = folder / "probe.py", folder / "cpu.txt"
+    probe.write_text(CPU_PROBE)
+    ext_dir = folder / "extensions"
+    ext_dir.mkdir()
+    launcher = ext_dir / NAME
+    launcher.write_text(f"#!/bin/sh\nexec python3 -I -S -B {shlex.quote(str(probe))} "
+                        f"{shlex.quote(str(layer.root))} {shlex.quote(str(out))}\n")
+    launcher.chmod(0o755)
+    env = extension_env(layer, "http://127.0.0.1:9", LAMBDA_OTEL_LOG_LEVEL="warning")
+    sim = Simulator(extensions_dir=str(ext_dir), env=env, init_timeout_s=INIT_WAIT_S)
+    try:
+        sim.start(wait=False)
+        deadline = time.monotonic() + INIT_WAIT_S
+        while not (out.is_file() and out.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return float(out.read_text()) * 1000.0
+    finally:
+        quiet_stop(sim)
+
+
+def bare_cpu_ms(layer: Layer) -> float:
+    """CPU (ms) of ``python3 -I -S -B -c pass``."""
+    proc = subprocess.Popen([layer.python3, "-I", "-S", "-B", "-c", "pass"], stdin=subprocess.DEVNULL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    return (usage.ru_utime + usage.ru_stime) * 1000.0
+
+
 def card_cpu_ms(layer: Layer) -> float:
     """CPU (ms) of a fresh ``python3 -I -S -B`` that imports the four runtime dependencies from the layer."""
     code = f"import sys; sys.path.insert(0, {str(layer.code_dir)!r}); {CARD_IMPORTS}"
@@ -280,12 +346,14 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, limi
     light = ColdStart(ws, ws.layer, "light", use_cgroup, light=True)
     variants = {"ours": ours, "card": lambda: card_cpu_ms(ws.layer), "bare": lambda: bare_ms(ws.layer),
                 "ready": lambda: ready_ms(ws, ws.layer), "light": light,
-                "floor": lambda: bare_ms(ws.layer, FLOOR_IMPORTS)}
+                "floor": lambda: bare_ms(ws.layer, FLOOR_IMPORTS),
+                "cpu_next": lambda: cpu_to_next_ms(ws, ws.layer), "bare_cpu": lambda: bare_cpu_ms(ws.layer)}
     old = None
     if before is not None:
         old = ColdStart(ws, before, "before", use_cgroup)
         variants["before"] = old
         variants["ready_before"] = lambda: ready_ms(ws, before)
+        variants["cpu_next_before"] = lambda: cpu_to_next_ms(ws, before)
     ours()  # warm-up: page cache, the simulator's and the function's imports
     card_cpu_ms(ws.layer)
     stats = interleaved(variants, rounds)
@@ -302,6 +370,9 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, limi
             stats["bare"], "ms", "–", met=None, base_label="python3 -I -S -B -c pass", note=note + " (info)"),
         Row("startup", f"floor: python3 -I -S -B -c '{FLOOR_IMPORTS}'", stats["floor"], stats["bare"], "ms", "–",
             met=None, base_label="python3 -I -S -B -c pass", note=note + " (info: the standard modules init needs)"),
+        Row("startup", "CPU spawn → first /next (extension alone)", stats["cpu_next"], stats["bare_cpu"], "ms", "–",
+            met=None, base_label="python3 -I -S -B -c pass (CPU)",
+            note=note + " (info: CPU, which a loaded machine blurs less than the wall clock)"),
     ]
     rows.insert(2, Row("startup", "1st invocation overhead (end), function without SDK", Stats(light.samples["first"]),
                        Stats(light.samples["warm"]), "ms", f"≤ {GOAL_FIRST:g}×", met=None, base_label="warm median",
@@ -317,6 +388,8 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, limi
                             Stats(old.samples[key]), "ms", "–", met=None, base_label="before", note=note))
         rows.append(Row("startup", "spawn → first /next (alone): after vs before", stats["ready"],
                         stats["ready_before"], "ms", "–", met=None, base_label="before", note=note))
+        rows.append(Row("startup", "CPU spawn → first /next (alone): after vs before", stats["cpu_next"],
+                        stats["cpu_next_before"], "ms", "–", met=None, base_label="before", note=note))
     if limited:
         print_rows(rows)  # the main table first: the limited runs take minutes
         rows = run_limited(ws, quick)

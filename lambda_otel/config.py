@@ -32,9 +32,14 @@ import dataclasses
 import enum
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from .sampling import DEFAULT_SAMPLER, SAMPLERS
+
+# typing.TYPE_CHECKING without importing typing (~3 ms before the first /next): the annotations
+# here are strings, read by the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # ipaddress, socket, threading and urllib.parse are imported where they are needed: this module
 # is on the path to the first /next, and most environments never need them there.
@@ -322,21 +327,26 @@ def _unset(raw: Optional[str]) -> bool:
     return raw is None or raw.strip() == ""
 
 
-class Parser(Protocol):
+class Parser:
     """Turns one variable's raw text into its value, or raises ValueError saying what is allowed.
 
-    Parsers are small plain classes (not dataclasses): this module is imported before the first
-    ``/next``, and every dataclass costs start-up time to create.
+    The base of the small parser classes below: plain classes, neither dataclasses nor a
+    ``typing.Protocol``, because this module is imported before the first ``/next``, where every
+    dataclass costs time to create and ``typing`` costs ~3 ms to import.
     """
 
+    __slots__ = ()
     allowed: str  # for messages and the reference
 
-    def __call__(self, raw: str, name: str) -> Any: ...
+    def __call__(self, raw: str, name: str) -> Any:
+        raise NotImplementedError
 
-    def show(self, value: Any) -> str: ...  # a default as a user would write it
+    def show(self, value: Any) -> str:
+        """A default as a user would write it."""
+        raise NotImplementedError
 
 
-class Int:
+class Int(Parser):
     __slots__ = ("lo", "hi", "reserved", "allowed")
 
     def __init__(self, lo: int, hi: int, reserved: Tuple[int, ...] = ()) -> None:
@@ -375,7 +385,7 @@ class Millis(Int):
         return str(round(value * 1000))
 
 
-class Choice:
+class Choice(Parser):
     __slots__ = ("values", "aliases", "unsupported", "convert", "allowed")
 
     def __init__(self, values: Tuple[str, ...], aliases: Optional[Dict[str, str]] = None,
@@ -395,7 +405,7 @@ class Choice:
         return value.value if isinstance(value, enum.Enum) else str(value)
 
 
-class Bool:
+class Bool(Parser):
     __slots__ = ()
     allowed = "true, false"
 
@@ -411,7 +421,7 @@ class Bool:
         return "true" if value else "false"
 
 
-class Text:
+class Text(Parser):
     __slots__ = ()
     allowed = "any text"
 
@@ -422,7 +432,7 @@ class Text:
         return str(value)
 
 
-class Subset:
+class Subset(Parser):
     __slots__ = ("values", "allowed")
 
     def __init__(self, values: Tuple[str, ...]) -> None:
@@ -439,7 +449,7 @@ class Subset:
         return ",".join(value)
 
 
-class Ratio:
+class Ratio(Parser):
     """A probability, as the SDK's ratio samplers take it (0.0..1.0)."""
 
     __slots__ = ()
@@ -458,7 +468,7 @@ class Ratio:
         return str(value)
 
 
-class KeyValues:
+class KeyValues(Parser):
     """``k1=v1,k2=v2`` (percent-decoded, W3C baggage style), as OTEL_EXPORTER_OTLP_HEADERS and
     OTEL_RESOURCE_ATTRIBUTES are written. Never echoes the value: headers carry secrets."""
 
@@ -508,7 +518,7 @@ def _check_url(raw: str) -> None:
         raise ValueError(f"{shown!r} is not an http:// or https:// URL")
 
 
-class Endpoint:
+class Endpoint(Parser):
     """An OTLP/HTTP URL for one signal. A base endpoint (``*_EXPORTER_ENDPOINT``,
     ``OTEL_EXPORTER_OTLP_ENDPOINT``) gets ``/v1/<signal>`` appended to its path (before any query);
     a per-signal one is used as is, as the OTLP exporter specification says."""
@@ -531,7 +541,7 @@ class Endpoint:
         return str(value)
 
 
-class CaFile:
+class CaFile(Parser):
     __slots__ = ()
     allowed = "path to a PEM CA bundle"
 

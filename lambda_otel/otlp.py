@@ -15,12 +15,15 @@ they differ: trace and span ids are hex strings, enums are integers.
 from __future__ import annotations
 
 from collections import abc
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from lambda_otel.loss import LOGS, METRICS, TRACES
 
-AttrValue = Union[str, bool, int, float]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms) before the first /next
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+AttrValue = str | bool | int | float  # a runtime union (3.10+): no typing import
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
