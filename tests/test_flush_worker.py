@@ -3,6 +3,7 @@ and the OtlpSink backend on 127.0.0.1, with real threads."""
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -382,6 +383,36 @@ class CoordinatorTest(unittest.TestCase):
         summary = h.coordinator.on_shutdown_event(epoch_ms_in(5.0))
         self.assertEqual((summary.sent.get("traces"), summary.shutdown_deadline), (3, 0))
         self.assertEqual(h.loss.snapshot(), {})
+
+    def test_the_client_ready_while_a_hold_closes_the_gate_leaves_no_request_open(self):
+        # The start-up thread's wake and the events thread's gate close race: whichever wins, no
+        # request is open once before_next returns (the freeze), and none starts until the next INVOKE.
+        rng = random.Random(5)
+        for round_ in range(30):
+            h = Harness(self, strategy="end", max_batch_records=2)
+            h.sink.set_reply(Reply(delay=0.05))  # a request started in the hold is still open at its end
+            h.exporter.expect_warm_up()
+            rid = f"r{round_}"
+            h.coordinator.on_invoke(rid, epoch_ms_in(10))
+            h.add_spans(6, rid)  # full batches: exported as soon as the client is ready
+            h.coordinator.on_runtime_done(rid)
+            ready = threading.Timer(rng.uniform(0.0, 0.001), h.exporter.warm_up, kwargs={"on_ready": h.worker.wake})
+            ready.start()
+            h.coordinator.before_next()
+            frozen_at = time.monotonic()
+            ready.join(5.0)
+            self.assertTrue(h.coordinator.last_hold.gate_closed, round_)
+            self.assertEqual(h.gate.in_flight, 0, f"round {round_}: a request open at the freeze")
+            # (The sink records a request's end after answering, from its own thread: it may lag.)
+            self.assertTrue(h.sink.wait_for(lambda: not h.sink.open_requests(), 5.0))
+            self.assertFalse(h.sink.wait_for(lambda: any(r.start > frozen_at for r in h.sink.requests), 0.05),
+                             f"round {round_}: sent while frozen")
+            h.coordinator.on_invoke(f"{rid}-next", epoch_ms_in(10))  # what was kept goes now
+            self.assertTrue(h.sink.wait_for(lambda: {f"{rid}{i}" for i in range(6)} <= h.span_names(), 5.0), round_)
+            h.coordinator.on_runtime_done(f"{rid}-next")
+            h.coordinator.before_next()
+            h.worker.stop(5.0)
+            h.sink.stop()
 
     def test_long_function_is_waited_for_beyond_the_fallback_wait(self):
         # While runtimeDone arrives, the hold waits for it up to the invocation deadline:

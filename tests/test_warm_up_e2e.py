@@ -10,9 +10,12 @@ hold is short, SHUTDOWN ends in time with exit 0, and every function line is del
 
 from __future__ import annotations
 
+import threading
+import time
 import unittest
 
 from lambda_otel.app import STARTED_LINE
+from lambda_otel.local.sink import any_value
 from tests.reliability_support import (
     ReliabilityTestCase,
     dropped_by,
@@ -120,6 +123,140 @@ class ImportFailsTest(WarmUpCase):
         self.assertEqual(dropped_by(sink.metrics()), 0, "nothing reaches the backend")
         self.assert_delivered_or_counted(sink, results, summary)
 
+
+class ExportsResumeOnceReadyTest(WarmUpCase):
+    """In every strategy: once start-up is done, what the invocations before it kept goes at the
+    next chance: in ``end`` before the next invocation's freeze, in the others by their timer or
+    data (a 200 ms timer here), never only at SHUTDOWN."""
+
+    def resume(self, strategy: str) -> None:
+        from tests.test_flush_e2e import arrival_times, freeze_violations
+
+        sink = self.make_sink()
+        site = self.make_site_dir(SLOW_IMPORT)
+        # 0.3 s of CPU: several short invocations end before it is done (it runs only while thawed).
+        env = self.make_env(sink, LAMBDA_OTEL_TEST_IMPORT="slow", LAMBDA_OTEL_TEST_IMPORT_CPU_S="0.3",
+                            LAMBDA_OTEL_FLUSH_STRATEGY=strategy, LAMBDA_OTEL_FLUSH_INTERVAL_MS="200")
+        sim = self.make_sim_with(env, site)
+        sim.start(timeout=30)
+        before = []
+        for _ in range(60):
+            before.append(sim.invoke({"logs": LINES}, timeout=30))
+            if STARTED_LINE in self.extension_output(sim):
+                break
+        output = self.extension_output(sim)
+        self.assertIn(STARTED_LINE, output)
+        self.assertGreater(len(before), 1, f"start-up was done within the first invocation\n{output}")
+        after = []
+        pause = threading.Event()  # never set: a bounded wait is the gap (a real freeze)
+        for _ in range(3):
+            after.append(sim.invoke({"logs": LINES}, timeout=30))
+            pause.wait(0.3)
+        next_freeze = next(f.frozen_at.mono for f in sim.freezes if f.frozen_at.mono > after[0].started_at.mono)
+        shutdown_at = time.monotonic()
+        sim.shutdown("spindown", timeout=30)
+        output = self.extension_output(sim)
+        self.assert_clean_exits(sim)
+        self.assertTrue(sink.wait_for(lambda: not sink.open_requests(), timeout=10))
+        arrived = arrival_times(sink)
+        by = next_freeze if strategy == "end" else shutdown_at
+        late = [r.request_id for r in before if not arrived.get(r.request_id, float("inf")) < by]
+        self.assertEqual(late, [], f"{strategy}: kept too long\n{output}")
+        lines = function_lines(sink)
+        self.assertEqual(set(lines), expected_lines(before + after, LINES), output)
+        self.assertEqual(set(lines.values()), {1}, "a line was delivered twice")
+        self.assertEqual(shutdown_summary(output)["dropped"], {}, output)
+        self.assertEqual(freeze_violations(sim, sink), [], output)
+
+    def test_end(self):
+        self.resume("end")
+
+    def test_default(self):
+        self.resume("default")
+
+    def test_periodic(self):
+        self.resume("periodic")
+
+    def test_continuous(self):
+        self.resume("continuous")
+
+
+class ManagedInstancesTest(WarmUpCase):
+    """Managed Instances never freeze and have no INVOKE: the exports wait for the client only
+    until start-up is done (it wakes the worker), then go while the environment runs."""
+
+    def test_exports_resume_once_the_client_is_ready(self):
+        sink = self.make_sink()
+        site = self.make_site_dir(SLOW_IMPORT)
+        env = self.make_env(sink, LAMBDA_OTEL_TEST_IMPORT="slow", LAMBDA_OTEL_TEST_IMPORT_CPU_S="1.0",
+                            LAMBDA_OTEL_FLUSH_INTERVAL_MS="200")
+        sim = self.make_sim_with(env, site, handler="lmi_handlers.handler", timeout_s=10.0,
+                                 mode="managed-instances", concurrency=4)
+        sim.start(timeout=60)
+        pending = [sim.invoke_async({"sleep": 0.1, "lines": 2}) for _ in range(8)]
+        results = [p.wait(60) for p in pending]
+        self.assertEqual([r.status for r in results], ["success"] * 8)
+        ids = {r.request_id for r in results}
+
+        def exported() -> int:
+            return sum(1 for sp in sink.spans() if sp.kind == sp.SPAN_KIND_SERVER
+                       and any(kv.key == "faas.invocation_id" and any_value(kv.value) in ids for kv in sp.attributes))
+
+        self.assertTrue(sink.wait_for(lambda: exported() == 8, timeout=20), self.extension_output(sim))
+        output = self.extension_output(sim)
+        self.assertIn(STARTED_LINE, output)
+        sim.shutdown("spindown", timeout=30)
+        self.assert_clean_exits(sim)
+        self.assertEqual(shutdown_summary(self.extension_output(sim))["dropped"], {})
+
+
+class ChattyFirstInvocationTest(WarmUpCase):
+    """A chatty first invocation while the export client is still being imported: nothing drains
+    until it is ready; then full batches go at once (the start-up wakes the worker). What is lost
+    is exactly what is counted, and no request is open at a freeze."""
+
+    def run_chatty(self, cpu_s: float, lines: int, strategy: str):
+        sink = self.make_sink()
+        site = self.make_site_dir(SLOW_IMPORT)
+        env = self.make_env(sink, LAMBDA_OTEL_TEST_IMPORT="slow", LAMBDA_OTEL_TEST_IMPORT_CPU_S=str(cpu_s),
+                            LAMBDA_OTEL_FLUSH_STRATEGY=strategy)
+        sim = self.make_sim_with(env, site, handler="chatty_handlers.handler", memory_mb=128, timeout_s=60)
+        sim.start(timeout=30)
+        results = [sim.invoke({"lines": lines}, timeout=120), sim.invoke({"lines": 10}, timeout=120)]
+        down = sim.shutdown("spindown", timeout=30)
+        output = self.extension_output(sim)
+        ext = down.extensions[EXTENSION_NAME]
+        self.assertTrue(ext.exited_in_time and ext.exit_code == 0, f"{ext}\n{output}")
+        self.assertEqual([r.status for r in results], ["success"] * 2, output)
+        self.assertTrue(sink.wait_for(lambda: not sink.open_requests(), timeout=10))
+        return sim, sink, results, output
+
+    def test_end_lost_is_exactly_what_is_counted_and_nothing_is_open_at_a_freeze(self):
+        from tests.test_flush_e2e import chatty_lines, dropped, final_flush_line, freeze_violations
+
+        lines = 50_000  # ~4 budgets at 128 MB: the queue overflows while the client is not ready
+        sim, sink, results, output = self.run_chatty(1.0, lines, "end")
+        summary = final_flush_line(sim)
+        got = chatty_lines(sink)
+        expected = {(r.request_id, i) for r, n in zip(results, (lines, 10)) for i in range(n)}
+        self.assertLessEqual(set(got), expected)
+        # As ChattyFunctionTest counts it: Lambda's own drops (platform.logsDropped, counted as it
+        # says) and ours (queue_full: every record that reached us is delivered or counted).
+        delivered = [e for b in sim.batches if b.subscriber == EXTENSION_NAME and b.ok for e in b.events]
+        lines_in = sum(1 for e in delivered if e["type"] == "function")
+        notices = [e["record"] for e in delivered if e["type"] == "platform.logsDropped"]
+        notices_out = sum(1 for lr in sink.log_records() if str(any_value(lr.body)).startswith("Lambda dropped "))
+        by_lambda = dropped(sink, signal="logs", reason="platform_logs_dropped")
+        by_us = dropped(sink, signal="logs") - by_lambda
+        self.assertEqual(by_lambda, sum(r["droppedRecords"] for r in notices), summary)
+        lost_by_us = (lines_in + len(notices)) - (len(got) + notices_out)
+        self.assertGreater(lost_by_us, 0, "the scenario did not overflow the queue")
+        self.assertLessEqual(lost_by_us, by_us, summary)
+        self.assertLessEqual(by_us - lost_by_us, 2 * 1000, f"over-counted beyond two cut batches; {summary}")
+        self.assertIn(STARTED_LINE, output)
+        self.assertGreater(len(got), 0, "nothing exported once the client was ready")
+        problems = freeze_violations(sim, sink)
+        self.assertEqual(problems, [], "\n".join(problems[:20]))
 
 if __name__ == "__main__":
     unittest.main()
