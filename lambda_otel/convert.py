@@ -74,7 +74,7 @@ from lambda_otel import resource as resource_mod
 from lambda_otel.config import XRAY_JOIN, XRAY_LINK, XRAY_MODES, XRAY_PARENT
 from lambda_otel.loss import LossCounter
 from lambda_otel.metrics import MetricsState
-from lambda_otel.otlp import MAX_ANY_ITEMS, set_any_value, set_attributes, set_key, set_str
+from lambda_otel.otlp import MAX_ANY_ITEMS, merge_attributes, set_any_value, set_attributes, set_key, set_str
 from lambda_otel.sampling import TraceSampler
 from lambda_otel.sdk_view import FunctionSdkView
 from lambda_otel.xray import XRayContext, parse_span_id, parse_xray_header
@@ -125,6 +125,7 @@ SEVERITY = {
     "TRACE": 1, "DEBUG": 5, "INFO": 9, "NOTICE": 10, "WARN": 13, "WARNING": 13,
     "ERROR": 17, "CRITICAL": 21, "FATAL": 21,
 }
+_BRACKETED_LEVELS = {f"[{name}]": (name, number) for name, number in SEVERITY.items()}  # "[INFO]" -> ("INFO", 9)
 
 
 def parse_time_ns(value: object) -> Optional[int]:
@@ -519,10 +520,15 @@ class TelemetryConverter:
             while self._to_release:
                 self._release(self._to_release.pop(), batch)
             journal = batch.journal
+            log, dispatch = self._log, self._dispatch
             for event in events:
                 mark = (batch.n_spans, len(journal))
                 try:
-                    self._dispatch(event, batch)
+                    # A function line (most events) straight to _log; anything else is checked by _dispatch.
+                    if event.__class__ is dict and event.get("type") == "function" and "record" in event:
+                        log(event.get("time"), event["record"], SCOPE_FUNCTION, batch)
+                    else:
+                        dispatch(event, batch)
                 except Exception:  # never let one event break the batch; undo its output
                     batch.rollback(mark)
                     self._ignore(CONVERSION_ERROR, batch)
@@ -794,7 +800,10 @@ class TelemetryConverter:
         # First invocation of the sandbox, unless provisioned concurrency pre-warmed it (checked
         # here, not at creation: INVOKE may be handled before the replayed initStart).
         coldstart = inv.coldstart and self._init_type != "provisioned-concurrency"
-        attrs = {"faas.invocation_id": inv.request_id, "faas.coldstart": coldstart}
+        kv = span.attributes.add()  # unique to this span; the rest repeat from span to span
+        kv.key = "faas.invocation_id"
+        kv.value.string_value = inv.request_id
+        attrs = {"faas.coldstart": coldstart}
         if inv.arn:
             attrs["aws.lambda.invoked_arn"] = inv.arn
         # The function ARN without qualifier, as the function's instrumentation sets it (the
@@ -810,7 +819,7 @@ class TelemetryConverter:
                 attrs["aws.lambda.error_type"] = error_type
         if extra:
             attrs.update(extra)
-        set_attributes(span.attributes, attrs)
+        merge_attributes(span, attrs)
         if inv.link is not None:
             link = span.links.add()
             link.trace_id = inv.link.trace_id
@@ -1161,15 +1170,15 @@ class TelemetryConverter:
         self._log(event_time, record, SCOPE_EXTENSION, batch)
 
     def _log(self, event_time: object, record: object, scope: str, batch: _Batch) -> None:
-        if record.__class__ is str and scope is SCOPE_FUNCTION:
-            text = record[:-1] if record[-1:] == "\n" else record
-            if text[-1:] == "\r":
-                text = text[:-1]
+        if record.__class__ is str:
+            text = _strip_newline(record)
             head = text[:1]
-            if head != "{" and head != "[" and "\t" not in text[:120]:
+            if scope is SCOPE_FUNCTION and head != "{" and head != "[" and "\t" not in text[:120]:
                 self._plain_line(event_time, text, batch)  # print() output: most of a function's lines
                 return
-        line = _parse_line(record, scope, self._service_name)
+            line = _parse_text(text, scope, self._service_name)
+        else:
+            line = _parse_line(record, scope, self._service_name)
         if line is None:
             self._ignore(MALFORMED_RECORD, batch)
             return
@@ -1275,10 +1284,14 @@ class TelemetryConverter:
             lr.severity_text = line.severity_text
         if line.event_name:
             lr.event_name = line.event_name
-        if isinstance(line.body, str):
-            set_str(lr.body, line.body)
-        elif line.body is not None:
-            set_any_value(lr.body, line.body)
+        body = line.body
+        if body.__class__ is str:
+            try:
+                lr.body.string_value = body
+            except ValueError:  # lone surrogates
+                set_str(lr.body, body)
+        elif body is not None:
+            set_any_value(lr.body, body)
         if line.extra:
             n = 0
             for key, value in line.extra:
@@ -1371,15 +1384,24 @@ class _LogLine:
 
 
 def _parse_line(record: object, scope: str, service_name: Optional[str]) -> Optional[_LogLine]:
-    line = _LogLine(scope)
     if isinstance(record, dict):
+        line = _LogLine(scope)
         _parse_object(line, record, service_name)
         return line
     if not isinstance(record, str):
         return None
-    text = record[:-1] if record.endswith("\n") else record
-    if text.endswith("\r"):
-        text = text[:-1]
+    return _parse_text(_strip_newline(record), scope, service_name)
+
+
+def _strip_newline(record: str) -> str:
+    text = record[:-1] if record[-1:] == "\n" else record
+    return text[:-1] if text[-1:] == "\r" else text
+
+
+def _parse_text(text: str, scope: str, service_name: Optional[str]) -> _LogLine:
+    """A text line (its final newline removed): a JSON object, our own line, the runtime's
+    report of an uncaught exception, a tab-separated runtime format, or plain text."""
+    line = _LogLine(scope)
     if len(text) >= 2 and text[0] == "{" and text[-1] == "}" and len(text) <= _MAX_JSON_LINE:
         try:
             obj = json.loads(text)
@@ -1406,13 +1428,12 @@ def _parse_tabbed(line: _LogLine, text: str) -> None:
     body becomes the message, the time the record's), or the first fields of others (Node's
     ``<time>\\t<id>\\tINFO\\t...``: level and request id only)."""
     parts = text.split("\t", 3)
-    head = parts[0]
-    if len(parts) == 4 and head[:1] == "[" and head[-1:] == "]" and head[1:-1] in SEVERITY:
+    level = _BRACKETED_LEVELS.get(parts[0]) if len(parts) == 4 else None
+    if level is not None:
         t = parse_time_ns(parts[1])
         rid = parts[2]
         if t is not None and (not rid or _REQUEST_ID_RE.fullmatch(rid)):
-            level = head[1:-1]
-            line.severity_text, line.severity_number = level, SEVERITY[level]
+            line.severity_text, line.severity_number = level
             line.time_ns = t
             line.rid = rid or None
             line.body = parts[3]

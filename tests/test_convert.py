@@ -1220,3 +1220,84 @@ class ManagedInstances(JoinBase):
         self.assertIsNone(out.instance_max_memory)
         resource = attrs(out.resource_spans.resource)
         self.assertEqual((resource["faas.instance"], resource["faas.max_memory"]), ("i-0abc", 4294967296))
+
+
+class RecordTemplates(JoinBase):
+    """What an invocation's records share is built once per invocation and copied into each
+    record (``_LogTemplates``, the children's span template): every record must still carry
+    its own batch's observed time and its own invocation's context."""
+
+    B = "00000000-0000-4000-8000-00000000000b"
+    HEADER_B = "Root=1-6352a70e-00000000000000000000000b;Parent=000000000000000b;Sampled=1"
+
+    def setUp(self):
+        super().setUp()
+        self.now = NOW
+        self.conv = TelemetryConverter(make_resource(), self.metrics, self.loss, xray_mode="join",
+                                       clock_ns=lambda: self.now, sdk_view=self.view)
+
+    def batch(self, now, events):
+        self.now = now
+        return self.conv.process(events)
+
+    def test_each_batch_stamps_its_own_observed_time(self):
+        first = self.batch(NOW, [START, ev("function", T0 + 800 * MS, "print one\n"),
+                                 ev("function", T0 + 801 * MS, text_line("INFO", T0 + 801 * MS, RID, "held"))])
+        second = self.batch(NOW + 5 * MS, [ev("function", T0 + 900 * MS, "print two\n")])
+        third = self.batch(NOW + 9 * MS, [RUNTIME_DONE])  # releases the held line
+        (one,) = [r for _, r in parse_logs(first)]
+        (two,) = [r for _, r in parse_logs(second)]
+        (held,) = [r for _, r in parse_logs(third)]
+        self.assertEqual([r.observed_time_unix_nano for r in (one, two, held)], [NOW, NOW + 5 * MS, NOW + 9 * MS])
+        self.assertEqual(first.resource_logs.scope_logs[0].log_records[0].observed_time_unix_nano, NOW)  # a copy
+        for rec in (one, two, held):
+            self.assertEqual((rec.trace_id, rec.span_id, rec.flags), (TRACE, XRAY_PARENT, 1))
+            self.assertEqual([kv.key for kv in rec.attributes], ["faas.invocation_id"])
+            self.assertEqual(attrs(rec)["faas.invocation_id"], RID)
+        self.assertEqual((held.severity_text, held.body.string_value), ("INFO", "held"))
+
+    def test_the_next_invocation_has_its_own_context(self):
+        a = invocation(RID, T0, tracing=TRACING)
+        b = invocation(self.B, T0 + 200 * MS, tracing={"value": self.HEADER_B})
+        lines = [ev("function", T0 + 50 * MS, "from a\n"), ev("function", T0 + 250 * MS, "from b\n")]
+        out = self.batch(NOW, a[:1] + lines[:1] + a[1:] + b[:1] + lines[1:] + b[1:])
+        logs = {r.body.string_value: r for _, r in parse_logs(out)}
+        self.assertEqual((logs["from a"].span_id, attrs(logs["from a"])["faas.invocation_id"]), (XRAY_PARENT, RID))
+        self.assertEqual((logs["from b"].trace_id, logs["from b"].span_id, attrs(logs["from b"])["faas.invocation_id"]),
+                         (bytes.fromhex("6352a70e00000000000000000000000b"), bytes.fromhex("000000000000000b"), self.B))
+        spans = parse_spans(out)
+        parents = {s.span_id: s for s in spans if s.name == "my-fn"}
+        for child in (s for s in spans if s.name != "my-fn"):
+            parent = parents[child.parent_span_id]
+            self.assertEqual(child.trace_id, parent.trace_id)
+            self.assertEqual(attrs(child)["faas.invocation_id"], attrs(parent)["faas.invocation_id"])
+
+    def test_after_a_restore_lines_take_the_new_copys_invocation(self):
+        self.batch(NOW, [START, ev("function", T0 + 800 * MS, "before\n")])
+        self.conv.renew_after_restore()
+        start_b = ev("platform.start", T0 + 2000 * MS, {"requestId": self.B, "tracing": {"value": self.HEADER_B}})
+        out = self.batch(NOW + MS, [start_b, ev("function", T0 + 2100 * MS, "after\n")])
+        (after,) = [r for _, r in parse_logs(out)]
+        self.assertEqual((after.span_id, attrs(after)["faas.invocation_id"]), (bytes.fromhex("000000000000000b"), self.B))
+
+    def test_overlapping_invocations_share_no_template(self):
+        """Managed Instances: a line at a time two invocations run has no context; once one has
+        ended, a line of the other's time is the other's; a line that names its request id is its own."""
+        start_b = ev("platform.start", T0 + 701 * MS, {"requestId": self.B, "tracing": {"value": self.HEADER_B}})
+        out = self.batch(NOW, [START, start_b, ev("function", T0 + 705 * MS, "ambiguous\n"),
+                               ev("function", T0 + 706 * MS, text_line("INFO", T0 + 706 * MS, RID, "named a")),
+                               ev("platform.runtimeDone", T0 + 710 * MS, {"requestId": RID, "status": "success"}),
+                               ev("function", T0 + 720 * MS, "only b runs\n")])
+        logs = {r.body.string_value: r for _, r in parse_logs(out)}
+        self.assertEqual((logs["ambiguous"].trace_id, list(logs["ambiguous"].attributes)), (b"", []))
+        self.assertEqual(attrs(logs["named a"])["faas.invocation_id"], RID)
+        self.assertEqual((logs["only b runs"].span_id, attrs(logs["only b runs"])["faas.invocation_id"]),
+                         (bytes.fromhex("000000000000000b"), self.B))
+
+    def test_a_structured_records_own_attributes_come_before_the_invocation_id(self):
+        record = {"timestamp": iso(T0 + 800 * MS), "level": "ERROR", "message": "failed", "requestId": RID,
+                  "errorType": "ValueError", "order_id": 7}
+        out = self.batch(NOW, [START, ev("function", T0 + 800 * MS, record), RUNTIME_DONE])
+        (rec,) = [r for _, r in parse_logs(out)]
+        self.assertEqual([kv.key for kv in rec.attributes], ["order_id", "exception.type", "faas.invocation_id"])
+        self.assertEqual((rec.trace_id, rec.span_id), (TRACE, XRAY_PARENT))

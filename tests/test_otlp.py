@@ -231,5 +231,41 @@ class AnyValueTest(unittest.TestCase):
         self.assertEqual(pairs.values[0].key, "k")
 
 
+class MergeAttributesTest(unittest.TestCase):
+    """``merge_attributes`` appends protobuf's own serialisation of each attribute, cached: the
+    message it gives must be the one ``set_attributes`` builds, read back by protobuf."""
+
+    ATTRS = {"faas.coldstart": False, "s": "x", "unicode": "h\u00e9llo \u2603", "surrogate": "a\ud800b", "i": 3,
+             "big": 2**64, "f": 0.5, "t": True, "one": 1, "one.0": 1.0}
+
+    def test_same_message_as_set_attributes_for_spans_and_log_records(self):
+        for cls in (trace_pb2.Span, logs_pb2.LogRecord):
+            built, merged = cls(), cls()
+            kv = built.attributes.add()  # one set first: a merge appends after what is there
+            kv.key, kv.value.string_value = "faas.invocation_id", "r-1"
+            merged.CopyFrom(built)
+            otlp.set_attributes(built.attributes, self.ATTRS)
+            otlp.merge_attributes(merged, self.ATTRS)
+            otlp.merge_attributes(merged, {})  # nothing to add: unchanged
+            self.assertEqual(cls.FromString(merged.SerializeToString()), built)
+            self.assertEqual([kv.key for kv in merged.attributes], ["faas.invocation_id", *self.ATTRS])
+
+    def test_equal_values_of_different_types_are_cached_apart(self):
+        span = trace_pb2.Span()
+        otlp.merge_attributes(span, {"v": True})
+        otlp.merge_attributes(span, {"v": 1})
+        otlp.merge_attributes(span, {"v": 1.0})
+        self.assertEqual([kv.value.WhichOneof("value") for kv in span.attributes],
+                         ["bool_value", "int_value", "double_value"])
+
+    def test_the_cache_is_bounded(self):
+        for i in range(otlp._ENCODED_MAX * 3):
+            otlp.merge_attributes(trace_pb2.Span(), {"error.type": f"E{i}"})
+        self.assertLessEqual(len(otlp._encoded), otlp._ENCODED_MAX)
+        span = trace_pb2.Span()
+        otlp.merge_attributes(span, {"error.type": "E1"})  # after a clear: built again, the same
+        self.assertEqual(span.attributes[0].value.string_value, "E1")
+
+
 if __name__ == "__main__":
     unittest.main()
