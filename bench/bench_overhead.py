@@ -9,6 +9,10 @@ of every invocation, holding ``/next``), and the no-op baseline extension (regis
 ``/next``), which shows what the simulator itself adds. Invocations run back to back in blocks,
 the environments in a shuffled order each round. The sink's round trip (a keep-alive
 ``http.client`` POST of a gzip'd 10-record OTLP logs request) is timed in the same rounds.
+With ``--before-layer DIR`` (another unzipped build, e.g. of the commit before a change), a fourth
+environment runs that build with ``end`` in the same rounds, for a before/after of the ``end`` rows.
+
+    .venv/bin/python -m bench.bench_overhead [--quick] [--layer DIR] [--before-layer DIR]
 
 Goals: default median ≤ 2 ms and p99 ≤ 10 ms; end median ≤ sink round trip + 2 ms; end, from the
 POST that delivers platform.runtimeDone to our ``/next``, ≤ 3 × the sink round trip + 2 ms (the
@@ -22,13 +26,13 @@ import http.client
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import NAME, Environment, Row, Stats, Workspace, interleaved, main_for
+from bench.common import NAME, Environment, Layer, Row, Stats, Workspace, existing_layer, interleaved, print_rows
 
 GOAL_DEFAULT_MEDIAN_MS = 2.0
 GOAL_DEFAULT_P99_MS = 10.0
@@ -79,19 +83,25 @@ def after_runtime_done_ms(sim, res):
     return None
 
 
-def run(ws: Workspace, quick: bool = False) -> List[Row]:
+def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None) -> List[Row]:
     from lambda_otel.local.sink import OtlpSink
 
     total, block = (20, 10) if quick else (1000, 50)
     rounds = total // block
     samples = {"default": [], "end": [], "noop": [], "sink": []}
-    after_done: List[float] = []  # end: runtimeDone batch handed to the extension -> its /next
+    if before is not None:
+        samples["end-before"] = []
+    # end: runtimeDone batch handed to the extension -> its /next (this build, and the --before-layer one)
+    after_done: Dict[str, List[float]] = {"end": [], "end-before": []}
     with OtlpSink() as sink:
         envs = {}
         try:
             envs["default"] = Environment(ws, NAME, sink, LAMBDA_OTEL_FLUSH_STRATEGY="default", LAMBDA_OTEL_LOG_LEVEL="warning")
             envs["end"] = Environment(ws, NAME, sink, LAMBDA_OTEL_FLUSH_STRATEGY="end", LAMBDA_OTEL_LOG_LEVEL="warning")
             envs["noop"] = Environment(ws, "noop", sink)
+            if before is not None:
+                envs["end-before"] = Environment(ws, NAME, sink, layer=before, LAMBDA_OTEL_FLUSH_STRATEGY="end",
+                                                 LAMBDA_OTEL_LOG_LEVEL="warning")
             probe = SinkProbe(sink)
             for env in envs.values():  # warm-up: first-invocation costs (lazy imports, connections)
                 for _ in range(3):
@@ -106,10 +116,10 @@ def run(ws: Workspace, quick: bool = False) -> List[Row]:
                         else:
                             res = envs[name].invoke()
                             samples[name].append(res.extension_overhead_ms)
-                            if name == "end":
+                            if name in after_done:
                                 part = after_runtime_done_ms(envs[name].sim, res)
                                 if part is not None:
-                                    after_done.append(part)
+                                    after_done[name].append(part)
                     return 0.0
                 return go
 
@@ -119,6 +129,7 @@ def run(ws: Workspace, quick: bool = False) -> List[Row]:
             for env in envs.values():
                 env.close()
     default, end, noop, rtt = (Stats(samples[k]) for k in ("default", "end", "noop", "sink"))
+    done = Stats(after_done["end"] or [float("nan")])
     note = f"{total} invocations per environment in blocks of {block}, {rounds} interleaved rounds"
     rows = [
         Row("overhead", "default: median", default, noop, "ms", f"≤ {GOAL_DEFAULT_MEDIAN_MS:g} ms",
@@ -129,9 +140,9 @@ def run(ws: Workspace, quick: bool = False) -> List[Row]:
         Row("overhead", "end: median", end, rtt, "ms", f"≤ sink RTT + {GOAL_END_EXTRA_MS:g} ms",
             met=end.median <= rtt.median + GOAL_END_EXTRA_MS, base_label="sink round trip",
             note=f"end minus sink round trip: {end.median - rtt.median:.2f} ms at the median"),
-        Row("overhead", "end: runtimeDone POST → /next", Stats(after_done or [float("nan")]), rtt, "ms",
+        Row("overhead", "end: runtimeDone POST → /next", done, rtt, "ms",
             f"≤ {GOAL_AFTER_DONE_RTTS} × sink RTT + {GOAL_END_EXTRA_MS:g} ms",
-            met=bool(after_done) and Stats(after_done).median <= GOAL_AFTER_DONE_RTTS * rtt.median + GOAL_END_EXTRA_MS,
+            met=bool(after_done["end"]) and done.median <= GOAL_AFTER_DONE_RTTS * rtt.median + GOAL_END_EXTRA_MS,
             base_label="sink round trip",
             note=("the part of the end overhead after Lambda delivers platform.runtimeDone; before it, the "
                   "extension waits for the Telemetry API's buffering (timeoutMs, at least 25 ms from the "
@@ -139,11 +150,30 @@ def run(ws: Workspace, quick: bool = False) -> List[Row]:
         Row("overhead", "end: p99", Stats([end.percentile(99)]), Stats([noop.percentile(99)]), "ms", "–",
             met=None, base_label="no-op extension"),
     ]
+    if before is not None:
+        before_end = Stats(samples["end-before"])
+        rows += [
+            Row("overhead", "end: median, this build vs before", end, before_end, "ms", "–", met=None,
+                base_label="before layer"),
+            Row("overhead", "end: runtimeDone POST → /next, this build vs before", done,
+                Stats(after_done["end-before"] or [float("nan")]), "ms", "–", met=None, base_label="before layer"),
+        ]
     return rows
 
 
 def main(argv=None) -> int:
-    return main_for(run, __doc__.splitlines()[0], argv)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, not a measurement)")
+    parser.add_argument("--layer", help="an already unzipped layer folder (skips ./build_layer.sh)")
+    parser.add_argument("--before-layer", help="another unzipped layer, run with end in the same rounds")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args(argv)
+    with Workspace(args.layer, keep=args.keep) as ws:
+        before = existing_layer(Path(args.before_layer).resolve(), ws.tmp) if args.before_layer else None
+        print_rows(run(ws, quick=args.quick, before=before))
+    return 0
 
 
 if __name__ == "__main__":

@@ -380,11 +380,11 @@ class Environment:
     """One simulator (one execution environment) and what it needs; ``close()`` undoes it all."""
 
     def __init__(self, ws: Workspace, variant: str, sink, timeout_s: float = 10.0,
-                 sim_options: Optional[dict] = None, **extra_env: str) -> None:
+                 sim_options: Optional[dict] = None, layer: Optional[Layer] = None, **extra_env: str) -> None:
         from lambda_otel.local.simulator import Simulator
 
         self.variant = variant  # "lambda-otel" or "noop"
-        layer: Layer = ws.layer
+        layer = layer or ws.layer  # another build (a --before-layer) when given
         function_dir = write_function(ws.mkdtemp("function-"))
         if variant == NAME:
             ext_dir: Path = layer.extensions_dir

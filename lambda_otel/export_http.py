@@ -111,6 +111,10 @@ class Watchdog:
 
     The exporter ``arm``s it before an attempt and ``disarm``s it after reading the answer; the
     connection hooks ``attach`` each socket the attempt uses. One thread, started on first use.
+    The thread is woken only when a deadline comes sooner than the time it already sleeps to
+    (usually the first attempt of a flush): ``disarm`` and the later attempts of a flush, whose
+    deadlines are no sooner, cost it no wake-up, so it does not compete with the exporter's thread
+    while a flush runs. Waking at a deadline that no longer applies, it sleeps again.
     """
 
     def __init__(self, clock=time.monotonic) -> None:
@@ -120,6 +124,7 @@ class Watchdog:
         self._sock: Optional[socket.socket] = None
         self._fired = False
         self._thread: Optional[threading.Thread] = None
+        self._wakes_at: Optional[float] = None  # when the thread's current wait ends (None: when woken)
         self.opened = False  # whether the current/last attempt opened a new connection
         self._generation = 0  # the running thread's number; a thread whose number is old ends
 
@@ -129,10 +134,12 @@ class Watchdog:
             self.opened = False
             if self._thread is None:
                 self._generation += 1
+                self._wakes_at = None
                 self._thread = threading.Thread(target=self._run, args=(self._generation,),
                                                 name="lambda-otel-export-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._wakes_at is None or self._wakes_at > deadline:
+                self._cond.notify()
 
     def stop(self) -> None:
         """End the thread (a later ``arm`` starts a new one)."""
@@ -156,7 +163,6 @@ class Watchdog:
         with self._cond:
             fired = self._fired
             self._deadline, self._sock, self._fired = None, None, False
-            self._cond.notify()
             return fired
 
     @property
@@ -168,10 +174,12 @@ class Watchdog:
         with self._cond:
             while generation == self._generation:
                 if self._deadline is None or self._fired:
+                    self._wakes_at = None
                     self._cond.wait()
                     continue
                 remaining = self._deadline - self._clock()
                 if remaining > 0:
+                    self._wakes_at = self._deadline
                     self._cond.wait(remaining)
                     continue
                 self._fired = True
@@ -253,7 +261,10 @@ class Transport:
             if self.watchdog.disarm():
                 raise DeadlineExceeded("request cut at its deadline") from exc
             raise
-        self.watchdog.disarm()
+        if self.watchdog.disarm():
+            # Cut after the status line came: http.client takes the EOF for the end of the head and
+            # of a body without a length, so a 200 may look complete when it was not.
+            raise DeadlineExceeded("request cut at its deadline")
         return response.status_code, response.headers, content
 
     def drop_connections(self, url: Optional[str] = None) -> None:
@@ -351,10 +362,25 @@ def _adapter_class(transport: Transport):
             transport.resolver.forget(host)
             raise NewConnectionError(self, f"Failed to establish a new connection: {error}") from error
 
-        def request(self, *args, **kwargs):
+        def request(self, method, url, body=None, headers=None, **kwargs):
             if self.sock is not None:  # a reused connection, or TLS just set up: watch this socket
                 transport.watchdog.attach(self.sock)
-            return super().request(*args, **kwargs)
+            # urllib3 sends the head and then the body, two sends (two segments for the peer to
+            # wake for); ours go out as one. ``send`` keeps the head until the body comes.
+            self._head = None
+            self._join_head = isinstance(body, bytes) and len(body) > 0
+            try:
+                return super().request(method, url, body=body, headers=headers, **kwargs)
+            finally:
+                self._join_head, self._head = False, None  # a head kept without its body is never sent
+
+        def send(self, data):
+            if getattr(self, "_join_head", False) and isinstance(data, bytes):
+                if self._head is None:
+                    self._head = data  # the request head (http.client's endheaders): the body follows
+                    return
+                data, self._head, self._join_head = self._head + data, None, False
+            super().send(data)
 
     http_connection = type("BoundedHTTPConnection", (_Bounded, HTTPConnection), {})
     https_connection = type("BoundedHTTPSConnection", (_Bounded, HTTPSConnection), {})
@@ -380,6 +406,27 @@ def _adapter_class(transport: Transport):
         def init_poolmanager(self, *args, **kwargs):
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = pools
+            self._pools = {}
+
+        def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+            # The pool for an URL is looked up once (proxy choice, key normalisation, the pool
+            # manager's lock), not on every call; a pool closed meanwhile is looked up again.
+            key = (request.url, verify if isinstance(verify, (bool, str)) else id(verify), cert,
+                   tuple(sorted(proxies.items())) if proxies else ())
+            cache = getattr(self, "_pools", None)
+            pool = cache.get(key) if cache is not None else None
+            if pool is None or pool.pool is None:
+                pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+                if cache is not None:
+                    if len(cache) > 64:
+                        cache.clear()
+                    cache[key] = pool
+            return pool
+
+        def close(self):
+            if getattr(self, "_pools", None) is not None:
+                self._pools.clear()
+            super().close()
 
         def proxy_manager_for(self, proxy, **proxy_kwargs):
             manager = super().proxy_manager_for(proxy, **proxy_kwargs)

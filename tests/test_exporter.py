@@ -480,6 +480,80 @@ class WholeRequestDeadlineTest(ExporterTestCase):
             self.assertLessEqual(threading.active_count(), before)
 
 
+class WireTest(ExporterTestCase):
+    """What one export costs on the wire and in lookups (the per-request cost of a hold's flush)."""
+
+    def test_head_and_body_go_out_in_one_send(self):
+        import http.client
+
+        real_send = http.client.HTTPConnection.send
+        sent = []
+
+        def spy(conn, data):
+            sent.append(bytes(data))
+            return real_send(conn, data)
+
+        exp = self.exporter()
+        with mock.patch.object(http.client.HTTPConnection, "send", spy):
+            for _ in range(2):  # a new connection, then the pooled one
+                self.assertEqual(self.export(exp).kind, SUCCESS)
+        self.assertEqual(len(sent), 2, "one send per request")
+        self.assertTrue(self.sink.wait_for_requests(2, timeout=5))
+        for data, received in zip(sent, self.sink.requests):
+            head, _, body = data.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"POST /v1/traces HTTP/1.1"))
+            self.assertIn(b"Content-Length: %d" % len(body), head)
+            self.assertEqual(gzip.decompress(body), trace_request().SerializeToString())
+            self.assertEqual(received.body_sha256, hashlib.sha256(body).hexdigest())  # exactly these bytes
+            self.assertEqual(received.decoded, trace_request())
+
+    def test_the_pool_is_looked_up_once_per_url_and_again_after_a_close(self):
+        import requests.adapters
+
+        real = requests.adapters.HTTPAdapter.get_connection_with_tls_context
+        lookups = []
+
+        def spy(adapter, request, *args, **kwargs):
+            lookups.append(request.url)
+            return real(adapter, request, *args, **kwargs)
+
+        exp = self.exporter()
+        with mock.patch.object(requests.adapters.HTTPAdapter, "get_connection_with_tls_context", spy):
+            for _ in range(3):
+                self.assertEqual(self.export(exp).kind, SUCCESS)
+            self.assertEqual(len(lookups), 1)
+            exp._transport.drop_connections()  # closes the pools
+            self.assertEqual(self.export(exp).kind, SUCCESS)
+            self.assertEqual(len(lookups), 2)
+        self.assertTrue(self.sink.wait_for_requests(4, timeout=5))
+        self.assertEqual(len({r.connection_id for r in self.sink.requests}), 2)
+
+    def test_a_sooner_deadline_is_cut_while_the_watchdog_sleeps_toward_a_later_one(self):
+        exp = self.exporter(timeout_s=5.0)
+        self.assertEqual(self.export(exp, within=60.0).kind, SUCCESS)  # the watchdog now sleeps toward +60 s
+        self.sink.set_reply(Reply(drip=0.05))  # ~7 s to answer, each byte within the read timeout
+        outcome = exp.export(TRACES, trace_items(), time.monotonic() + 0.5)
+        self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
+        self.assertIn("deadline", outcome.error)
+
+    def test_a_later_deadline_is_cut_after_the_watchdog_woke_for_an_earlier_one(self):
+        exp = self.exporter(timeout_s=5.0)
+        self.assertEqual(self.export(exp, within=0.2).kind, SUCCESS)  # the watchdog wakes at +0.2 s for nothing
+        self.sink.set_reply(Reply(drip=0.05))
+        outcome = exp.export(TRACES, trace_items(), time.monotonic() + 0.6)
+        self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
+        self.assertIn("deadline", outcome.error)
+
+    def test_an_answer_cut_after_its_status_line_is_not_a_success(self):
+        # "HTTP/1.0 200 OK\r\n" has come (17 bytes at 50 ms each) when the deadline cuts the rest:
+        # http.client takes the EOF for the end of the head and of the body.
+        self.sink.set_reply(Reply(drip=0.05))
+        exp = self.exporter(timeout_s=5.0)
+        outcome = exp.export(TRACES, trace_items(), time.monotonic() + 1.5)
+        self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
+        self.assertIn("deadline", outcome.error)
+
+
 class ResolverTest(unittest.TestCase):
     def test_answers_are_cached_for_a_while_failures_are_not(self):
         from lambda_otel.export_http import Resolver
