@@ -148,13 +148,15 @@ class Lifecycle:
         deadline = time.monotonic() + self.init_timeout_s
         for path in discover_extensions(self.extensions_dir):
             name = os.path.basename(path)
-            try:
-                proc = self._spawn(env, name, "extension", [path], os.path.dirname(path))
-            except OSError as exc:
-                with self._cv:
-                    self._fatal(env, "Extension.LaunchError", f"cannot launch extension {name}: {exc}")
-                break
+            # Spawned and recorded under the lock: a fast extension registers before the spawn
+            # returns, and the register handler (which takes the lock) must find it launched,
+            # or it would take it for an internal extension (no SHUTDOWN allowed).
             with self._cv:
+                try:
+                    proc = self._spawn(env, name, "extension", [path], os.path.dirname(path))
+                except OSError as exc:
+                    self._fatal(env, "Extension.LaunchError", f"cannot launch extension {name}: {exc}")
+                    break
                 env.launched[name] = proc
         with self._cv:  # Lambda starts the runtime only once every launched extension has registered
             self._wait_env(env, deadline, lambda: all(env.ext_by_name(n) for n in env.launched),
