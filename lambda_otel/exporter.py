@@ -176,11 +176,17 @@ class OtlpExporter:
         return not self._warm_up_pending
 
     def warm_up(self, dns_timeout_s: float = WARM_UP_DNS_S, on_ready: Optional[Callable[[], None]] = None) -> None:
-        """Import the HTTP stack, call ``on_ready``, then resolve the endpoints' hosts, so the first
-        export pays neither (call it off every critical path, e.g. on a start-up thread; bounded).
-        An import that fails still ends the wait: the first export reports the error, counted."""
+        """Import the HTTP stack and the request encodings, call ``on_ready``, then resolve the
+        endpoints' hosts, so the first export pays none of it (call it off every critical path, e.g.
+        on a start-up thread; bounded). An import that fails still ends the wait: the first export
+        reports the error, counted."""
         try:
             self._transport.warm_up()
+            for signal in otlp.SPECS:  # the collector's request modules, imported on first use
+                if self._config.endpoint(signal):
+                    request = otlp.spec(signal).request_class()
+                    if self._config.protocol(signal) is OtlpProtocol.HTTP_JSON:
+                        otlp.encode_message(request, otlp.JSON)  # and OTLP/JSON's codec
         finally:
             self._warm_up_pending = False
             if on_ready is not None:

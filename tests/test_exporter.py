@@ -1016,5 +1016,56 @@ class CertificateTest(unittest.TestCase):
         self.assertEqual(self.sink.requests, [])
 
 
+# In a fresh interpreter, as the extension's start-up thread: warm_up, then the first export of each
+# signal (traces over OTLP/JSON, the others over protobuf); prints what those exports still imported.
+FIRST_EXPORT_IMPORTS = r"""
+import json, sys, time
+from lambda_otel.config import load_config
+from lambda_otel.exporter import OtlpExporter
+from lambda_otel.local.sink import OtlpSink
+from lambda_otel.loss import LossCounter
+from lambda_otel.metrics import MetricsState
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+sink = OtlpSink().start()
+config = load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": sink.endpoint,
+                      "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json", "LAMBDA_OTEL_EXPORTER_COMPRESSION": "none"})
+exporter = OtlpExporter(config.exporter, LossCounter())
+exporter.expect_warm_up()
+exporter.warm_up()
+metrics = MetricsState(resource_pb2.Resource(), "delta", LossCounter())
+metrics.add("faas.invocations", 1)
+rs = trace_pb2.ResourceSpans()
+rs.scope_spans.add().spans.add(name="first", trace_id=b"t" * 16, span_id=b"s" * 8)
+rl = logs_pb2.ResourceLogs()
+rl.scope_logs.add().log_records.add()
+items = {"traces": rs, "logs": rl, "metrics": metrics.collect(time.time_ns())}
+before = set(sys.modules)
+kinds = [exporter.export(signal, [item], time.monotonic() + 10).kind.name for signal, item in items.items()]
+print(json.dumps({"kinds": kinds, "imported": sorted(set(sys.modules) - before)}))
+sink.stop()
+"""
+
+
+class WarmUpImportsTest(unittest.TestCase):
+    """No hold waits for an import (#12.5): after ``warm_up`` the first export of each signal
+    imports nothing (its collector request module, OTLP/JSON's codec: a few ms on a full core, ten
+    times that at 128 MB, in the first hold that exports)."""
+
+    def test_the_first_exports_after_warm_up_import_nothing(self):
+        import json
+
+        from tests.support import REPO
+
+        out = subprocess.run([sys.executable, "-c", FIRST_EXPORT_IMPORTS], cwd=str(REPO), capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        self.assertEqual(result["kinds"], ["SUCCESS"] * 3, out.stderr)
+        self.assertEqual(result["imported"], [])
+
+
 if __name__ == "__main__":
     unittest.main()
