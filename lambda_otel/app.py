@@ -283,12 +283,13 @@ class Prepared:
         extension.start_servers(self.telemetry_sock, self.receiver_sock)
 
 
-def warm_export_client(extension: Extension) -> None:
+def warm_export_client(extension: Extension, resolve: bool = True) -> None:
     """Import the exporter's HTTP stack (~50-100 ms of CPU) off every critical path, right after
-    the servers are up. No hold waits for it: a first invocation that ends before it is done keeps
-    its data for the next INVOKE (``flush.decide``: the client is not ready)."""
+    the servers are up, then resolve the endpoints (``resolve=False``: not). No hold waits for it: a
+    first invocation that ends before it is done keeps its data for the next INVOKE (``flush.decide``:
+    the client is not ready)."""
     try:
-        extension.pipeline.warm_export_client()
+        extension.pipeline.warm_export_client(resolve)
     except Exception as exc:  # a broken install: the first export reports it, counted
         _logger().warning("could not prepare the exporter's HTTP stack: %s: %s", type(exc).__name__, exc)
         return
@@ -470,7 +471,9 @@ def _run_snap_start(prepared: Prepared, at_snapshot: Optional[Callable[[Extensio
     client = prepared.client
     try:
         extension = prepared.build()
-        warm_export_client(extension)  # imports only: its connections are made after the restore
+        # Imports only: DNS answers and connections are made after the restore (which forgets
+        # any), and no lookup thread of ours may run across the snapshot.
+        warm_export_client(extension, resolve=False)
     except Exception as exc:
         return _fail_init(client, prepared.config.log_level, "Extension.StartupFailed",
                           f"lambda-otel start-up failed: {type(exc).__name__}: {exc}", exc_info=True)

@@ -175,9 +175,11 @@ class OtlpExporter:
         between ``expect_warm_up`` and the end of ``warm_up`` (without them, the first export imports)."""
         return not self._warm_up_pending
 
-    def warm_up(self, dns_timeout_s: float = WARM_UP_DNS_S, on_ready: Optional[Callable[[], None]] = None) -> None:
+    def warm_up(self, dns_timeout_s: float = WARM_UP_DNS_S, on_ready: Optional[Callable[[], None]] = None,
+                resolve: bool = True) -> None:
         """Import the HTTP stack and the request encodings, call ``on_ready``, then resolve the
-        endpoints' hosts, so the first export pays none of it (call it off every critical path, e.g.
+        endpoints' hosts (``resolve=False``: not, e.g. before a SnapStart snapshot, whose answers a
+        restore forgets), so the first export pays none of it (call it off every critical path, e.g.
         on a start-up thread; bounded). An import that fails still ends the wait: the first export
         reports the error, counted."""
         try:
@@ -191,7 +193,7 @@ class OtlpExporter:
             self._warm_up_pending = False
             if on_ready is not None:
                 on_ready()
-        for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None}:
+        for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None} if resolve else ():
             if not _never_resolves(url):
                 self._transport.resolve(url, dns_timeout_s)
 

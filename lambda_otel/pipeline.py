@@ -148,10 +148,10 @@ class Pipeline:
         import (~50-100 ms of CPU): what is pending is kept for the next chance instead."""
         self.exporter.expect_warm_up()
 
-    def warm_export_client(self) -> None:
+    def warm_export_client(self, resolve: bool = True) -> None:
         """Import the export client's HTTP stack, wake the worker (flushes kept for it may go now),
-        then resolve the endpoints (bounded)."""
-        self.exporter.warm_up(on_ready=self.worker.wake)
+        then resolve the endpoints (bounded; ``resolve=False``: not)."""
+        self.exporter.warm_up(on_ready=self.worker.wake, resolve=resolve)
 
     def start(self, telemetry_sock: socket.socket, receiver_sock: Optional[socket.socket],
               worker: bool = True) -> None:

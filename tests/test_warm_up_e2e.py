@@ -210,6 +210,72 @@ class ManagedInstancesTest(WarmUpCase):
         self.assertEqual(shutdown_summary(self.extension_output(sim))["dropped"], {})
 
 
+# Records every lookup of "localhost" (pid, host) in LAMBDA_OTEL_TEST_DNS_LOG; in the process that
+# takes the snapshot (the first one), a lookup also takes 3 s, as a slow resolver at init would.
+DNS_AUDIT = r'''
+import os
+import socket
+import time
+
+_log = os.environ.get("LAMBDA_OTEL_TEST_DNS_LOG")
+if _log:
+    _snapshot_pid = os.getpid()
+    _getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "localhost":
+            with open(_log, "a") as out:
+                out.write(f"{os.getpid()} {host}\n")
+            if os.getpid() == _snapshot_pid:
+                time.sleep(3.0)
+        return _getaddrinfo(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+'''
+
+
+class SnapStartTest(WarmUpCase):
+    """SnapStart builds everything and imports the export client before the snapshot, on the main
+    thread: no DNS lookup then (a restore forgets its answers, and a slow one would leave a lookup
+    thread across the snapshot); each restore resolves and exports on its own."""
+
+    def test_no_lookup_before_the_snapshot_and_each_restore_exports(self):
+        import shlex
+        import stat
+        import sys
+
+        from lambda_otel.local.simulator import Simulator
+        from tests.support import FUNCTIONS, REPO
+
+        sink = self.make_sink()
+        site = self.make_site_dir(DNS_AUDIT)
+        dns_log = site / "dns.log"
+        ext_dir = site / "extensions"
+        ext_dir.mkdir()
+        launcher = ext_dir / EXTENSION_NAME
+        path = shlex.quote(f"{site}:{REPO}")
+        launcher.write_text(f"#!/bin/sh\nexport PYTHONPATH={path}\n"
+                            f"exec {shlex.quote(sys.executable)} -m lambda_otel.local.restore_fork \"$0\"\n")
+        launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+        env = self.make_env(None, LAMBDA_OTEL_EXPORTER_ENDPOINT=f"http://localhost:{sink.port}",
+                            LAMBDA_OTEL_FLUSH_STRATEGY="end", LAMBDA_OTEL_TEST_DNS_LOG=str(dns_log))
+        sim = Simulator(extensions_dir=str(ext_dir), handler="e2e_handlers.handler", handler_dir=str(FUNCTIONS),
+                        env=env, timeout_s=3.0, mode="snapstart")
+        self.addCleanup(sim.stop)
+        init = sim.start(timeout=60)
+        self.assertTrue(init.ok, self.extension_output(sim))
+        results = [sim.invoke({"logs": LINES}, timeout=30) for _ in range(2)]
+        down = sim.shutdown("spindown", timeout=30)
+        output = self.extension_output(sim)
+        self.assertEqual([r.status for r in results], ["success"] * 2, output)
+        self.assertEqual(down.extensions[EXTENSION_NAME].exit_code, 0, output)
+        lookups = dns_log.read_text().split() if dns_log.exists() else []
+        restored = {str(r.extension_pids[EXTENSION_NAME]) for r in sim.restores}
+        self.assertTrue(lookups, "the restore resolves the endpoint itself")
+        self.assertEqual({pid for pid in lookups[::2]} - restored, set(), f"looked up before the snapshot\n{output}")
+        self.assertEqual(set(function_lines(sink)), expected_lines(results, LINES), output)
+
+
 class ChattyFirstInvocationTest(WarmUpCase):
     """A chatty first invocation while the export client is still being imported: nothing drains
     until it is ready; then full batches go at once (the start-up wakes the worker). What is lost
