@@ -332,11 +332,9 @@ class _LogTemplates:
         kv.key = "faas.invocation_id"
         kv.value.string_value = inv.request_id
 
-    def observed_at(self, now: int) -> "_LogTemplates":
-        """The templates with this batch's observed time (one batch, one ``now``)."""
-        if now != self.now:
-            self.now = self.bare.observed_time_unix_nano = self.full.observed_time_unix_nano = now
-        return self
+    def observed_at(self, now: int) -> None:
+        """A new batch: its observed time (one batch, one ``now``) on both templates."""
+        self.now = self.bare.observed_time_unix_nano = self.full.observed_time_unix_nano = now
 
 
 class _Phase:
@@ -368,7 +366,7 @@ class _Batch:
         self.rs: Optional[trace_pb2.ResourceSpans] = None
         self.ss = None
         self.rl: Optional[logs_pb2.ResourceLogs] = None
-        self.scopes: Dict[str, logs_pb2.ScopeLogs] = {}
+        self.scopes: Dict[str, tuple] = {}  # scope name -> (its ScopeLogs, that ScopeLogs' log_records.add)
         self.journal: list = []  # the ScopeLogs of every record added, in order (for rollback)
         self.n_spans = 0
         self.runtime_done: List[str] = []
@@ -389,16 +387,17 @@ class _Batch:
         return self.ss.spans.add()
 
     def log(self, scope: str) -> logs_pb2.LogRecord:
-        sl = self.scopes.get(scope)
-        if sl is None:
+        found = self.scopes.get(scope)
+        if found is None:
             if self.rl is None:
                 self.rl = logs_pb2.ResourceLogs()
                 self.rl.resource.CopyFrom(self.resource)
-            sl = self.scopes[scope] = self.rl.scope_logs.add()
+            sl = self.rl.scope_logs.add()
             sl.scope.name = scope
             sl.scope.version = lambda_otel.__version__
-        self.journal.append(sl)
-        return sl.log_records.add()
+            found = self.scopes[scope] = (sl, sl.log_records.add)
+        self.journal.append(found[0])
+        return found[1]()
 
     def mark(self):
         """Taken before every event (``process`` inlines it): cheap, since rollbacks are rare."""
@@ -499,9 +498,7 @@ class TelemetryConverter:
             "platform.logsDropped": self._on_logs_dropped,
             "platform.extension": None,  # known, nothing to convert
             "platform.telemetrySubscription": None,
-            "function": self._on_function_log,
-            "extension": self._on_extension_log,
-        }
+        }  # and the lines of _LOG_SCOPES
 
     @staticmethod
     def _function_name(resource: Resource) -> str:
@@ -608,12 +605,7 @@ class TelemetryConverter:
     # ------------------------------------------------------------------ dispatch
 
     def _dispatch(self, event: object, batch: _Batch) -> None:
-        if event.__class__ is dict:  # the well-formed case, with as few look-ups as possible
-            etype = event.get("type")
-            scope = _LOG_SCOPES.get(etype) if etype.__class__ is str else None
-            if scope is not None and "record" in event:  # most events are lines: straight to _log
-                self._log(event.get("time"), event["record"], scope, batch)
-                return
+        """Any event (``process`` takes the well-formed function lines to ``_log`` itself)."""
         if not isinstance(event, dict):
             self._ignore(MALFORMED_EVENT, batch)
             return
@@ -621,15 +613,16 @@ class TelemetryConverter:
         if not isinstance(etype, str) or "record" not in event:
             self._ignore(MALFORMED_EVENT, batch)
             return
+        scope = _LOG_SCOPES.get(etype)
+        if scope is not None:  # most lines carry their own time: _log parses the event's only if needed
+            self._log(event.get("time"), event["record"], scope, batch)
+            return
         try:
             handler = self._handlers[etype]
         except KeyError:
             self._ignore(UNKNOWN_TYPE, batch)
             return
         if handler is None:
-            return
-        if etype in _LOG_SCOPES:  # most lines carry their own time: parse the event's only if needed
-            handler(event.get("time"), event["record"], batch)
             return
         t = parse_time_ns(event.get("time"))
         if t is None:
@@ -1163,17 +1156,11 @@ class TelemetryConverter:
             attrs["aws.lambda.logs_dropped.reason"] = reason
         set_attributes(lr.attributes, attrs)
 
-    def _on_function_log(self, event_time: object, record: object, batch: _Batch) -> None:
-        self._log(event_time, record, SCOPE_FUNCTION, batch)
-
-    def _on_extension_log(self, event_time: object, record: object, batch: _Batch) -> None:
-        self._log(event_time, record, SCOPE_EXTENSION, batch)
-
     def _log(self, event_time: object, record: object, scope: str, batch: _Batch) -> None:
         if record.__class__ is str:
             text = _strip_newline(record)
             head = text[:1]
-            if scope is SCOPE_FUNCTION and head != "{" and head != "[" and "\t" not in text[:120]:
+            if scope is SCOPE_FUNCTION and head != "{" and head != "[" and text.find("\t", 0, 120) < 0:
                 self._plain_line(event_time, text, batch)  # print() output: most of a function's lines
                 return
             line = _parse_text(text, scope, self._service_name)
@@ -1219,12 +1206,15 @@ class TelemetryConverter:
             set_str(lr.body, text)
 
     def _log_templates(self, inv: _Invocation, batch: _Batch) -> _LogTemplates:
+        """The invocation's record templates, built at its first record, stamped with this batch's time."""
         templates = inv.log_templates
         if templates is None:
             if not inv.has_context:
                 self._ensure_context(inv, None, None, batch)
             templates = inv.log_templates = _LogTemplates(inv, batch.now)
-        return templates.observed_at(batch.now)
+        elif templates.now != batch.now:
+            templates.observed_at(batch.now)
+        return templates
 
     def _hold(self, inv: _Invocation, line: "_LogLine", batch: _Batch) -> None:
         if inv.held is None:
@@ -1418,7 +1408,7 @@ def _parse_text(text: str, scope: str, service_name: Optional[str]) -> _LogLine:
             line.severity_text, line.severity_number = level, SEVERITY[level]
     elif text.startswith("[ERROR] ") and scope == SCOPE_FUNCTION:
         _parse_uncaught_text(line, text)
-    elif "\t" in text[:120]:
+    elif text.find("\t", 0, 120) >= 0:
         _parse_tabbed(line, text)
     return line
 
