@@ -11,6 +11,11 @@ function-SDK view, so log lines take the deduplication path).
 ``git archive``) the same way, alternating one process of each for ``--repeat`` times: a
 before/after comparison on one loaded machine.
 
+``--floor`` adds a third variant to the rounds: ``_floor_process``, the least a Python converter
+of these batches can do with this protobuf (the same spans, log records and metric values for
+this one batch shape, with no validation, rollback, sampling, init phases or log deduplication):
+what is left between it and ``process`` is the price of those.
+
 Goal (issue 17): ≤ 4× ``json.loads``.
 """
 
@@ -34,8 +39,90 @@ GOAL_RATIO = 4.0
 REPO = Path(__file__).resolve().parent.parent
 
 
-def measure(rounds: int) -> dict:
-    """Medians of both timings (ms) in this process's checkout."""
+def _floor_converter(resource, metrics):
+    """A converter for bench_throughput's batches only, as lean as Python and protobuf allow (see
+    the module docstring); it trusts its input entirely and is no model for real code."""
+    from opentelemetry.proto.logs.v1 import logs_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    from lambda_otel.convert import SEVERITY, parse_time_ns
+    from lambda_otel.xray import parse_xray_header
+
+    levels = {f"[{name}]": (name, number) for name, number in SEVERITY.items()}
+    ids = random.Random(1)
+
+    def process(events: list, now: int):
+        rl = logs_pb2.ResourceLogs()
+        rl.resource.CopyFrom(resource)
+        add_log = rl.scope_logs.add().log_records.add
+        rs = trace_pb2.ResourceSpans()
+        rs.resource.CopyFrom(resource)
+        add_span = rs.scope_spans.add().spans.add
+        running, current = {}, None
+        for event in events:
+            kind, record = event["type"], event["record"]
+            if kind == "function":
+                if record[:1] == "[":  # [LEVEL]\ttime\trequest id\tmessage: held until runtimeDone
+                    head, when, rid, message = record[:-1].split("\t", 3)
+                    running[rid]["held"].append((parse_time_ns(when), levels[head], message))
+                else:
+                    lr = add_log()
+                    lr.CopyFrom(current["log"])
+                    lr.time_unix_nano = parse_time_ns(event["time"])
+                    lr.body.string_value = record[:-1]
+            elif kind == "platform.start":
+                rid = record["requestId"]
+                ctx = parse_xray_header(record["tracing"]["value"])
+                log = logs_pb2.LogRecord(trace_id=ctx.trace_id, span_id=ctx.parent_id, flags=1, observed_time_unix_nano=now)
+                kv = log.attributes.add()
+                kv.key, kv.value.string_value = "faas.invocation_id", rid
+                child = trace_pb2.Span(trace_id=ctx.trace_id, parent_span_id=ctx.parent_id, flags=0x101, kind=1)
+                child.attributes.add().CopyFrom(kv)
+                current = running[rid] = {"rid": rid, "ctx": ctx, "start": parse_time_ns(event["time"]), "log": log,
+                                          "child": child, "held": []}
+            elif kind == "platform.runtimeDone":
+                inv = running[record["requestId"]]
+                span = add_span(trace_id=inv["ctx"].trace_id, span_id=inv["ctx"].parent_id, flags=0x101,
+                                name="bench-function", kind=2, start_time_unix_nano=inv["start"],
+                                end_time_unix_nano=parse_time_ns(event["time"]))
+                kv = span.attributes.add()
+                kv.key, kv.value.string_value = "faas.invocation_id", inv["rid"]
+                kv = span.attributes.add()
+                kv.key, kv.value.bool_value = "faas.coldstart", False
+                for item in record["spans"]:
+                    start = parse_time_ns(item["start"])
+                    span = add_span()
+                    span.CopyFrom(inv["child"])
+                    span.span_id = ids.getrandbits(64).to_bytes(8, "big")
+                    span.name, span.start_time_unix_nano = item["name"], start
+                    span.end_time_unix_nano = start + round(item["durationMs"] * 1e6)
+                for when, (level, number), message in inv["held"]:
+                    lr = add_log()
+                    lr.CopyFrom(inv["log"])
+                    lr.time_unix_nano, lr.severity_text, lr.severity_number = when, level, number
+                    lr.body.string_value = message
+                inv["runtime_ms"] = record["metrics"]["durationMs"]
+            elif kind == "platform.report":
+                inv, m = running.pop(record["requestId"]), record["metrics"]
+                metrics.add("faas.invocations", 1)
+                metrics.record("faas.invoke_duration", m["durationMs"] / 1000.0)
+                metrics.record("aws.lambda.billed_duration", m["billedDurationMs"] / 1000.0)
+                metrics.record("faas.mem_usage", m["maxMemoryUsedMB"] * 1024 * 1024)
+                overhead = m["durationMs"] - inv["runtime_ms"]
+                metrics.record("aws.lambda.extension_overhead", overhead / 1000.0)
+                start = inv["start"] + round(inv["runtime_ms"] * 1e6)
+                span = add_span()
+                span.CopyFrom(inv["child"])
+                span.span_id = ids.getrandbits(64).to_bytes(8, "big")
+                span.name, span.start_time_unix_nano = "extensionOverhead", start
+                span.end_time_unix_nano = start + round(overhead * 1e6)
+        return rs, rl
+
+    return process
+
+
+def measure(rounds: int, floor: bool = False) -> dict:
+    """Medians of the timings (ms) in this process's checkout."""
     from bench.bench_throughput import make_batch
     from bench.common import interleaved
     from lambda_otel.convert import TelemetryConverter
@@ -70,9 +157,25 @@ def measure(rounds: int) -> dict:
         json.loads(body)
         return (time.thread_time() - started) * 1000.0
 
-    stats = interleaved({"convert": convert, "json": base}, rounds)
-    return {"convert": stats["convert"].median, "json": stats["json"].median,
-            "ratio": stats["convert"].median / stats["json"].median}
+    variants = {"convert": convert, "json": base}
+    if floor:
+        floor_process = _floor_converter(resource, MetricsState(resource, "cumulative", loss))
+        floor_decoded = iter([json.loads(b) for b in bodies[1:]])
+
+        def lean() -> float:
+            events = next(floor_decoded)
+            started = time.thread_time()
+            floor_process(events, now)
+            return (time.thread_time() - started) * 1000.0
+
+        variants["floor"] = lean
+    stats = interleaved(variants, rounds)
+    out = {"convert": stats["convert"].median, "json": stats["json"].median,
+           "ratio": stats["convert"].median / stats["json"].median}
+    if floor:
+        out["floor"] = stats["floor"].median
+        out["floor_ratio"] = stats["floor"].median / stats["json"].median
+    return out
 
 
 def run(ws=None, quick: bool = False):
@@ -102,10 +205,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--against", help="another checkout to compare with, alternating processes")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--floor", action="store_true", help="also time the leanest converter of these batches")
     args = parser.parse_args(argv)
     if not args.against:
-        r = measure(args.rounds)
+        r = measure(args.rounds, floor=args.floor)
         print(f"convert {r['convert']:.2f} ms, json.loads {r['json']:.2f} ms: {r['ratio']:.2f}x (goal <= {GOAL_RATIO:g}x)")
+        if args.floor:
+            print(f"floor {r['floor']:.2f} ms: {r['floor_ratio']:.2f}x json.loads")
         return 0
     other = Path(args.against).resolve()
     ratios = {"this": [], "other": []}

@@ -1238,9 +1238,10 @@ class TelemetryConverter:
         self._held_count -= len(held)
         self._held_bytes -= inv.held_bytes
         taken = self._sdk_view.take_logs([line.dedup for line in held])
-        if True not in taken:
+        if True not in taken:  # the common case: no SDK copy, every line goes out
+            templates = self._log_templates(inv, batch)
             for line in held:
-                self._emit_log(line, inv, batch)
+                self._emit_log(line, inv, batch, templates)
             return
         deduplicated = 0
         for line, dropped in zip(held, taken):
@@ -1254,11 +1255,14 @@ class TelemetryConverter:
         batch.deduplicated += n
         self._metrics.add("lambda_otel.logs.deduplicated", n)
 
-    def _emit_log(self, line: "_LogLine", inv: Optional[_Invocation], batch: _Batch) -> None:
+    def _emit_log(self, line: "_LogLine", inv: Optional[_Invocation], batch: _Batch,
+                  templates: Optional[_LogTemplates] = None) -> None:
+        """One line as a LogRecord; ``templates``: the invocation's, when the caller has them at hand."""
         lr = batch.log(line.scope)
         rid = line.rid
         if inv is not None:
-            templates = self._log_templates(inv, batch)
+            if templates is None:
+                templates = self._log_templates(inv, batch)
             if line.extra or line.attrs:  # its own attributes first, faas.invocation_id last
                 lr.CopyFrom(templates.bare)
                 rid = inv.request_id

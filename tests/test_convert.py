@@ -1301,3 +1301,40 @@ class RecordTemplates(JoinBase):
         (rec,) = [r for _, r in parse_logs(out)]
         self.assertEqual([kv.key for kv in rec.attributes], ["order_id", "exception.type", "faas.invocation_id"])
         self.assertEqual((rec.trace_id, rec.span_id), (TRACE, XRAY_PARENT))
+
+
+class BenchFloor(unittest.TestCase):
+    """bench_convert's floor (the leanest converter of its batches) is only a fair floor if it
+    builds what the converter builds: the same spans (child span ids aside: random) and log records."""
+
+    def test_the_floor_builds_the_converters_output(self):
+        import random
+
+        from bench.bench_convert import _floor_converter
+        from bench.bench_throughput import make_batch
+        from lambda_otel.resource import to_proto
+
+        resource = to_proto({"service.name": "bench-function", "faas.name": "bench-function"})
+        loss = L.LossCounter()
+        conv = TelemetryConverter(resource, MetricsState(resource, "cumulative", loss), loss,
+                                  clock_ns=lambda: NOW, sdk_view=FunctionSdkView())
+        floor = _floor_converter(resource, MetricsState(resource, "cumulative", loss))
+        rng = random.Random(8)
+        conv.process(json.loads(make_batch(rng, T0)))  # the cold start: the floor knows none
+        events = json.loads(make_batch(rng, T0 + 10**9))
+        out = conv.process(copy.deepcopy(events))
+        floor_spans, floor_logs = floor(events, NOW)
+
+        def spans(rs):
+            found = [s for ss in rs.scope_spans for s in ss.spans]
+            for s in found:
+                if s.parent_span_id:
+                    s.span_id = b""
+            return sorted(found, key=lambda s: (s.trace_id, s.name))
+
+        def logs(rl):
+            return sorted((r for sl in rl.scope_logs for r in sl.log_records), key=lambda r: r.time_unix_nano)
+
+        self.assertEqual(len(spans(out.resource_spans)), 307)
+        self.assertEqual(spans(out.resource_spans), spans(floor_spans))
+        self.assertEqual(logs(out.resource_logs), logs(floor_logs))
