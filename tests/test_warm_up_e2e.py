@@ -30,8 +30,9 @@ LINES = 5
 # seconds the injected import costs (generous: a shared, noisy machine).
 HOLD_BOUND_MS = 1000.0
 
-# Makes ``import requests`` (in the extension process only) cost A5_IMPORT_CPU_S of this thread's CPU,
-# holding the module's import lock as a real import does, or fail (LAMBDA_OTEL_TEST_IMPORT=fail).
+# Makes ``import requests`` (in the extension process only) cost LAMBDA_OTEL_TEST_IMPORT_CPU_S of this
+# thread's CPU (LAMBDA_OTEL_TEST_IMPORT=slow), take that long without CPU (hang), or fail (fail). As a
+# real import: while the module runs, holding only that module's lock (other threads' imports go on).
 SLOW_IMPORT = r'''
 import os
 import sys
@@ -40,16 +41,34 @@ import time
 _mode = os.environ.get("LAMBDA_OTEL_TEST_IMPORT")
 if _mode:
     import importlib.abc
+    import importlib.machinery
+
+    class _SlowLoader(importlib.abc.Loader):
+        def __init__(self, loader):
+            self._loader = loader
+
+        def create_module(self, spec):
+            return self._loader.create_module(spec)
+
+        def exec_module(self, module):
+            if _mode == "fail":
+                raise ImportError("injected: requests cannot be imported")
+            seconds = float(os.environ["LAMBDA_OTEL_TEST_IMPORT_CPU_S"])
+            if _mode == "hang":  # an import that never ends while the test runs (bounded)
+                time.sleep(seconds)
+            end = time.thread_time() + seconds
+            while _mode == "slow" and time.thread_time() < end:  # CPU, only while thawed, like a real import
+                pass
+            self._loader.exec_module(module)
 
     class _SlowRequests(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name == "requests":
-                if _mode == "fail":
-                    raise ImportError("injected: requests cannot be imported")
-                end = time.thread_time() + float(os.environ["LAMBDA_OTEL_TEST_IMPORT_CPU_S"])
-                while time.thread_time() < end:  # CPU, only while thawed, like a real import
-                    pass
-            return None
+            if name != "requests":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is not None:
+                spec.loader = _SlowLoader(spec.loader)
+            return spec
 
     sys.meta_path.insert(0, _SlowRequests())
 '''
@@ -323,6 +342,39 @@ class ChattyFirstInvocationTest(WarmUpCase):
         self.assertGreater(len(got), 0, "nothing exported once the client was ready")
         problems = freeze_violations(sim, sink)
         self.assertEqual(problems, [], "\n".join(problems[:20]))
+
+class SdkFunctionWhileNotReadyTest(WarmUpCase):
+    """A real SDK function (BatchSpanProcessor, 128 MB) exporting bursts of spans to the receiver
+    while start-up never finishes importing the export client: the receiver's answers do not depend
+    on it, so no SDK export call waits (no 503 to retry), and every span is counted at SHUTDOWN."""
+
+    def test_the_sdk_never_waits_and_every_span_is_counted(self):
+        from tests.test_function_sdk_e2e import BURST_SPANS, SdkFunctionCase, sink_records
+
+        sink = self.make_sink()
+        capture = SdkFunctionCase.capture_dir(self)
+        env = SdkFunctionCase.sdk_env(self, sink, capture, LAMBDA_OTEL_TEST_IMPORT="hang",
+                                      LAMBDA_OTEL_TEST_IMPORT_CPU_S="600", LAMBDA_OTEL_FLUSH_STRATEGY="end")
+        sim = self.make_sim_with(env, self.make_site_dir(SLOW_IMPORT), handler="sdk_handlers.handler",
+                                 memory_mb=128, timeout_s=30)
+        sim.start(timeout=60)
+        results = [sim.invoke({"spans": BURST_SPANS, "logs": 0, "tag": f"t{i}"}, timeout=60) for i in range(2)]
+        sim.shutdown("spindown", timeout=30)
+        output = self.extension_output(sim)
+        self.assert_clean_exits(sim)
+        self.assertNotIn(STARTED_LINE, output)
+        export_ms = []
+        for res in results:
+            self.assertEqual(res.status, "success", f"{res.error_type}: {res.error_body}\n{output[-3000:]}")
+            self.assertLess(res.extension_overhead_ms, HOLD_BOUND_MS, output)
+            export_ms.extend(res.json()["export_ms"])
+        self.assertLess(max(export_ms), 1000.0, sorted(export_ms)[-5:])
+        sent = sum(SdkFunctionCase.captured(self, capture, "traces").values())
+        self.assertGreaterEqual(sent, 2 * BURST_SPANS, "the receiver answered 200 to every SDK request")
+        self.assertEqual(sum(sink_records(sink, "traces", "sdk-e2e-function").values()), 0)
+        summary = shutdown_summary(output)
+        self.assertGreaterEqual(sum(summary["dropped"].values()), sent, summary)
+
 
 if __name__ == "__main__":
     unittest.main()
