@@ -261,9 +261,11 @@ class Transport:
             if self.watchdog.disarm():
                 raise DeadlineExceeded("request cut at its deadline") from exc
             raise
-        if self.watchdog.disarm():
+        if self.watchdog.disarm() and not _framed(response):
             # Cut after the status line came: http.client takes the EOF for the end of the head and
-            # of a body without a length, so a 200 may look complete when it was not.
+            # of a body without a length, so a 200 may look complete when it was not. A framed answer
+            # (Content-Length or chunked) read without error is whole, even if the watchdog fired
+            # just after it: calling it a timeout would send delivered data twice.
             raise DeadlineExceeded("request cut at its deadline")
         return response.status_code, response.headers, content
 
@@ -434,6 +436,13 @@ def _adapter_class(transport: Transport):
             return manager
 
     return BoundedAdapter
+
+
+def _framed(response: "requests.Response") -> bool:
+    """Whether the answer says where it ends (Content-Length or chunked): then urllib3 raises on a
+    cut body, and one read without error is the whole answer."""
+    raw = response.raw
+    return bool(getattr(raw, "chunked", False)) or getattr(raw, "length_remaining", None) is not None
 
 
 def _read_limited(response: "requests.Response") -> bytes:

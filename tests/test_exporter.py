@@ -544,6 +544,24 @@ class WireTest(ExporterTestCase):
         self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
         self.assertIn("deadline", outcome.error)
 
+    def test_a_whole_answer_is_a_success_even_if_the_deadline_passed_right_after_it(self):
+        # Under load the watchdog may fire between the last byte read and its disarm: an answer
+        # that says where it ends (Content-Length) and was read whole is delivered data; calling it
+        # a timeout sent it again (duplicates in tests.test_flush_e2e.ChattyFunctionTest).
+        from lambda_otel import export_http
+
+        exp = self.exporter(timeout_s=5.0)
+        real = export_http.Watchdog.disarm
+
+        def fired_late(watchdog):
+            real(watchdog)
+            return True
+
+        with mock.patch.object(export_http.Watchdog, "disarm", fired_late):
+            outcome = self.export(exp)
+        self.assertEqual(outcome.kind, SUCCESS, outcome)
+        self.assertEqual(len(self.sink.requests), 1)
+
     def test_an_answer_cut_after_its_status_line_is_not_a_success(self):
         # "HTTP/1.0 200 OK\r\n" has come (17 bytes at 50 ms each) when the deadline cuts the rest:
         # http.client takes the EOF for the end of the head and of the body.
