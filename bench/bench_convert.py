@@ -16,6 +16,9 @@ of these batches can do with this protobuf (the same spans, log records and metr
 this one batch shape, with no validation, rollback, sampling, init phases or log deduplication):
 what is left between it and ``process`` is the price of those.
 
+``--running N`` times something else: ``print`` lines (no request id) into N invocations running at
+once (Managed Instances), where which invocation a line belongs to must be looked up.
+
 Goal (issue 17): ≤ 4× ``json.loads``.
 """
 
@@ -190,6 +193,35 @@ def run(ws=None, quick: bool = False):
     return [row]
 
 
+def measure_running(running: int, rounds: int) -> float:
+    """µs per ``print`` line (median of ``rounds`` batches of 770) with ``running`` invocations in flight."""
+    from bench.bench_throughput import _iso
+    from lambda_otel.convert import TelemetryConverter
+    from lambda_otel.loss import LossCounter
+    from lambda_otel.metrics import MetricsState
+    from lambda_otel.resource import to_proto
+
+    resource = to_proto({"service.name": "bench-function", "faas.name": "bench-function"})
+    loss = LossCounter()
+    converter = TelemetryConverter(resource, MetricsState(resource, "cumulative", loss), loss)
+    now = time.time_ns()
+    converter.process([{"time": _iso(now + i * 1000), "type": "platform.start", "record": {
+        "requestId": f"00000000-0000-4000-8000-{i:012d}",
+        "tracing": {"value": f"Root=1-5759e988-{i:024x};Parent={i + 1:016x};Sampled=1"}}} for i in range(running)])
+    samples = []
+    for r in range(rounds):
+        start = now + 10**7 + r * 10**8
+        lines = [{"time": _iso(start + i * 50_000), "type": "function", "record": f"line {i:06d} {PAD}\n"}
+                 for i in range(770)]
+        started = time.thread_time()
+        converter.process(lines)
+        samples.append((time.thread_time() - started) / len(lines) * 1e6)
+    return statistics.median(samples)
+
+
+PAD = "x" * 150
+
+
 def _child(checkout: Path, rounds: int) -> dict:
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from bench.bench_convert import measure; "
             "print(json.dumps(measure(int(sys.argv[2]))))")
@@ -206,7 +238,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--against", help="another checkout to compare with, alternating processes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--floor", action="store_true", help="also time the leanest converter of these batches")
+    parser.add_argument("--running", type=int, nargs="+", metavar="N",
+                        help="instead: print lines into N invocations running at once (several N: one run each)")
     args = parser.parse_args(argv)
+    if args.running:
+        for n in args.running:
+            print(f"{n} running: {measure_running(n, args.rounds):.2f} us per print line")
+        return 0
     if not args.against:
         r = measure(args.rounds, floor=args.floor)
         print(f"convert {r['convert']:.2f} ms, json.loads {r['json']:.2f} ms: {r['ratio']:.2f}x (goal <= {GOAL_RATIO:g}x)")

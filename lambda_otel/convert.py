@@ -109,6 +109,7 @@ _MAX_CHILD_SPANS = 16
 _MAX_PHASES = 8
 _MAX_JSON_LINE = 256 * 1024
 _MAX_ATTRS = 64
+_ACTIVE_MEMO_MAX = 1024
 
 _TIME_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(?:[Zz]|([+-])(\d{2}):?(\d{2}))", re.ASCII
@@ -478,6 +479,7 @@ class TelemetryConverter:
         self._held_count = 0
         self._held_bytes = 0  # their message text (a line's own size is capped by the JSON/line limits)
         self._to_release: List[_Invocation] = []  # evicted while holding lines: released by the next batch
+        self._active_memo: Dict[int, Optional[_Invocation]] = {}  # time -> _active_at's answer (see there)
         self._span_name = self._function_name(resource)
         attrs = _string_attributes(resource)
         self._function_arn = _function_arn(attrs)
@@ -558,6 +560,8 @@ class TelemetryConverter:
                         self._to_release.append(other)
             except Exception:
                 self._ignore(CONVERSION_ERROR, None)
+            finally:
+                self._timeline_changed()
 
     def renew_after_restore(self) -> None:
         """SnapStart restore: this copy of the snapshot gets its own ids and no per-invocation state."""
@@ -573,6 +577,7 @@ class TelemetryConverter:
             self._holding.clear()
             self._to_release.clear()
             self._held_count = self._held_bytes = 0
+            self._timeline_changed()
             if self._sdk_view is not None:
                 self._sdk_view.renew_after_restore()
 
@@ -600,6 +605,7 @@ class TelemetryConverter:
                 self._emit_phases(batch, force=True, shutdown=True)
             except Exception:
                 self._ignore(CONVERSION_ERROR, batch)
+            self._timeline_changed()
             return batch.result()
 
     # ------------------------------------------------------------------ dispatch
@@ -628,7 +634,10 @@ class TelemetryConverter:
         if t is None:
             self._ignore(BAD_TIME, batch)
             t = batch.now
-        handler(t, event["record"], batch)
+        try:
+            handler(t, event["record"], batch)
+        finally:
+            self._timeline_changed()
 
     def _ignore(self, reason: str, batch: Optional[_Batch]) -> None:
         self._metrics.add("lambda_otel.telemetry.ignored", 1, {"reason": reason})
@@ -1309,7 +1318,26 @@ class TelemetryConverter:
         """The invocation running at time t, else the most recent one started before t.
 
         When several invocations run at t (Managed Instances), a line that names no request id
-        cannot be told apart: None, rather than the wrong invocation's trace."""
+        cannot be told apart: None, rather than the wrong invocation's trace.
+
+        The common case (one invocation, running at t) is answered at once; any other is looked
+        up in the invocation tables, a scan of up to ~200 entries (~12 µs), and remembered per
+        time until the timeline changes (``_timeline_changed``): lines printed between
+        invocations or while many run share their milliseconds."""
+        if len(self._open) <= 1:
+            cur = self._current
+            if (cur is not None and cur.start_ns is not None and cur.start_ns <= t
+                    and (cur.end_ns is None or t <= cur.end_ns or not self._open)):
+                return cur
+        memo = self._active_memo
+        if t in memo:
+            return memo[t]
+        if len(memo) >= _ACTIVE_MEMO_MAX:
+            memo.clear()
+        found = memo[t] = self._find_active(t)
+        return found
+
+    def _find_active(self, t: int) -> Optional[_Invocation]:
         if len(self._open) > 1:
             running = [inv for inv in self._open.values()
                        if inv.start_ns is not None and inv.start_ns <= t and (inv.end_ns is None or t <= inv.end_ns)]
@@ -1331,6 +1359,12 @@ class TelemetryConverter:
                 if best is None or inv.start_ns > best.start_ns:
                     best = inv
         return best
+
+    def _timeline_changed(self) -> None:
+        """Invocations opened, started, ended, forgotten or renewed: ``_active_at`` forgets its answers.
+        Everything but a log line may do that (a line only reads the timeline)."""
+        if self._active_memo:
+            self._active_memo.clear()
 
 
 # ---------------------------------------------------------------------- function and extension lines

@@ -1338,3 +1338,91 @@ class BenchFloor(unittest.TestCase):
         self.assertEqual(len(spans(out.resource_spans)), 307)
         self.assertEqual(spans(out.resource_spans), spans(floor_spans))
         self.assertEqual(logs(out.resource_logs), logs(floor_logs))
+
+
+class ActiveInvocationMemo(JoinBase):
+    """``_active_at`` remembers the answers it had to look up (lines between invocations, several
+    running) until the timeline changes: each case asks the same time again after a change."""
+
+    B = "00000000-0000-4000-8000-00000000000b"
+    HEADER_B = "Root=1-6352a70e-00000000000000000000000b;Parent=000000000000000b;Sampled=1"
+    SPAN_B = bytes.fromhex("000000000000000b")
+
+    def line_at(self, ns, text="between\n"):
+        (rec,) = [r for _, r in parse_logs(self.conv.process([ev("function", ns, text)]))]
+        return rec.span_id, attrs(rec).get("faas.invocation_id")
+
+    def test_a_new_invocation_changes_the_answer_for_the_same_time(self):
+        self.conv.process(invocation(RID, T0, tracing=TRACING))  # ends at T0 + 100 ms
+        self.conv.on_invoke(self.B)  # opened, not started: the scan, and its memo
+        later = T0 + 500 * MS
+        self.assertEqual(self.line_at(later), (XRAY_PARENT, RID))  # the most recent one started before
+        self.assertEqual(self.line_at(later), (XRAY_PARENT, RID))  # remembered
+        self.conv.process([ev("platform.start", T0 + 400 * MS, {"requestId": self.B, "tracing": {"value": self.HEADER_B}})])
+        self.assertEqual(self.line_at(later), (self.SPAN_B, self.B))
+
+    def test_in_one_batch_a_start_between_two_lines_counts(self):
+        self.conv.process(invocation(RID, T0, tracing=TRACING))
+        self.conv.on_invoke(self.B)
+        later = T0 + 500 * MS
+        out = self.conv.process([ev("function", later, "first\n"),
+                                 ev("platform.start", T0 + 400 * MS, {"requestId": self.B,
+                                                                      "tracing": {"value": self.HEADER_B}}),
+                                 ev("function", later, "second\n")])
+        logs = {r.body.string_value: attrs(r).get("faas.invocation_id") for _, r in parse_logs(out)}
+        self.assertEqual(logs, {"first": RID, "second": self.B})
+
+    def test_a_restore_forgets_the_answers(self):
+        self.conv.process(invocation(RID, T0, tracing=TRACING))
+        self.conv.on_invoke(self.B)
+        later = T0 + 500 * MS
+        self.assertEqual(self.line_at(later)[1], RID)
+        self.conv.renew_after_restore()
+        self.assertEqual(self.line_at(later), (b"", None))  # this copy has seen no invocation
+
+    def test_overlapping_invocations_ambiguous_then_one(self):
+        start_b = ev("platform.start", T0 + 701 * MS, {"requestId": self.B, "tracing": {"value": self.HEADER_B}})
+        self.conv.process([START, start_b])
+        t = T0 + 750 * MS
+        self.assertEqual(self.line_at(t), (b"", None))  # both run: nobody's
+        self.assertEqual(self.line_at(t), (b"", None))  # remembered
+        self.conv.process([ev("platform.runtimeDone", T0 + 720 * MS, {"requestId": RID, "status": "success"})])
+        self.assertEqual(self.line_at(t), (self.SPAN_B, self.B))  # only B runs at t now
+
+    def test_shutdown_forgets_the_answers(self):
+        start_b = ev("platform.start", T0 + 701 * MS, {"requestId": self.B, "tracing": {"value": self.HEADER_B}})
+        self.conv.process([START, start_b])
+        t = T0 + 750 * MS
+        self.assertEqual(self.line_at(t), (b"", None))
+        self.conv.on_shutdown("timeout", now_ns=T0 + 800 * MS)  # both end at T0 + 800 ms
+        self.assertEqual(self.line_at(T0 + 900 * MS)[1], self.B)  # after both: the most recent started
+        self.assertLessEqual(len(self.conv._active_memo), 1)
+
+    def test_three_overlapping_one_ends_the_answer_follows(self):
+        """Still two open after one ended: the answer is looked up again, not remembered from before."""
+        c = "00000000-0000-4000-8000-00000000000c"
+        start_b = ev("platform.start", T0 + 701 * MS, {"requestId": self.B, "tracing": {"value": self.HEADER_B}})
+        start_c = ev("platform.start", T0 + 790 * MS, {"requestId": c})
+        self.conv.process([START, start_b, start_c])
+        t = T0 + 750 * MS  # A and B run; C starts later
+        self.assertEqual(self.line_at(t), (b"", None))
+        self.conv.process([ev("platform.runtimeDone", T0 + 720 * MS, {"requestId": RID, "status": "success"})])
+        self.assertEqual(self.line_at(t), (self.SPAN_B, self.B))
+
+
+class ConvertDiffTool(unittest.TestCase):
+    """bench.convert_diff (the converter's output against another checkout's) runs, and finds a
+    checkout equal to itself."""
+
+    def test_this_checkout_against_itself(self):
+        import contextlib
+        import io
+        from pathlib import Path
+
+        from bench import convert_diff
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = convert_diff.main(["--against", str(Path(convert_diff.__file__).resolve().parent.parent)])
+        self.assertEqual(code, 0, out.getvalue())
+        self.assertIn("same output: 16 scenarios", out.getvalue())
