@@ -153,13 +153,14 @@ class ExportsResumeOnceReadyTest(WarmUpCase):
 
         sink = self.make_sink()
         site = self.make_site_dir(SLOW_IMPORT)
-        # 0.3 s of CPU: several short invocations end before it is done (it runs only while thawed).
-        env = self.make_env(sink, LAMBDA_OTEL_TEST_IMPORT="slow", LAMBDA_OTEL_TEST_IMPORT_CPU_S="0.3",
+        # 0.1 s more CPU: several short invocations end before it is done (it runs only while thawed:
+        # without a hold, in periodic and continuous, start-up takes a dozen or more invocations).
+        env = self.make_env(sink, LAMBDA_OTEL_TEST_IMPORT="slow", LAMBDA_OTEL_TEST_IMPORT_CPU_S="0.1",
                             LAMBDA_OTEL_FLUSH_STRATEGY=strategy, LAMBDA_OTEL_FLUSH_INTERVAL_MS="200")
         sim = self.make_sim_with(env, site)
         sim.start(timeout=30)
         before = []
-        for _ in range(60):
+        for _ in range(300):
             before.append(sim.invoke({"logs": LINES}, timeout=30))
             if STARTED_LINE in self.extension_output(sim):
                 break
@@ -317,29 +318,30 @@ class ChattyFirstInvocationTest(WarmUpCase):
         return sim, sink, results, output
 
     def test_end_lost_is_exactly_what_is_counted_and_nothing_is_open_at_a_freeze(self):
-        from tests.test_flush_e2e import chatty_lines, dropped, final_flush_line, freeze_violations
+        from tests.test_flush_e2e import chatty_lines, final_flush_line, freeze_violations
 
         lines = 50_000  # ~4 budgets at 128 MB: the queue overflows while the client is not ready
         sim, sink, results, output = self.run_chatty(1.0, lines, "end")
         summary = final_flush_line(sim)
+        counted = shutdown_summary(output)["dropped"]
         got = chatty_lines(sink)
         expected = {(r.request_id, i) for r, n in zip(results, (lines, 10)) for i in range(n)}
         self.assertLessEqual(set(got), expected)
-        # As ChattyFunctionTest counts it: Lambda's own drops (platform.logsDropped, counted as it
-        # says) and ours (queue_full: every record that reached us is delivered or counted).
+        # As ChattyFunctionTest counts it, but from the shutdown line (the import may not be done
+        # before SHUTDOWN, so no metric may reach the backend): Lambda's own drops
+        # (platform.logsDropped, counted as it says) and ours (every record that reached us is
+        # delivered or counted; the count also holds the few platform spans and metrics lost).
         delivered = [e for b in sim.batches if b.subscriber == EXTENSION_NAME and b.ok for e in b.events]
         lines_in = sum(1 for e in delivered if e["type"] == "function")
         notices = [e["record"] for e in delivered if e["type"] == "platform.logsDropped"]
         notices_out = sum(1 for lr in sink.log_records() if str(any_value(lr.body)).startswith("Lambda dropped "))
-        by_lambda = dropped(sink, signal="logs", reason="platform_logs_dropped")
-        by_us = dropped(sink, signal="logs") - by_lambda
+        by_lambda = counted.pop("platform_logs_dropped", 0)
+        by_us = sum(counted.values())
         self.assertEqual(by_lambda, sum(r["droppedRecords"] for r in notices), summary)
         lost_by_us = (lines_in + len(notices)) - (len(got) + notices_out)
         self.assertGreater(lost_by_us, 0, "the scenario did not overflow the queue")
         self.assertLessEqual(lost_by_us, by_us, summary)
-        self.assertLessEqual(by_us - lost_by_us, 2 * 1000, f"over-counted beyond two cut batches; {summary}")
-        self.assertIn(STARTED_LINE, output)
-        self.assertGreater(len(got), 0, "nothing exported once the client was ready")
+        self.assertLessEqual(by_us - lost_by_us, 2 * 1000 + 100, f"over-counted beyond two cut batches; {summary}")
         problems = freeze_violations(sim, sink)
         self.assertEqual(problems, [], "\n".join(problems[:20]))
 
