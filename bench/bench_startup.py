@@ -265,6 +265,9 @@ def cpu_to_next_ms(ws: Workspace, layer: Layer) -> float:
         deadline = time.monotonic() + INIT_WAIT_S
         while not (out.is_file() and out.stat().st_size) and time.monotonic() < deadline:
             time.sleep(0.01)
+        if not out.is_file():
+            output = "\n".join(line for _, line in sim.process_output(NAME))
+            raise RuntimeError(f"the CPU probe never reached its first /next; its output:\n{output}")
         return float(out.read_text()) * 1000.0
     finally:
         quiet_stop(sim)

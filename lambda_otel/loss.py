@@ -9,8 +9,6 @@ and the shutdown path logs the totals once.
 
 from __future__ import annotations
 
-import threading
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~3 ms) before the first /next
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from typing import Dict, Tuple
@@ -54,6 +52,10 @@ class LossCounter:
     """
 
     def __init__(self) -> None:
+        # Imported here: this module's names are read before the first /next (through otlp, by
+        # config's endpoint parser), which needs no thread; counters are made after it.
+        import threading
+
         self._lock = threading.Lock()
         self._counts: Dict[Tuple[str, str], int] = {}
         self._version = 0

@@ -142,10 +142,13 @@ exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__", "__file_
 
 # Modules the first /next must not wait for: the pipeline and its dependencies, logging (its lines
 # are kept until the startup thread sets it up), typing (annotations are for the checker only),
-# runpy, the idna codec (getaddrinfo gets the Runtime API host as bytes).
-NOT_BEFORE_FIRST_NEXT = ("typing", "logging", "runpy", "pkgutil", "encodings.idna", "http.client", "http.server",
-                         "email", "ssl", "requests", "google.protobuf", "readerwriterlock", "lambda_otel.pipeline",
-                         "lambda_otel.aggregator", "lambda_otel.telemetry_api", "lambda_otel.receiver")
+# threading (imported when the startup thread is started, once the first /next is on the wire; the
+# self-export check's name lookup needs it only for an endpoint named by a host name on the
+# receiver's port), runpy, the idna codec (getaddrinfo gets the Runtime API host as bytes).
+NOT_BEFORE_FIRST_NEXT = ("typing", "logging", "threading", "runpy", "pkgutil", "encodings.idna", "http.client",
+                         "http.server", "email", "ssl", "requests", "google.protobuf", "readerwriterlock",
+                         "lambda_otel.pipeline", "lambda_otel.aggregator", "lambda_otel.telemetry_api",
+                         "lambda_otel.receiver")
 
 
 class ImportsBeforeFirstNextTest(unittest.TestCase):
