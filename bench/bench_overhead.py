@@ -11,8 +11,12 @@ the environments in a shuffled order each round. The sink's round trip (a keep-a
 ``http.client`` POST of a gzip'd 10-record OTLP logs request) is timed in the same rounds.
 With ``--before-layer DIR`` (another unzipped build, e.g. of the commit before a change), a fourth
 environment runs that build with ``end`` in the same rounds, for a before/after of the ``end`` rows.
+With ``--sink-process`` the sink runs in a process of its own instead of this one, where it shares
+one interpreter lock with the simulator: right after platform.runtimeDone is delivered, the
+simulator's threads are busy and the sink answers our first request late, time that is neither
+ours nor the backend's (a real backend shares no lock with Lambda).
 
-    .venv/bin/python -m bench.bench_overhead [--quick] [--layer DIR] [--before-layer DIR]
+    .venv/bin/python -m bench.bench_overhead [--quick] [--layer DIR] [--before-layer DIR] [--sink-process]
 
 Goals: default median ≤ 2 ms and p99 ≤ 10 ms; end median ≤ sink round trip + 2 ms; end, from the
 POST that delivers platform.runtimeDone to our ``/next``, ≤ 3 × the sink round trip + 2 ms (the
@@ -32,6 +36,7 @@ from urllib.parse import urlsplit
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_startup import proc_cpu_ns
 from bench.common import NAME, Environment, Layer, Row, Stats, Workspace, existing_layer, interleaved, print_rows
 
 GOAL_DEFAULT_MEDIAN_MS = 2.0
@@ -71,6 +76,39 @@ class SinkProbe:
         return elapsed
 
 
+class SinkProcess:
+    """An ``OtlpSink`` in a child process (the attributes the environments use: endpoint, url)."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        code = ("import sys\nfrom lambda_otel.local.sink import OtlpSink\ns = OtlpSink().start()\n"
+                "print(s.endpoint, flush=True)\nsys.stdin.read()\ns.stop()\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=str(Path(__file__).resolve().parent.parent), text=True)
+        self.endpoint = self.proc.stdout.readline().strip()
+        if not self.endpoint.startswith("http://"):
+            self.close()
+            raise RuntimeError("the sink process printed no endpoint")
+
+    def url(self, signal: str) -> str:
+        return f"{self.endpoint}/v1/{signal}"
+
+    def __enter__(self) -> "SinkProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()  # the child stops its sink and exits
+            self.proc.wait(10)
+        except Exception:  # noqa: BLE001 - a stuck child is killed
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 def after_runtime_done_ms(sim, res):
     """ms from the POST that carried this invocation's platform.runtimeDone to the extension's /next."""
     next_at = res.extension_next_at.get(NAME)
@@ -83,7 +121,7 @@ def after_runtime_done_ms(sim, res):
     return None
 
 
-def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None) -> List[Row]:
+def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, sink_process: bool = False) -> List[Row]:
     from lambda_otel.local.sink import OtlpSink
 
     total, block = (20, 10) if quick else (1000, 50)
@@ -93,7 +131,7 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None) -> L
         samples["end-before"] = []
     # end: runtimeDone batch handed to the extension -> its /next (this build, and the --before-layer one)
     after_done: Dict[str, List[float]] = {"end": [], "end-before": []}
-    with OtlpSink() as sink:
+    with (SinkProcess() if sink_process else OtlpSink()) as sink:
         envs = {}
         try:
             envs["default"] = Environment(ws, NAME, sink, LAMBDA_OTEL_FLUSH_STRATEGY="default", LAMBDA_OTEL_LOG_LEVEL="warning")
@@ -123,7 +161,10 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None) -> L
                     return 0.0
                 return go
 
+            measured = [n for n in ("default", "end", "end-before") if n in envs]
+            cpu_at_start = {n: proc_cpu_ns(envs[n].pid) for n in measured}
             interleaved({name: block_of(name) for name in samples}, rounds)
+            cpu_ms = {n: (proc_cpu_ns(envs[n].pid) - cpu_at_start[n]) / 1e6 / total for n in measured}
             probe.conn.close()
         finally:
             for env in envs.values():
@@ -131,6 +172,8 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None) -> L
     default, end, noop, rtt = (Stats(samples[k]) for k in ("default", "end", "noop", "sink"))
     done = Stats(after_done["end"] or [float("nan")])
     note = f"{total} invocations per environment in blocks of {block}, {rounds} interleaved rounds"
+    if sink_process:
+        note += "; the sink in a process of its own"
     rows = [
         Row("overhead", "default: median", default, noop, "ms", f"≤ {GOAL_DEFAULT_MEDIAN_MS:g} ms",
             met=default.median <= GOAL_DEFAULT_MEDIAN_MS, base_label="no-op extension", note=note),
@@ -150,7 +193,12 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None) -> L
         Row("overhead", "end: p99", Stats([end.percentile(99)]), Stats([noop.percentile(99)]), "ms", "–",
             met=None, base_label="no-op extension"),
     ]
+    cpu_note = "the extension process's CPU (utime + stime, all threads) over the measured invocations / their count"
+    rows.append(Row("overhead", "end: extension CPU per invocation", Stats([cpu_ms["end"]]),
+                    Stats([cpu_ms["default"]]), "ms", "–", met=None, base_label="default", note=cpu_note))
     if before is not None:
+        rows.append(Row("overhead", "end: extension CPU per invocation, this build vs before", Stats([cpu_ms["end"]]),
+                        Stats([cpu_ms["end-before"]]), "ms", "–", met=None, base_label="before layer"))
         before_end = Stats(samples["end-before"])
         rows += [
             Row("overhead", "end: median, this build vs before", end, before_end, "ms", "–", met=None,
@@ -168,11 +216,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, not a measurement)")
     parser.add_argument("--layer", help="an already unzipped layer folder (skips ./build_layer.sh)")
     parser.add_argument("--before-layer", help="another unzipped layer, run with end in the same rounds")
+    parser.add_argument("--sink-process", action="store_true", help="run the sink in a process of its own")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     with Workspace(args.layer, keep=args.keep) as ws:
         before = existing_layer(Path(args.before_layer).resolve(), ws.tmp) if args.before_layer else None
-        print_rows(run(ws, quick=args.quick, before=before))
+        print_rows(run(ws, quick=args.quick, before=before, sink_process=args.sink_process))
     return 0
 
 

@@ -261,7 +261,6 @@ class OtlpExporter:
               deadline: float) -> ExportOutcome:
         body = otlp.encode_request(signal, items, content_type)
         payload = gzip.compress(body, GZIP_LEVEL) if self._config.compression == "gzip" else body
-        records = sum(otlp.count_records(signal, item) for item in items)
         attempts = stale_retries = 0
         renewed = False
         status: Optional[int] = None
@@ -312,7 +311,8 @@ class OtlpExporter:
                 if 200 <= status < 300:
                     answered = otlp.JSON if "json" in (response_headers.get("Content-Type") or "") else otlp.PROTOBUF
                     rejected, message = otlp.partial_success(signal, content, answered)
-                    rejected = min(rejected, records)  # a backend cannot refuse more than we sent
+                    if rejected:  # a backend cannot refuse more than we sent (counted only then: it walks every record)
+                        rejected = min(rejected, sum(otlp.count_records(signal, item) for item in items))
                     if rejected:
                         self._loss.add(signal, EXPORT_REJECTED, rejected)
                         self._once.warning(log, ("partial", signal), "backend rejected %d %s records (partial "

@@ -26,7 +26,7 @@ BENCH_ROWS = {
     "throughput": 1,
     "convert": 1,
     "listener": 1,
-    "overhead": 5,
+    "overhead": 6,
     "shutdown": 1,
     "layer": 2,
 }
