@@ -11,10 +11,8 @@ the environments in a shuffled order each round. The sink's round trip (a keep-a
 ``http.client`` POST of a gzip'd 10-record OTLP logs request) is timed in the same rounds.
 With ``--before-layer DIR`` (another unzipped build, e.g. of the commit before a change), a fourth
 environment runs that build with ``end`` in the same rounds, for a before/after of the ``end`` rows.
-With ``--sink-process`` the sink runs in a process of its own instead of this one, where it shares
-one interpreter lock with the simulator: right after platform.runtimeDone is delivered, the
-simulator's threads are busy and the sink answers our first request late, time that is neither
-ours nor the backend's (a real backend shares no lock with Lambda).
+With ``--sink-process`` the sink runs in a process of its own instead of sharing this one (and its
+interpreter lock) with the simulator, to tell how much of the ``end`` rows is the harness's.
 
     .venv/bin/python -m bench.bench_overhead [--quick] [--layer DIR] [--before-layer DIR] [--sink-process]
 
