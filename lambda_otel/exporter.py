@@ -193,7 +193,9 @@ class OtlpExporter:
             self._warm_up_pending = False
             if on_ready is not None:
                 on_ready()
-        for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None} if resolve else ():
+        if not resolve:
+            return
+        for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None}:
             if not _never_resolves(url):
                 self._transport.resolve(url, dns_timeout_s)
 
