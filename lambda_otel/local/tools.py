@@ -12,9 +12,26 @@ from pathlib import Path
 from typing import Union
 
 
+# Ports handed out for a process to bind later come from below the kernel's ephemeral range
+# (Linux: 32768-60999): a port the kernel gave us and we released can be given again, meanwhile,
+# as the local port of any new connection (and then the extension's bind fails "address in use").
+PORT_RANGE = (20000, 32767)
+PORT_TRIES = 200
+
+
 def free_port() -> int:
-    """An unused 127.0.0.1 port (bound, then released); the extension's ports must be >= 1024,
-    which ephemeral ports always are."""
+    """A 127.0.0.1 port nobody listens on now, chosen at random outside the ephemeral range (the
+    extension's ports must be >= 1024 and not 9001, which this range guarantees)."""
+    import random
+
+    for _ in range(PORT_TRIES):  # bounded: a busy range falls back to the kernel's choice
+        port = random.randint(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
