@@ -712,7 +712,7 @@ class ExportWorker(threading.Thread):
         self._last_flush_end = float("-inf")
         self._left_over = False  # the last hold ended with data pending (sent first, at the next chance)
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
-        aggregator.set_on_lost(self._lost_items)  # evicted metrics give their loss counts back
+        aggregator.set_on_lost(self._lost_for_good)  # evicted metrics give their loss counts back
 
     # -- called from other threads ------------------------------------------------
     def request_flush(self, deadline: float, final: bool = False) -> FlushTicket:
@@ -975,7 +975,7 @@ class ExportWorker(threading.Thread):
                     result.success = True
             elif kind is ExportKind.REJECTED:  # the backend answered: it is up, the data is bad
                 self.loss.add(signal, loss_mod.EXPORT_REJECTED, batch.records)
-                self._lost_for_good(signal, batch)
+                self._lost_for_good(signal, batch.items)
                 if result.success is None:
                     result.success = True
             elif kind is ExportKind.NO_ENDPOINT:
@@ -995,22 +995,18 @@ class ExportWorker(threading.Thread):
                 batch.attempts += 1
                 if batch.attempts >= MAX_BATCH_ATTEMPTS and not final:  # final: what is left is counted at the end
                     self.loss.add(signal, loss_mod.RETRIES_EXHAUSTED, batch.records)
-                    self._lost_for_good(signal, batch)
+                    self._lost_for_good(signal, batch.items)
                 else:
                     self.aggregator.requeue(batch)  # keeps batch.attempts
                 return DrainStatus.FAILED
         return DrainStatus.STOPPED if self.aggregator.pending_records(signal) else DrainStatus.EMPTY
 
-    def _lost_for_good(self, signal: str, batch: "Batch") -> None:
-        """A metrics batch the backend will never have: with delta temporality, the loss counts
-        it carried are reported again by the next collect (MetricsState.restore), so the exported
+    def _lost_for_good(self, signal: str, items: Sequence[object]) -> None:
+        """Metrics items the backend will never have (rejected, retries exhausted, or dropped by the
+        queue: queue_full, discard_all): with delta temporality, the loss counts they carried are
+        reported again by the next collect (MetricsState.restore), so the exported
         lambda_otel.dropped still sums to the shutdown line. Not for no_endpoint: nothing is ever
         delivered there."""
-        if signal == loss_mod.METRICS and self.metrics_state is not None:
-            self.metrics_state.restore(batch.items)
-
-    def _lost_items(self, signal: str, items: list) -> None:
-        """Items the queue dropped (queue_full, discard_all): as ``_lost_for_good``."""
         if signal == loss_mod.METRICS and self.metrics_state is not None:
             self.metrics_state.restore(items)
 
