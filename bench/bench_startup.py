@@ -40,6 +40,7 @@ core; simulator start → the first invocation's response, with the extension an
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -54,7 +55,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (NAME, Layer, Row, Stats, Workspace, existing_layer, extension_env, interleaved, print_rows,
-                          quiet_stop, write_function)
+                          quiet_stop, write_first_next_probe, write_function)
 
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
 CPU = Path("/sys/fs/cgroup/cpu")
@@ -67,35 +68,6 @@ QUOTA_FRACTION = 128 / 1769  # of one CPU, as a 128 MB function gets
 # APIs) and those the code's style rests on (dataclasses for config and events, typing, enum):
 # what spawn → first /next costs before any code of ours runs.
 FLOOR_IMPORTS = "import socket, json, dataclasses, typing, enum"
-# Run as ``python3 -I -S -B CPU_PROBE <layer root> <out file>``: the layer's bootstrap as its
-# launcher runs it, except that the first /next writes the process's CPU so far and exits (the
-# import hook that installs this removes itself as soon as it has).
-CPU_PROBE = """\
-import builtins, os, sys, time
-root, out = sys.argv[1], sys.argv[2]
-real_import = builtins.__import__
-
-
-def first_next(self, on_sent=None):
-    with open(out, "w") as fh:
-        fh.write(repr(time.process_time()))
-    os._exit(0)
-
-
-def probe_import(*args, **kwargs):
-    module = real_import(*args, **kwargs)
-    api = sys.modules.get("lambda_otel.extensions_api")
-    if api is not None and hasattr(api, "ExtensionsApiClient"):
-        builtins.__import__ = real_import
-        api.ExtensionsApiClient.next_event = first_next
-    return module
-
-
-builtins.__import__ = probe_import
-path = os.path.join(root, "lambda-otel", "lambda_otel", "layer_bootstrap.py")
-sys.argv = [path, "", os.path.join(root, "extensions", "lambda-otel")]
-exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__", "__file__": path})
-"""
 CARD_IMPORTS = ("import requests; "
                 "from opentelemetry.proto.collector.trace.v1 import trace_service_pb2; "
                 "from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2; "
@@ -250,25 +222,20 @@ def cpu_to_next_ms(ws: Workspace, layer: Layer) -> float:
     from lambda_otel.local.simulator import Simulator
 
     folder = ws.mkdtemp("probe-")
-    probe, out = folder / "probe.py", folder / "cpu.txt"
-    probe.write_text(CPU_PROBE)
-    ext_dir = folder / "extensions"
-    ext_dir.mkdir()
-    launcher = ext_dir / NAME
-    launcher.write_text(f"#!/bin/sh\nexec python3 -I -S -B {shlex.quote(str(probe))} "
-                        f"{shlex.quote(str(layer.root))} {shlex.quote(str(out))}\n")
-    launcher.chmod(0o755)
+    ext_dir = write_first_next_probe(folder, "python3", layer.code_dir / "lambda_otel" / "layer_bootstrap.py",
+                                     str(layer.extensions_dir / NAME))
+    out = folder / "first-next.json"
     env = extension_env(layer, "http://127.0.0.1:9", LAMBDA_OTEL_LOG_LEVEL="warning")
     sim = Simulator(extensions_dir=str(ext_dir), env=env, init_timeout_s=INIT_WAIT_S)
     try:
         sim.start(wait=False)
         deadline = time.monotonic() + INIT_WAIT_S
-        while not (out.is_file() and out.stat().st_size) and time.monotonic() < deadline:
+        while not out.is_file() and time.monotonic() < deadline:
             time.sleep(0.01)
         if not out.is_file():
             output = "\n".join(line for _, line in sim.process_output(NAME))
             raise RuntimeError(f"the CPU probe never reached its first /next; its output:\n{output}")
-        return float(out.read_text()) * 1000.0
+        return json.loads(out.read_text())["cpu_s"] * 1000.0
     finally:
         quiet_stop(sim)
 

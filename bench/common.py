@@ -307,6 +307,57 @@ def write_noop_extension(folder: Path, name: str = "noop") -> Path:
     return folder
 
 
+# Run as ``python3 -I -S -B PROBE <bootstrap> <launcher path> <out file>``: the layer's bootstrap as
+# its launcher runs it, except that the first /next writes, as JSON, the process's CPU so far and
+# the names of the modules imported so far, then exits (the import hook that installs this
+# removes itself as soon as it has).
+FIRST_NEXT_PROBE = """\
+import builtins, os, sys
+bootstrap, launcher, out = sys.argv[1], sys.argv[2], sys.argv[3]
+real_import = builtins.__import__
+
+
+def first_next(self, on_sent=None):
+    modules = sorted(sys.modules)  # before the probe's own imports (time is built in: microseconds)
+    import json, time
+
+    cpu_s = time.process_time()
+    with open(out + ".part", "w") as fh:
+        json.dump({"cpu_s": cpu_s, "modules": modules}, fh)
+    os.rename(out + ".part", out)
+    os._exit(0)
+
+
+def probe_import(*args, **kwargs):
+    module = real_import(*args, **kwargs)
+    api = sys.modules.get("lambda_otel.extensions_api")
+    if api is not None and hasattr(api, "ExtensionsApiClient"):
+        builtins.__import__ = real_import
+        api.ExtensionsApiClient.next_event = first_next
+    return module
+
+
+builtins.__import__ = probe_import
+sys.argv = [bootstrap, "", launcher]
+exec(compile(open(bootstrap).read(), bootstrap, "exec"), {"__name__": "__main__", "__file__": bootstrap})
+"""
+
+
+def write_first_next_probe(folder: Path, python: str, bootstrap: Path, launcher: str) -> Path:
+    """An extensions folder in ``folder`` whose one extension runs ``bootstrap`` under
+    FIRST_NEXT_PROBE; its report is ``folder / "first-next.json"`` once it reached its first /next."""
+    import shlex
+
+    probe, ext_dir = folder / "first-next-probe.py", folder / "extensions"
+    probe.write_text(FIRST_NEXT_PROBE)
+    ext_dir.mkdir(parents=True, exist_ok=True)
+    path = ext_dir / NAME
+    args = " ".join(shlex.quote(str(a)) for a in (probe, bootstrap, launcher, folder / "first-next.json"))
+    path.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} -I -S -B {args}\n")
+    path.chmod(0o755)
+    return ext_dir
+
+
 def extension_env(layer: Layer, sink_endpoint: Optional[str], **extra: str) -> Dict[str, str]:
     """Environment for the function and the extension (Lambda gives both the same variables)."""
     receiver_port = free_port()

@@ -2,8 +2,8 @@
 restore renewal, and what start-up imports before its first /next."""
 
 import io
+import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -109,37 +109,6 @@ class RenewAfterRestoreTest(unittest.TestCase):
         self.assertEqual(ext.restores, 1)
 
 
-# Run as ``python3 -I -S -B PROBE <repo> <out file>``: the layer's bootstrap from the repository, as
-# the layer's launcher runs it, except that the first /next writes the names of the modules
-# imported so far and exits (the import hook that installs this removes itself once it has).
-PROBE = """\
-import builtins, os, sys
-repo, out = sys.argv[1], sys.argv[2]
-real_import = builtins.__import__
-
-
-def first_next(self, on_sent=None):
-    with open(out + ".part", "w") as fh:
-        fh.write("\\n".join(sorted(sys.modules)))
-    os.rename(out + ".part", out)
-    os._exit(0)
-
-
-def probe_import(*args, **kwargs):
-    module = real_import(*args, **kwargs)
-    api = sys.modules.get("lambda_otel.extensions_api")
-    if api is not None and hasattr(api, "ExtensionsApiClient"):
-        builtins.__import__ = real_import
-        api.ExtensionsApiClient.next_event = first_next
-    return module
-
-
-builtins.__import__ = probe_import
-path = os.path.join(repo, "lambda_otel", "layer_bootstrap.py")
-sys.argv = [path, "", "lambda-otel"]
-exec(compile(open(path).read(), path, "exec"), {"__name__": "__main__", "__file__": path})
-"""
-
 # Modules the first /next must not wait for: the pipeline and its dependencies, logging (its lines
 # are kept until the startup thread sets it up), typing (annotations are for the checker only),
 # threading (imported when the startup thread is started, once the first /next is on the wire; the
@@ -155,18 +124,16 @@ class ImportsBeforeFirstNextTest(unittest.TestCase):
     """What start-up imports before its first /next (which ends our part of the billed init)."""
 
     def test_the_first_next_waits_for_no_pipeline_logging_or_typing_import(self):
+        from bench.common import write_first_next_probe
         from lambda_otel.local.simulator import Simulator
         from lambda_otel.local.tools import free_port
 
         root = Path(tempfile.mkdtemp(prefix="lambda-otel-imports-"))
         self.addCleanup(shutil.rmtree, root, True)
-        probe, out, ext_dir = root / "probe.py", root / "modules.txt", root / "extensions"
-        probe.write_text(PROBE)
-        ext_dir.mkdir()
-        launcher = ext_dir / "lambda-otel"
-        launcher.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S -B {shlex.quote(str(probe))} "
-                            f"{shlex.quote(str(REPO))} {shlex.quote(str(out))}\n")
-        launcher.chmod(0o755)
+        # The layer's bootstrap from the repository, as the launcher runs it, stopped at its first /next.
+        bootstrap = REPO / "lambda_otel" / "layer_bootstrap.py"
+        ext_dir = write_first_next_probe(root, sys.executable, bootstrap, "lambda-otel")
+        out = root / "first-next.json"
         receiver_port = free_port()
         env = {"LAMBDA_OTEL_RECEIVER_PORT": str(receiver_port), "LAMBDA_OTEL_TELEMETRY_PORT": str(free_port()),
                "LAMBDA_OTEL_EXPORTER_ENDPOINT": "http://127.0.0.1:9",
@@ -179,7 +146,7 @@ class ImportsBeforeFirstNextTest(unittest.TestCase):
         while not out.is_file() and time.monotonic() < deadline:
             time.sleep(0.02)
         self.assertTrue(out.is_file(), "the extension never reached its first /next")
-        modules = set(out.read_text().split())
+        modules = set(json.loads(out.read_text())["modules"])
         # It did register, read the config and subscribe (through the real client and simulator).
         for needed in ("lambda_otel.app", "lambda_otel.config", "lambda_otel.subscription", "json", "socket"):
             self.assertIn(needed, modules)
