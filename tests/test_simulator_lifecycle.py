@@ -2,9 +2,15 @@
 
 import json
 import math
+import os
 import re
+import sys
+import tempfile
+import time
 import unittest
+from unittest import mock
 
+from lambda_otel.local import processes
 from tests.fixtures.sim.support import SimTestCase
 
 TRACE_RE = re.compile(r"^Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=1$")
@@ -132,3 +138,43 @@ class ProvisionedConcurrency(SimTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OutputDrainTest(unittest.TestCase):
+    """`drain` (what orders a function's lines before its platform.runtimeDone) must not return while the
+    reader holds bytes it took from the pipe but has not emitted: a reader preempted between its read
+    and its bookkeeping made the lines an invocation printed arrive after that invocation's runtimeDone."""
+
+    def test_drain_waits_for_a_chunk_the_reader_already_took(self):
+        lines = []
+
+        def on_line(_proc, stream, line):
+            lines.append((stream, line))
+
+        marker = os.path.join(tempfile.mkdtemp(), "written")
+        script = ("import sys, time; sys.stdout.write('the line\\n'); sys.stdout.flush(); "
+                  f"open({marker!r}, 'w').close(); time.sleep(30)")
+        proc = processes.ManagedProcess("printer", "runtime", [sys.executable, "-c", script], dict(os.environ), None,
+                                        on_line, lambda _p: None)
+        real_read, slow_fds = os.read, set()
+
+        def preempted_read(fd, n):
+            data = real_read(fd, n)
+            if fd in slow_fds and data:
+                time.sleep(1.0)  # the reader thread loses the CPU with the chunk in its hands
+            return data
+
+        with mock.patch.object(processes.os, "read", preempted_read):
+            proc.start()
+            try:
+                slow_fds.add(proc.popen.stdout.fileno())
+                for _ in range(1000):  # bounded: 10 s
+                    if os.path.exists(marker):
+                        break
+                    time.sleep(0.01)
+                self.assertTrue(os.path.exists(marker), "the child never wrote its line")
+                self.assertTrue(proc.drain(5.0), "drain timed out")
+                self.assertEqual(lines, [("stdout", "the line")], "drain returned before the line was emitted")
+            finally:
+                proc.popen.kill()
+                proc.popen.wait(10)

@@ -121,17 +121,24 @@ class ManagedProcess:
         return self.popen is not None and not self.exited.is_set()
 
     def _read(self, stream_name: str, stream) -> None:
-        """Split the pipe into lines ourselves so `drain` can tell when everything written was emitted."""
+        """Split the pipe into lines ourselves so `drain` can tell when everything written was emitted.
+
+        The stream is marked busy BEFORE the bytes leave the pipe: a reader that marked it after
+        `os.read` let `drain` see an empty pipe and an idle reader while a chunk was in its hands
+        (lines printed during an invocation then came after its platform.runtimeDone)."""
         fd = stream.fileno()
+        ready = select.poll()
+        ready.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         pending = b""
         try:
             while True:
                 with self._io_cv:
                     self._busy[stream_name] = False
                     self._io_cv.notify_all()
-                chunk = os.read(fd, 65536)
+                ready.poll()  # until there are bytes (or EOF); unread bytes keep `drain` waiting meanwhile
                 with self._io_cv:
                     self._busy[stream_name] = True
+                chunk = os.read(fd, 65536)
                 if not chunk:
                     if pending:
                         self._emit_line(stream_name, pending)
