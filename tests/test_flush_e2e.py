@@ -535,12 +535,13 @@ class ChattyFunctionTest(FlushE2ECase):
     its predecessors came near the budget, which keeps the export window open).
     """
 
-    def run_chatty(self, strategy: str, lines: int, invocations: int, at_least_once: bool = False, **env_extra: str):
+    def run_chatty(self, strategy: str, lines: int, invocations: int, at_least_once: bool = False, rate: int = 0,
+                   **env_extra: str):
         sink = self.make_sink()
         env = self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY=strategy, LAMBDA_OTEL_LOG_LEVEL="warning", **env_extra)
         sim = self.make_sim(env, handler="chatty_handlers.handler", memory_mb=128, timeout_s=60)
         sim.start(timeout=30)
-        results = [sim.invoke({"lines": lines}, timeout=120) for _ in range(invocations)]
+        results = [sim.invoke({"lines": lines, "rate": rate}, timeout=120) for _ in range(invocations)]
         down = sim.shutdown("spindown", timeout=30)
         self.assert_clean_shutdown(sim, down)
         self.assertEqual([r.status for r in results], ["success"] * invocations)
@@ -554,20 +555,30 @@ class ChattyFunctionTest(FlushE2ECase):
         return sim, sink, results, lost
 
     def test_default_20000_lines_per_invocation_back_to_back_loses_nothing(self):
-        sim, sink, results, lost = self.run_chatty("default", 20_000, 5)
+        """At 50,000 lines/s (unpaced, the rate is the machine's: a loaded 2-vCPU runner then loses
+        lines at Lambda's Telemetry API, which reports them, see the unpaced test below)."""
+        sim, sink, results, lost = self.run_chatty("default", 20_000, 5, rate=50_000)
         summary = final_flush_line(sim)
         self.assertEqual(lost, 0, f"{lost} of {5 * 20_000} lines lost; {summary}")
         self.assertEqual(dropped(sink), 0, summary)
         self.assert_freeze_safe(sim, sink)
 
     def test_end_single_100000_line_invocation_loses_nothing(self):
-        sim, sink, results, lost = self.run_chatty("end", 100_000, 1)
+        """100,000 lines at 50,000 lines/s (bench_chatty: `end` carries 80,000/s without loss at 128 MB)."""
+        sim, sink, results, lost = self.run_chatty("end", 100_000, 1, rate=50_000)
         summary = final_flush_line(sim)
         self.assertEqual(lost, 0, f"{lost} of 100000 lines lost; {summary}")
         self.assertEqual(dropped(sink), 0, summary)
         self.assert_freeze_safe(sim, sink)
 
-    def assert_lost_is_counted(self, strategy: str) -> None:
+    def test_end_unpaced_100000_line_burst_counts_exactly_what_it_loses(self):
+        """The same lines printed as fast as the function can. Whether Lambda's Telemetry API and
+        lambda-otel keep up then depends on the CPU the function, the simulator and the backend
+        leave (on 2 shared vCPUs: some runs lose nothing, some lose lines at Lambda or in the first
+        invocation's queue); what is lost is exactly what is counted."""
+        self.assert_lost_is_counted("end", must_overflow=False)
+
+    def assert_lost_is_counted(self, strategy: str, must_overflow: bool = True) -> None:
         sim, sink, results, lost = self.run_chatty(strategy, 100_000, 1, at_least_once=True)
         summary = final_flush_line(sim)
         # Two places can lose lines, and each must count what it lost. Lambda's Telemetry
@@ -592,7 +603,8 @@ class ChattyFunctionTest(FlushE2ECase):
         # may exceed the loss by such batches (1000 records each), never fall short of it.
         self.assertLessEqual(lost_by_us, by_us, summary)
         self.assertLessEqual(by_us - lost_by_us, 2 * 1000, f"over-counted beyond two cut batches; {summary}")
-        self.assertGreater(by_us, 0, "the test should overflow the queue")
+        if must_overflow:
+            self.assertGreater(by_us, 0, "the test should overflow the queue")
         self.assert_freeze_safe(sim, sink)
 
     def test_periodic_single_100000_line_invocation_counts_exactly_what_it_loses(self):

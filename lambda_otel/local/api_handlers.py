@@ -14,8 +14,8 @@ from .results import ExtensionInfo, Instant
 from .runtime_api import ACCEPTED, Body, Reply, error
 from .sandbox import (
     LMI_LOG_DRAIN_S,
+    LOG_DRAIN_S,
     MAX_REGISTERED_EXTENSIONS,
-    RUNTIME_DONE_DRAIN_S,
     Mode,
     _error_message,
     _Ext,
@@ -58,7 +58,7 @@ class ApiHandlers:
             return self._runtime_next_concurrent()
         env = self._env
         if env is not None and env.runtime is not None and env.current is not None:
-            env.runtime.drain(RUNTIME_DONE_DRAIN_S)  # lines printed before /next precede platform.runtimeDone
+            env.runtime.drain(LOG_DRAIN_S)  # lines printed before /next precede platform.runtimeDone
         with self._cv:
             env = self._env
             if env is None or env.phase == "down":

@@ -44,9 +44,6 @@ MAX_REGISTERED_EXTENSIONS = 10
 RUNTIME_SHUTDOWN_SHARE_S = 0.3
 FREEZE_INFLIGHT_WAIT_S = 1.0
 LOG_DRAIN_S = 0.2
-# Before platform.runtimeDone: returns once the pipes are idle; the bound only matters to a loaded machine
-# (a reader thread waiting for the simulator's lock) or a function whose threads never stop printing.
-RUNTIME_DONE_DRAIN_S = 1.0
 LMI_LOG_DRAIN_S = 0.05  # shorter: other workers keep printing, so the pipe is seldom idle there
 FREEZE_STATE_WAIT_S = 0.5
 _ERROR_TYPE_RE = re.compile(r"(Runtime|Function)\.[A-Z][a-zA-Z]+")
