@@ -284,7 +284,9 @@ class ExtensionLogsTest(ExtensionTestCase):
         sink = self.make_sink()
         sim = self.make_sim(self.make_env(sink), handler=HANDLER)
         sim.start(timeout=30)
-        results = [sim.invoke({"text": 1}, timeout=30) for _ in range(12)]
+        # Start-up runs only while the environment is thawed and may outlast a fixed number of
+        # invocations on a loaded runner; the line it ends with must be printed before SHUTDOWN.
+        results = self.invoke_until_started(sim) + [sim.invoke({"text": 1}, timeout=30) for _ in range(12)]
         self.assertTrue(all(r.status == "success" for r in results))
         sim.shutdown("spindown", timeout=30)
 
