@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -11,6 +12,7 @@ import unittest
 from unittest import mock
 
 from lambda_otel.local import processes
+from tests.aws_support import wait_until
 from tests.fixtures.sim.support import SimTestCase
 
 TRACE_RE = re.compile(r"^Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=1$")
@@ -136,10 +138,6 @@ class ProvisionedConcurrency(SimTestCase):
         self.assertEqual(env["AWS_LAMBDA_INITIALIZATION_TYPE"], "provisioned-concurrency")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class OutputDrainTest(unittest.TestCase):
     """`drain` (what orders a function's lines before its platform.runtimeDone) must not return while the
     reader holds bytes it took from the pipe but has not emitted: a reader preempted between its read
@@ -151,7 +149,9 @@ class OutputDrainTest(unittest.TestCase):
         def on_line(_proc, stream, line):
             lines.append((stream, line))
 
-        marker = os.path.join(tempfile.mkdtemp(), "written")
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        marker = os.path.join(root, "written")
         script = ("import sys, time; sys.stdout.write('the line\\n'); sys.stdout.flush(); "
                   f"open({marker!r}, 'w').close(); time.sleep(30)")
         proc = processes.ManagedProcess("printer", "runtime", [sys.executable, "-c", script], dict(os.environ), None,
@@ -168,13 +168,13 @@ class OutputDrainTest(unittest.TestCase):
             proc.start()
             try:
                 slow_fds.add(proc.popen.stdout.fileno())
-                for _ in range(1000):  # bounded: 10 s
-                    if os.path.exists(marker):
-                        break
-                    time.sleep(0.01)
-                self.assertTrue(os.path.exists(marker), "the child never wrote its line")
+                self.assertTrue(wait_until(lambda: os.path.exists(marker), 10.0), "the child never wrote its line")
                 self.assertTrue(proc.drain(5.0), "drain timed out")
                 self.assertEqual(lines, [("stdout", "the line")], "drain returned before the line was emitted")
             finally:
                 proc.popen.kill()
                 proc.popen.wait(10)
+
+
+if __name__ == "__main__":
+    unittest.main()
