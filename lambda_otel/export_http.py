@@ -106,32 +106,45 @@ class _Lookup(threading.Thread):
             self.finished.set()
 
 
-class Watchdog:
-    """Cuts the socket of a request still open at its deadline.
+class _Watch:
+    """One attempt under the watchdog: its deadline, the socket it uses, whether it was cut."""
 
-    The exporter ``arm``s it before an attempt and ``disarm``s it after reading the answer; the
-    connection hooks ``attach`` each socket the attempt uses. One thread, started on first use.
-    The thread is woken only when a deadline comes sooner than the time it already sleeps to
-    (usually the first attempt of a flush): ``disarm`` and the later attempts of a flush, whose
-    deadlines are no sooner, cost it no wake-up, so it does not compete with the exporter's thread
-    while a flush runs. Waking at a deadline that no longer applies, it sleeps again.
+    __slots__ = ("deadline", "sock", "fired", "opened")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sock: Optional[socket.socket] = None
+        self.fired = False
+        self.opened = False  # whether the attempt opened a new connection
+
+
+class Watchdog:
+    """Cuts the socket of any request still open at its deadline.
+
+    A transport ``arm``s it before an attempt and ``disarm``s it after reading the answer; its
+    connection hooks ``attach`` each socket the attempt uses. Shared by the transports of one
+    exporter (the signals' attempts of one flush run at once, from their threads): one thread,
+    started on first use, sleeping toward the soonest deadline of the attempts armed. It is woken
+    only when a deadline comes sooner than the time it already sleeps to (usually the first
+    attempt of a flush): ``disarm`` and the other attempts of a flush, whose deadlines are no
+    sooner, cost it no wake-up, so it does not compete with the senders while a flush runs.
+    Waking at a deadline that no longer applies, it sleeps again.
     """
+
+    IDLE_WAIT_S = 60.0  # with nothing armed, it re-checks this often (a bound; nothing is due)
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
-        self._deadline: Optional[float] = None
-        self._sock: Optional[socket.socket] = None
-        self._fired = False
+        self._watches: List[_Watch] = []
         self._thread: Optional[threading.Thread] = None
-        self._wakes_at: Optional[float] = None  # when the thread's current wait ends (None: when woken)
-        self.opened = False  # whether the current/last attempt opened a new connection
+        self._wakes_at: Optional[float] = None  # when the thread's current wait ends (None: idle)
         self._generation = 0  # the running thread's number; a thread whose number is old ends
 
-    def arm(self, deadline: float) -> None:
+    def arm(self, deadline: float) -> _Watch:
+        watch = _Watch(deadline)
         with self._cond:
-            self._deadline, self._sock, self._fired = deadline, None, False
-            self.opened = False
+            self._watches.append(watch)
             if self._thread is None:
                 self._generation += 1
                 self._wakes_at = None
@@ -140,6 +153,7 @@ class Watchdog:
                 self._thread.start()
             elif self._wakes_at is None or self._wakes_at > deadline:
                 self._cond.notify()
+        return watch
 
     def stop(self) -> None:
         """End the thread (a later ``arm`` starts a new one)."""
@@ -148,43 +162,40 @@ class Watchdog:
             self._thread = None
             self._cond.notify_all()
 
-    def attach(self, sock: socket.socket, new: bool = False) -> None:
+    def attach(self, watch: _Watch, sock: socket.socket, new: bool = False) -> None:
         """The attempt now uses ``sock`` (``new``: a connection opened for it, not a pooled one)."""
         with self._cond:
             if new:
-                self.opened = True
-            if self._fired:
+                watch.opened = True
+            if watch.fired:
                 _cut(sock)
-            elif self._deadline is not None:
-                self._sock = sock
+            else:
+                watch.sock = sock
 
-    def disarm(self) -> bool:
+    def disarm(self, watch: _Watch) -> bool:
         """End the attempt's watch; True if the deadline cut it."""
         with self._cond:
-            fired = self._fired
-            self._deadline, self._sock, self._fired = None, None, False
-            return fired
-
-    @property
-    def fired(self) -> bool:
-        with self._cond:
-            return self._fired
+            if watch in self._watches:
+                self._watches.remove(watch)
+            watch.sock = None
+            return watch.fired
 
     def _run(self, generation: int) -> None:
         with self._cond:
             while generation == self._generation:
-                if self._deadline is None or self._fired:
-                    self._wakes_at = None
-                    self._cond.wait()
-                    continue
-                remaining = self._deadline - self._clock()
-                if remaining > 0:
-                    self._wakes_at = self._deadline
-                    self._cond.wait(remaining)
-                    continue
-                self._fired = True
-                if self._sock is not None:
-                    _cut(self._sock)
+                now = self._clock()
+                soonest: Optional[float] = None
+                for watch in self._watches:
+                    if watch.fired:
+                        continue
+                    if watch.deadline <= now:
+                        watch.fired = True
+                        if watch.sock is not None:
+                            _cut(watch.sock)
+                    elif soonest is None or watch.deadline < soonest:
+                        soonest = watch.deadline
+                self._wakes_at = soonest
+                self._cond.wait(self.IDLE_WAIT_S if soonest is None else soonest - now)
 
 
 def _cut(sock: socket.socket) -> None:
@@ -202,13 +213,17 @@ def _cut(sock: socket.socket) -> None:
 class Transport:
     """POSTs through one ``requests.Session`` per endpoint origin; see the module docstring.
 
-    Used from one thread at a time (the exporter's); ``close()`` may come from another.
+    Used from one thread at a time; ``close()`` may come from another. Transports may share a
+    ``Resolver`` and a ``Watchdog`` (both thread-safe); ``close()`` stops the watchdog only if the
+    transport made its own.
     """
 
-    def __init__(self, verify: Any) -> None:
+    def __init__(self, verify: Any, resolver: Optional[Resolver] = None, watchdog: Optional[Watchdog] = None) -> None:
         self.verify = verify
-        self.resolver = Resolver()
-        self.watchdog = Watchdog()
+        self.resolver = resolver or Resolver()
+        self._own_watchdog = watchdog is None
+        self.watchdog = watchdog or Watchdog()
+        self._watch: Optional[_Watch] = None  # the current (or last) attempt's
         self._lock = threading.Lock()
         self._sessions: Dict[str, "requests.Session"] = {}
         self._urls: Dict[str, Tuple[str, Dict[str, str]]] = {}  # url -> (prepared url, proxies)
@@ -223,7 +238,13 @@ class Transport:
     @property
     def last_reused(self) -> bool:
         """Whether the last ``post`` went out on a pooled connection (opened none of its own)."""
-        return self._sent and not self.watchdog.opened
+        return self._sent and self._watch is not None and not self._watch.opened
+
+    def attach(self, sock: socket.socket, new: bool = False) -> None:
+        """The connection hooks: the current attempt now uses ``sock``."""
+        watch = self._watch
+        if watch is not None:
+            self.watchdog.attach(watch, sock, new)
 
     def resolve(self, url: str, timeout: float) -> bool:
         """Look the URL's host up now (cached for the first connection); False if that failed."""
@@ -249,7 +270,7 @@ class Transport:
         request.body = body
         adapter = session.get_adapter(prepared_url)
         self._sent = True
-        self.watchdog.arm(deadline)
+        watch = self._watch = self.watchdog.arm(deadline)
         try:
             response = adapter.send(request, stream=True, timeout=timeout, verify=self.verify, cert=None,
                                     proxies=proxies)
@@ -258,10 +279,10 @@ class Transport:
             finally:
                 response.close()  # back to the pool if fully read, else the connection is dropped
         except Exception as exc:
-            if self.watchdog.disarm():
+            if self.watchdog.disarm(watch):
                 raise DeadlineExceeded("request cut at its deadline") from exc
             raise
-        if self.watchdog.disarm() and not _framed(response):
+        if self.watchdog.disarm(watch) and not _framed(response):
             # Cut after the status line came: http.client takes the EOF for the end of the head and
             # of a body without a length, so a 200 may look complete when it was not. A framed answer
             # (Content-Length or chunked) read without error is whole, even if the watchdog fired
@@ -283,7 +304,8 @@ class Transport:
         for session in sessions:
             session.close()
         self.resolver.forget()
-        self.watchdog.stop()
+        if self._own_watchdog:
+            self.watchdog.stop()
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -322,7 +344,7 @@ class Transport:
 
 def _adapter_class(transport: Transport):
     """An ``HTTPAdapter`` whose urllib3 connections resolve through ``transport.resolver`` and
-    hand their sockets to ``transport.watchdog``."""
+    hand their sockets to the transport's current attempt (``transport.attach``)."""
     import requests.adapters
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -343,7 +365,7 @@ def _adapter_class(transport: Transport):
                 sock = None
                 try:
                     sock = socket.socket(family, socktype, proto)
-                    transport.watchdog.attach(sock, new=True)
+                    transport.attach(sock, new=True)
                     for option in self.socket_options or ():
                         sock.setsockopt(*option)
                     if timeout is not None:
@@ -366,7 +388,7 @@ def _adapter_class(transport: Transport):
 
         def request(self, method, url, body=None, headers=None, **kwargs):
             if self.sock is not None:  # a reused connection, or TLS just set up: watch this socket
-                transport.watchdog.attach(self.sock)
+                transport.attach(self.sock)
             # urllib3 sends the head and then the body, two sends (two segments for the peer to
             # wake for); ours go out as one. ``send`` keeps the head until the body comes.
             self._head = None

@@ -39,7 +39,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from lambda_otel import __version__, otlp
 from lambda_otel.config import ExporterConfig, OtlpProtocol, redact_url
-from lambda_otel.export_http import DeadlineExceeded, Transport
+from lambda_otel.export_http import DeadlineExceeded, Resolver, Transport, Watchdog
 from lambda_otel.log_once import LogOnce
 from lambda_otel.loss import EXPORT_REJECTED, LossCounter
 
@@ -140,7 +140,11 @@ class ExportOutcome:
 class OtlpExporter:
     """Sends batches of Resource* items to the configured endpoints (OTLP/HTTP, protobuf or JSON).
 
-    Meant to be used from one thread (the ExportWorker); ``close()`` may be called from another.
+    ``export`` may run in several threads at once for different signals, never twice at once for
+    one signal: each signal has its own ``Transport`` (session and connections), so one flush's
+    three requests can wait for their answers together; they share one DNS cache and one deadline
+    watchdog.
+    ``close()`` may be called from any thread.
     ``signer`` signs each attempt; ``header_source`` adds run-time headers (None from it defers
     the export). A batch over ``max_request_bytes`` (serialised) or ``max_request_records`` is
     sent as several requests, in order.
@@ -157,8 +161,10 @@ class OtlpExporter:
         self._header_source = header_source
         self._max_bytes = max_request_bytes
         self._max_records = max_request_records
-        self._transport = Transport(config.certificate or True)
-        self._last_used = 0.0
+        resolver, self._watchdog = Resolver(), Watchdog()
+        self._transports = {signal: Transport(config.certificate or True, resolver, self._watchdog)
+                            for signal in otlp.SPECS}
+        self._last_used = {signal: 0.0 for signal in otlp.SPECS}
         self._closed = threading.Event()  # interrupts a backoff wait when closing
         self._once = LogOnce()
         self._secrets = _url_secrets(config) + tuple(
@@ -183,7 +189,8 @@ class OtlpExporter:
         on a start-up thread; bounded). An import that fails still ends the wait: the first export
         reports the error, counted."""
         try:
-            self._transport.warm_up()
+            for transport in self._transports.values():
+                transport.warm_up()
             for signal in otlp.SPECS:  # the collector's request modules, imported on first use
                 if self._config.endpoint(signal):
                     request = otlp.spec(signal).request_class()
@@ -197,7 +204,7 @@ class OtlpExporter:
             return
         for url in {self._config.endpoint(signal) for signal in otlp.SPECS} - {None}:
             if not _never_resolves(url):
-                self._transport.resolve(url, dns_timeout_s)
+                self._transports[otlp.TRACES].resolve(url, dns_timeout_s)  # the cache is shared
 
     # --- public API -------------------------------------------------------------------------
 
@@ -234,7 +241,7 @@ class OtlpExporter:
             groups = [list(items)]
         else:
             groups = otlp.split_items(signal, items, self._max_bytes, self._max_records)
-        if not self._transport_fresh():
+        if not self._transport_fresh(signal):
             log.debug("exporter idle for more than %.0fs: closing pooled connections", IDLE_CLOSE_S)
         total = ExportOutcome(SUCCESS)
         for group in groups:
@@ -250,17 +257,22 @@ class OtlpExporter:
     def close(self) -> None:
         """Interrupt any backoff wait and close pooled connections. Further exports are RETRYABLE."""
         self._closed.set()
-        self._transport.close()
+        for transport in self._transports.values():
+            transport.close()
+        self._watchdog.stop()
 
     def renew_after_restore(self) -> None:
         """SnapStart restore: the snapshot's pooled connections and DNS answers are stale."""
-        self._transport.close()
-        self._last_used = 0.0
+        for signal, transport in self._transports.items():
+            transport.close()
+            self._last_used[signal] = 0.0
+        self._watchdog.stop()
 
     # --- one request (one group of items) ----------------------------------------------------
 
     def _send(self, signal: str, url: str, items: List[Any], content_type: str, headers: Dict[str, str],
               deadline: float) -> ExportOutcome:
+        transport = self._transports[signal]
         body = otlp.encode_request(signal, items, content_type)
         payload = gzip.compress(body, GZIP_LEVEL) if self._config.compression == "gzip" else body
         attempts = stale_retries = 0
@@ -287,21 +299,21 @@ class OtlpExporter:
                 sent = dict(headers)
                 sent.update(signature)
             try:
-                status, response_headers, content = self._transport.post(
+                status, response_headers, content = transport.post(
                     url, sent, payload, min(self._config.timeout_s, remaining), deadline)
-                self._last_used = time.monotonic()
+                self._last_used[signal] = time.monotonic()
             except Exception as exc:  # classified below; anything unknown is retryable
-                self._last_used = time.monotonic()
+                self._last_used[signal] = time.monotonic()
                 status = None
                 fatal = self._config_error(exc, url)
                 if fatal is not None:
                     return self._config_problem(url, fatal, attempts=attempts, stale_retries=stale_retries)
-                if self._transport.last_reused and stale_retries == 0 and _is_stale_connection_error(exc):
+                if transport.last_reused and stale_retries == 0 and _is_stale_connection_error(exc):
                     # A kept-alive connection died while idle: not the backend's fault, resend now.
                     log.debug("export %s: pooled connection was dead, resending on a fresh one", signal)
                     stale_retries += 1
                     attempts -= 1
-                    self._transport.drop_connections(url)
+                    transport.drop_connections(url)
                     continue
                 cause, error = _classify(exc)
                 error = self._clean(error)
@@ -355,10 +367,11 @@ class OtlpExporter:
 
     # --- connections, errors, logs -------------------------------------------------------
 
-    def _transport_fresh(self) -> bool:
-        """Close pooled connections idle too long (presumed dead); False when it did."""
-        if self._last_used and time.monotonic() - self._last_used > IDLE_CLOSE_S:
-            self._transport.drop_connections()
+    def _transport_fresh(self, signal: str) -> bool:
+        """Close the signal's pooled connections if idle too long (presumed dead); False when it did."""
+        last_used = self._last_used[signal]
+        if last_used and time.monotonic() - last_used > IDLE_CLOSE_S:
+            self._transports[signal].drop_connections()
             return False
         return True
 

@@ -522,7 +522,7 @@ class WireTest(ExporterTestCase):
             for _ in range(3):
                 self.assertEqual(self.export(exp).kind, SUCCESS)
             self.assertEqual(len(lookups), 1)
-            exp._transport.drop_connections()  # closes the pools
+            exp._transports[TRACES].drop_connections()  # closes the pools
             self.assertEqual(self.export(exp).kind, SUCCESS)
             self.assertEqual(len(lookups), 2)
         self.assertTrue(self.sink.wait_for_requests(4, timeout=5))
@@ -544,6 +544,26 @@ class WireTest(ExporterTestCase):
         self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.TIMEOUT))
         self.assertIn("deadline", outcome.error)
 
+    def test_signals_sent_at_once_are_each_cut_at_their_own_deadline(self):
+        # One watchdog for the exporter: two attempts armed together (logs' deadline later than
+        # traces'), each cut at its own deadline, not at the read timeout.
+        exp = self.exporter(timeout_s=5.0)
+        self.sink.set_reply(Reply(drip=0.05))
+        outcomes = {}
+
+        def send(signal, within):
+            outcomes[signal] = exp.export(signal, items_for(signal), time.monotonic() + within)
+
+        threads = [threading.Thread(target=send, args=(LOGS, 1.2)), threading.Thread(target=send, args=(TRACES, 0.5))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        for signal in (TRACES, LOGS):
+            self.assertEqual((outcomes[signal].kind, outcomes[signal].cause), (RETRYABLE, FailureCause.TIMEOUT))
+            self.assertIn("deadline", outcomes[signal].error)
+        self.assertEqual(len({r.connection_id for r in self.sink.requests}), 2, "a connection per signal")
+
     def test_a_whole_answer_is_a_success_even_if_the_deadline_passed_right_after_it(self):
         # Under load the watchdog may fire between the last byte read and its disarm: an answer
         # that says where it ends (Content-Length) and was read whole is delivered data; calling it
@@ -553,8 +573,8 @@ class WireTest(ExporterTestCase):
         exp = self.exporter(timeout_s=5.0)
         real = export_http.Watchdog.disarm
 
-        def fired_late(watchdog):
-            real(watchdog)
+        def fired_late(watchdog, watch):
+            real(watchdog, watch)
             return True
 
         with mock.patch.object(export_http.Watchdog, "disarm", fired_late):
