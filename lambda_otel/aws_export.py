@@ -97,6 +97,9 @@ class ExportSigner:
 
     ``on_rejected(status, body)`` is for a 400/401/403 answer: when AWS says the token has
     expired, the credentials are re-read and True asks the exporter for one immediate resend.
+    Signals are exported from several threads at once, so their requests are often refused
+    together: a request signed before another thread's re-read is resent with the new credentials
+    without re-reading them again (which ``EXPIRED_REFRESH_MIN_S`` limits).
     """
 
     def __init__(self, credentials: "CredentialsProvider", region: str, services_by_url: Mapping[str, str],
@@ -110,12 +113,14 @@ class ExportSigner:
 
         self._lock = threading.Lock()
         self._last_refresh = float("-inf")
+        self._signed = threading.local()  # when this thread's last request was signed
 
     def sign(self, method: str, url: str, headers: Mapping[str, str], body: bytes) -> Dict[str, str]:
         signer = self._signers.get(url)
         if signer is None:
             # Every configured endpoint has its signer; another URL gets no credentials of ours.
             return {}
+        self._signed.at = time.monotonic()
         return signer.sign(method, url, headers, body)
 
     def warm_up(self) -> None:
@@ -139,15 +144,19 @@ class ExportSigner:
 
         if not is_expired_credentials_answer(status, body):
             return False
+        signed_at = getattr(self._signed, "at", None)
         with self._lock:
-            now = time.monotonic()
-            if now - self._last_refresh < EXPIRED_REFRESH_MIN_S:
+            if signed_at is not None and signed_at < self._last_refresh:
+                return True  # signed with what another thread's re-read has replaced since
+            if time.monotonic() - self._last_refresh < EXPIRED_REFRESH_MIN_S:
                 return False
-            self._last_refresh = now
+            # Under the lock (it only forgets: the next sign re-reads), and the time taken after
+            # it, so that whatever was signed before it is resent, never refused for good.
+            self.renew_after_restore()
+            self._last_refresh = time.monotonic()
         import logging
 
         logging.getLogger(__name__).info("AWS answered that the credentials have expired: re-reading them")
-        self.renew_after_restore()
         return True
 
     def renew_after_restore(self) -> None:

@@ -2,6 +2,7 @@
 their references, CloudWatch's limits and log headers) and the exporter's hooks."""
 
 import calendar
+import threading
 import unittest
 
 from lambda_otel import aws_export
@@ -236,6 +237,37 @@ class SignerHooks(unittest.TestCase):
         self.assertTrue(signer.on_rejected(403, expired))
         self.assertFalse(signer.on_rejected(403, expired), "not again right away: no resend loop")
         self.assertGreaterEqual(Counting.refreshes, 1)
+
+    def test_requests_refused_together_renew_once_and_each_is_resent(self):
+        # Traces and logs go out from two threads at once and are refused together: the second
+        # refusal was signed before the first one's re-read, so it is resent without a second re-read.
+        signer = ExportSigner(StaticCredentials(Credentials("AKID", "s")), "eu-west-1", {XRAY: "xray", LOGS: "logs"})
+        renewals = []
+        real_renew = signer.renew_after_restore
+        signer.renew_after_restore = lambda: (renewals.append(1), real_renew())
+        expired = b'{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}'
+        signed = threading.Barrier(2, timeout=5)
+        first_renewed = threading.Event()
+        answers = {}
+
+        def export(url, first):
+            signer.sign("POST", url, {}, b"x")
+            signed.wait()  # both signed before either is refused
+            if not first:
+                first_renewed.wait(5)
+            answers[url] = [signer.on_rejected(403, expired)]
+            if first:
+                first_renewed.set()
+            signer.sign("POST", url, {}, b"x")  # the resend, refused again: no second re-read, no loop
+            answers[url].append(signer.on_rejected(403, expired))
+
+        threads = [threading.Thread(target=export, args=(XRAY, True)), threading.Thread(target=export, args=(LOGS, False))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        self.assertEqual(answers, {XRAY: [True, False], LOGS: [True, False]})
+        self.assertEqual(len(renewals), 1, "the credentials were re-read once")
 
     def test_secret_values_for_redaction(self):
         signer = ExportSigner(StaticCredentials(Credentials("AKID", "the-secret", "the-token")), "eu-west-1", {XRAY: "xray"})
