@@ -13,8 +13,11 @@ With ``--before-layer DIR`` (another unzipped build, e.g. of the commit before a
 environment runs that build with ``end`` in the same rounds, for a before/after of the ``end`` rows.
 With ``--sink-process`` the sink runs in a process of its own instead of sharing this one (and its
 interpreter lock) with the simulator, to tell how much of the ``end`` rows is the harness's.
+With ``--sink-delay-ms N`` the sink waits N ms before each answer (the probe's too), as a backend
+that is not on the same machine does: then the round trips, not our CPU, make most of ``end``.
 
     .venv/bin/python -m bench.bench_overhead [--quick] [--layer DIR] [--before-layer DIR] [--sink-process]
+                                             [--sink-delay-ms N]
 
 Goals: default median ≤ 2 ms and p99 ≤ 10 ms; end median ≤ sink round trip + 2 ms; end, from the
 POST that delivers platform.runtimeDone to our ``/next``, ≤ 3 × the sink round trip + 2 ms (the
@@ -119,8 +122,12 @@ def after_runtime_done_ms(sim, res):
     return None
 
 
-def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, sink_process: bool = False) -> List[Row]:
-    from lambda_otel.local.sink import OtlpSink
+def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, sink_process: bool = False,
+        sink_delay_ms: float = 0.0) -> List[Row]:
+    from lambda_otel.local.sink import OtlpSink, Reply
+
+    if sink_process and sink_delay_ms:
+        raise ValueError("--sink-delay-ms needs the sink in this process (no --sink-process)")
 
     total, block = (20, 10) if quick else (1000, 50)
     rounds = total // block
@@ -130,6 +137,8 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, sink
     # end: runtimeDone batch handed to the extension -> its /next (this build, and the --before-layer one)
     after_done: Dict[str, List[float]] = {"end": [], "end-before": []}
     with (SinkProcess() if sink_process else OtlpSink()) as sink:
+        if sink_delay_ms:
+            sink.set_reply(Reply(delay=sink_delay_ms / 1000.0))
         envs = {}
         try:
             envs["default"] = Environment(ws, NAME, sink, LAMBDA_OTEL_FLUSH_STRATEGY="default", LAMBDA_OTEL_LOG_LEVEL="warning")
@@ -172,6 +181,8 @@ def run(ws: Workspace, quick: bool = False, before: Optional[Layer] = None, sink
     note = f"{total} invocations per environment in blocks of {block}, {rounds} interleaved rounds"
     if sink_process:
         note += "; the sink in a process of its own"
+    if sink_delay_ms:
+        note += f"; the sink answers after {sink_delay_ms:g} ms"
     rows = [
         Row("overhead", "default: median", default, noop, "ms", f"≤ {GOAL_DEFAULT_MEDIAN_MS:g} ms",
             met=default.median <= GOAL_DEFAULT_MEDIAN_MS, base_label="no-op extension", note=note),
@@ -215,11 +226,14 @@ def main(argv=None) -> int:
     parser.add_argument("--layer", help="an already unzipped layer folder (skips ./build_layer.sh)")
     parser.add_argument("--before-layer", help="another unzipped layer, run with end in the same rounds")
     parser.add_argument("--sink-process", action="store_true", help="run the sink in a process of its own")
+    parser.add_argument("--sink-delay-ms", type=float, default=0.0,
+                        help="the sink waits this long before each answer (a backend off this machine)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
     with Workspace(args.layer, keep=args.keep) as ws:
         before = existing_layer(Path(args.before_layer).resolve(), ws.tmp) if args.before_layer else None
-        print_rows(run(ws, quick=args.quick, before=before, sink_process=args.sink_process))
+        print_rows(run(ws, quick=args.quick, before=before, sink_process=args.sink_process,
+                       sink_delay_ms=args.sink_delay_ms))
     return 0
 
 

@@ -15,7 +15,10 @@ The pieces, each small enough to test on its own:
   HTTP request while the gate is open; the events thread closes it right before
   ``/next`` and waits (bounded) for the request in flight.
 * ``ExportWorker``: the one exporter thread, woken by its queue (``on_data``), by the
-  events thread and by flush requests; it never polls. ``FlushCoordinator``: what the
+  events thread and by flush requests; it never polls. A flush with several signals
+  pending drains them at once: the exporter thread one, a ``SendLane`` thread each of the
+  others, so their requests wait for their answers together (one round trip to the
+  backend instead of three). ``FlushCoordinator``: what the
   events thread calls (``on_invoke``, ``on_runtime_done``, ``before_next``,
   ``on_shutdown_event``).
 
@@ -88,7 +91,7 @@ Lock order (a thread holding one may take only those after it; never the reverse
 2. ``ExportWorker._cond`` (held while building a ``FlushState`` snapshot)
 3. the leaf locks, each held only for a read or an update and never while calling out:
    ``FlushManager._lock``, ``CircuitBreaker._lock``, ``ExportGate._cond``,
-   ``Aggregator._cond``.
+   ``Aggregator._cond``, ``SendLane._cond``.
 
 The aggregator calls its ``on_data`` callback (``ExportWorker.wake``) after releasing its
 own lock, so a producer never holds ``Aggregator._cond`` while taking ``ExportWorker._cond``.
@@ -101,11 +104,12 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import statistics
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Deque, Dict, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from lambda_otel import loss as loss_mod
 from lambda_otel.config import STRATEGIES
@@ -137,6 +141,9 @@ PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_
 BREAKER_INITIAL_BACKOFF_S = 1.0
 GATE_CLOSE_GRACE_S = 0.25  # slack on top of the in-flight request's own deadline
 MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
+# A flush's signals go out at once when its recent requests took at least this long (send_together).
+SEND_TOGETHER_MIN_S = 0.002
+RECENT_REQUESTS = 9  # requests whose duration send_together looks at (their median)
 # A function whose invocations bring this share of the buffer budget is held for (any strategy).
 NEAR_BUDGET_FRACTION = 0.5
 VOLUME_HISTORY = 5  # invocations whose data volume the near-budget decision remembers
@@ -343,6 +350,20 @@ def decide(now: float, state: FlushState) -> Decision:
             return Decision(Action.FLUSH, until=base_until)
         wait_s = next_at - now if wait_s is None else min(wait_s, next_at - now)
     return Decision(Action.WAIT, wait_s=wait_s)
+
+
+def send_together(signals: int, recent_requests_s: Sequence[float]) -> bool:
+    """Whether a flush's signals are drained at once (the exporter thread and its lanes) rather
+    than in turn: when several have data, and the recent requests took long enough for their
+    waits to overlap with profit. A request to a backend on the same host takes ~1 ms, most of it
+    our own CPU: sent at once they would cost more CPU (thread hand-offs) and save nothing; a
+    backend elsewhere answers in several ms, and in turn a hold would wait for every round trip.
+    With no request seen yet, at once (the first flush is often the one a hold waits for)."""
+    if signals < 2:
+        return False
+    if not recent_requests_s:
+        return True
+    return statistics.median(recent_requests_s) >= SEND_TOGETHER_MIN_S
 
 
 def holds_next(strategy: Strategy, breaker_open: bool, near_budget: bool = False) -> bool:
@@ -672,8 +693,69 @@ class FlushTicket:
         self._done.set()
 
 
+class _Drain:
+    """One signal's drain handed to a ``SendLane``: done once ``status`` or ``error`` is set."""
+
+    def __init__(self, signal: str, result: FlushResult, run: Callable[[], DrainStatus]) -> None:
+        self.signal = signal
+        self.result = result  # the lane's own: merged into the flush's once done
+        self.run = run
+        self.status: Optional[DrainStatus] = None
+        self.error: Optional[BaseException] = None
+        self.done = threading.Event()
+
+
+class SendLane(threading.Thread):
+    """A thread that drains one signal at a time for the exporter thread.
+
+    The exporter thread ``submit``s a drain and runs another signal's itself; each request still
+    starts only through the gate, with the deadline the exporter thread computed, so a lane adds
+    no request the gate does not know of. Idle, it waits on its own condition (bounded waits).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._cond = threading.Condition(threading.Lock())
+        self._job: Optional[_Drain] = None
+        self._stopping = False
+
+    def submit(self, job: _Drain) -> bool:
+        """Hand ``job`` over; False when the lane is busy or stopping (run it elsewhere)."""
+        with self._cond:
+            if self._job is not None or self._stopping:
+                return False
+            self._job = job
+            self._cond.notify()
+            return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._stopping:
+                    self._cond.wait(MAX_WAIT_S)
+                if self._job is None:
+                    return
+                job = self._job
+            try:
+                job.status = job.run()
+            except BaseException as exc:  # noqa: BLE001 - handed to the exporter thread
+                job.error = exc
+            finally:
+                with self._cond:
+                    self._job = None
+                job.done.set()
+
+
+SEND_LANES = len(loss_mod.SIGNALS) - 1  # the exporter thread drains one signal itself
+
+
 class ExportWorker(threading.Thread):
-    """The exporter thread: the only one that does HTTP.
+    """The exporter thread: it decides on and drives every HTTP request (its lanes send some).
 
     Like the OTel SDK's BatchSpanProcessor: one thread, one condition variable, woken by
     its queue (``on_data``), by ``request_flush``, ``begin_invocation`` and ``wake``; what
@@ -711,6 +793,9 @@ class ExportWorker(threading.Thread):
         self.flushes = 0
         self._last_flush_end = float("-inf")
         self._left_over = False  # the last hold ended with data pending (sent first, at the next chance)
+        self._lanes: list = []  # SendLane threads, started by the first flush with two signals pending
+        self._draining: Dict[str, _Drain] = {}  # signals a lane still drains (a late one, past its wait)
+        self._recent_requests: Deque[float] = deque(maxlen=RECENT_REQUESTS)  # seconds each request took
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
         aggregator.set_on_lost(self._lost_for_good)  # evicted metrics give their loss counts back
 
@@ -767,6 +852,8 @@ class ExportWorker(threading.Thread):
             self._cond.notify_all()
         for t in tickets:
             t._finish(FlushResult(deferred=True))
+        for lane in self._lanes:
+            lane.stop()
         if self.is_alive():
             self.join(bounded(timeout))
         return not self.is_alive()
@@ -832,13 +919,11 @@ class ExportWorker(threading.Thread):
             self._left_over = False  # this flush is the chance it was waiting for
         self._collect_metrics()
         result = FlushResult()
-        for signal in loss_mod.SIGNALS:
-            status = self._drain_signal(signal, until, result, final=False)
+        for status in self._drain_together(until, result, final=False):
             if status is not DrainStatus.EMPTY:
                 result.deferred = True
                 if status is DrainStatus.FAILED:
                     result.success = False
-                break
         self._record(result)
         return result
 
@@ -881,12 +966,8 @@ class ExportWorker(threading.Thread):
             with self._cond:  # honour Retry-After (bounded: it ends before the deadline)
                 self._cond.wait_for(lambda: self._stopping or self._clock() >= not_before,
                                     bounded(not_before - self._clock()))
-            for signal in loss_mod.SIGNALS:
-                status = self._drain_signal(signal, until, result, final=True)
-                if status is DrainStatus.FAILED:
-                    result.success = False
-                elif status is DrainStatus.STOPPED:
-                    break
+            if DrainStatus.FAILED in self._drain_together(until, result, final=True):
+                result.success = False
         unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
         self._send_last_metrics(last_until, result)
         result.shutdown_dropped = unsent
@@ -934,6 +1015,62 @@ class ExportWorker(threading.Thread):
         if outcome is not None and outcome.kind is ExportKind.SUCCESS:
             result.sent[loss_mod.METRICS] = result.sent.get(loss_mod.METRICS, 0) + records
 
+    def _drain_together(self, until: float, result: FlushResult, final: bool) -> List[DrainStatus]:
+        """Drain every signal with data pending, at once if ``send_together`` says so: the first
+        here, the others on the lanes; their statuses once all are done (a lane is waited for until
+        the flush's deadline plus ``GATE_CLOSE_GRACE_S``; its requests end by then, cut by their
+        own deadlines)."""
+        with self._cond:
+            busy = {s for s, job in self._draining.items() if not job.done.is_set()}
+            self._draining = {s: job for s, job in self._draining.items() if s in busy}
+            recent = list(self._recent_requests)
+        signals = [s for s in loss_mod.SIGNALS if s not in busy and self.aggregator.pending_records(s)]
+        statuses = [DrainStatus.STOPPED] * len(busy)  # a signal a late lane still drains: not this time
+        if not signals:
+            return statuses + [DrainStatus.EMPTY]
+        if not send_together(len(signals), recent):
+            for signal in signals:
+                statuses.append(self._drain_signal(signal, until, result, final))
+                # In turn, as before lanes: a flush stops at the first signal not emptied (the
+                # backend is failing, or time is out); the final flush only when time is out.
+                if statuses[-1] is DrainStatus.STOPPED or (statuses[-1] is DrainStatus.FAILED and not final):
+                    break
+            return statuses
+        jobs: List[_Drain] = []
+        for signal in signals[1:]:
+            part = FlushResult()
+            job = _Drain(signal, part, lambda s=signal, p=part: self._drain_signal(s, until, p, final))
+            if self._lane_for(job):
+                jobs.append(job)
+            else:  # no lane free: in turn, here
+                statuses.append(self._drain_signal(signal, until, result, final))
+        statuses.append(self._drain_signal(signals[0], until, result, final))
+        for job in jobs:
+            if not job.done.wait(bounded(until - self._clock() + GATE_CLOSE_GRACE_S)):
+                with self._cond:
+                    self._draining[job.signal] = job  # what it sends later is not in this result
+                self._once.warning(log, "lane_late", "export of %s outlasted its flush's deadline; its outcome "
+                                   "is not in this flush's result", job.signal)
+                statuses.append(DrainStatus.STOPPED)
+                continue
+            if job.error is not None:
+                raise job.error
+            _merge(result, job.result)
+            statuses.append(job.status or DrainStatus.STOPPED)
+        return statuses
+
+    def _lane_for(self, job: _Drain) -> bool:
+        """Give ``job`` to an idle lane (started on first use); False when none is free."""
+        for lane in self._lanes:
+            if lane.submit(job):
+                return True
+        if len(self._lanes) >= SEND_LANES:
+            return False
+        lane = SendLane(f"lambda-otel-export-lane-{len(self._lanes) + 1}")
+        lane.start()
+        self._lanes.append(lane)
+        return lane.submit(job)
+
     def _drain_signal(self, signal: str, until: float, result: FlushResult, final: bool,
                       max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH) -> DrainStatus:
         """Send batches of one signal until its queue is empty, the gate closes, or time runs out."""
@@ -957,6 +1094,8 @@ class ExportWorker(threading.Thread):
                 started = self._clock()
                 outcome = self._export(signal, batch, req_deadline)
                 elapsed = self._clock() - started
+                with self._cond:
+                    self._recent_requests.append(elapsed)
             finally:
                 self.gate.end(token)
             kind = ExportKind.RETRYABLE if outcome is None else outcome.kind
@@ -1040,6 +1179,18 @@ class ExportWorker(threading.Thread):
         self.manager.record_flush(result.success, now)
         if result.success is not None:
             self.breaker.record(result.success, now)
+
+
+def _merge(into: FlushResult, part: FlushResult) -> None:
+    """Add a lane's result to the flush's: a failure anywhere makes the flush a failure."""
+    if part.success is False:
+        into.success = False
+    elif part.success is True and into.success is None:
+        into.success = True
+    for signal, records in part.sent.items():
+        into.sent[signal] = into.sent.get(signal, 0) + records
+    into.requests += part.requests
+    into.last_failure = into.last_failure or part.last_failure
 
 
 @dataclass

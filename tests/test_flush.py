@@ -28,8 +28,10 @@ from lambda_otel.flush import (
     decide,
     decide_managed_instances,
     effective_strategy,
+    SEND_TOGETHER_MIN_S,
     holds_next,
     near_budget,
+    send_together,
 )
 
 
@@ -434,6 +436,27 @@ class ExportGateTest(unittest.TestCase):
         gate.open()
         self.assertTrue(gate.is_open)
         self.assertIsNotNone(gate.try_begin())
+
+
+class SendTogetherTest(unittest.TestCase):
+    def test_one_signal_is_never_sent_on_a_lane(self):
+        self.assertFalse(send_together(1, []))
+        self.assertFalse(send_together(0, [1.0]))
+
+    def test_before_any_request_the_signals_go_at_once(self):
+        self.assertTrue(send_together(3, []))
+
+    def test_a_backend_on_this_host_is_sent_to_in_turn(self):
+        fast = SEND_TOGETHER_MIN_S / 3
+        self.assertFalse(send_together(3, [fast] * 9))
+
+    def test_a_distant_backend_is_sent_to_at_once(self):
+        self.assertTrue(send_together(2, [SEND_TOGETHER_MIN_S * 5] * 9))
+
+    def test_one_slow_request_among_fast_ones_changes_nothing(self):
+        fast, slow = SEND_TOGETHER_MIN_S / 3, 1.0
+        self.assertFalse(send_together(3, [fast] * 8 + [slow]))
+        self.assertTrue(send_together(3, [slow] * 5 + [fast] * 4), "most of them slow: at once")
 
 
 if __name__ == "__main__":

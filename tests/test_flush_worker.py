@@ -122,6 +122,80 @@ class ExportWorkerTest(unittest.TestCase):
         self.assertEqual([p.name for p in h.sink.metrics()], ["faas.invocations"])
         self.assertEqual(h.aggregator.pending_records(), 0)
 
+    def test_a_flush_sends_its_signals_together_not_in_turn(self):
+        # Each answer takes a second: in turn, no two requests would ever be open at once.
+        h = Harness(self, strategy="end", flush_budget_s=8.0)
+        h.sink.set_reply(Reply(delay=1.0))
+        h.gate.open()
+        h.add_spans(3)
+        h.aggregator.add(L.LOGS, logs(2), records=2)
+        h.metrics.add("faas.invocations", 1)
+        result = h.flush(budget=8.0)
+        self.assertTrue(result.success)
+        self.assertEqual(result.sent, {"traces": 3, "logs": 2, "metrics": 1})
+        self.assertEqual(result.requests, 3)
+        requests = h.sink.requests
+        self.assertEqual(sorted(r.signal for r in requests), ["logs", "metrics", "traces"])
+        last_start = max(r.start for r in requests)
+        self.assertEqual(len(h.sink.open_at(last_start)), 3, "the three requests were not open together")
+        self.assertEqual(len({r.connection_id for r in requests}), 3)
+        self.assertEqual(h.gate.in_flight, 0)
+
+    def test_after_fast_requests_a_flush_sends_its_signals_in_turn(self):
+        # Requests quicker than SEND_TOGETHER_MIN_S are mostly our own CPU: lanes would only add
+        # thread hand-offs. (The threshold is raised so that this sink's 0.3 s answers count as fast.)
+        with mock.patch.object(flush_mod, "SEND_TOGETHER_MIN_S", 10.0):
+            h = Harness(self, strategy="end", flush_budget_s=8.0)
+            h.sink.set_reply(Reply(delay=0.3))
+            h.gate.open()
+            for _ in range(2):  # the first flush knows no request yet (at once); the second knows three
+                h.add_spans(1)
+                h.aggregator.add(L.LOGS, logs(1), records=1)
+                h.metrics.add("faas.invocations", 1)
+                self.assertTrue(h.flush(budget=8.0).success)
+            first, second = h.sink.requests[:3], h.sink.requests[3:]
+            self.assertEqual(len(h.sink.open_at(max(r.start for r in first))), 3, "the first flush: at once")
+            self.assertEqual(len(second), 3)
+            self.assertTrue(all(len(h.sink.open_at(r.start)) == 1 for r in second), "the second: in turn")
+
+    def test_one_signal_failing_beside_the_others_fails_the_flush_and_keeps_its_data(self):
+        h = Harness(self, strategy="end")
+        h.sink.set_reply(Reply(status=503), path="/v1/logs")
+        h.gate.open()
+        h.add_spans(2)
+        h.aggregator.add(L.LOGS, logs(4), records=4)
+        result = h.flush()
+        self.assertFalse(result.success)
+        self.assertTrue(result.deferred)
+        self.assertEqual(result.sent.get("traces"), 2)
+        self.assertIsNotNone(result.last_failure)
+        self.assertEqual(h.aggregator.pending_records(L.LOGS), 4, "the failed batch is back in the queue")
+        h.sink.reset_behaviour()
+        self.assertTrue(h.flush().success)
+        self.assertEqual(len(h.sink.log_records()), 4)
+        self.assertEqual(h.loss.total(), 0)
+
+    def test_a_lane_that_raises_reaches_the_worker_and_the_next_flush_still_works(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        h.add_spans(1)
+        h.aggregator.add(L.LOGS, logs(1), records=1)
+        real = h.worker._drain_signal
+        calls = []
+
+        def failing_for_logs(signal, *args, **kwargs):
+            calls.append(signal)
+            if signal == L.LOGS and calls.count(L.LOGS) == 1:
+                raise RuntimeError("boom in a lane")
+            return real(signal, *args, **kwargs)
+
+        with mock.patch.object(h.worker, "_drain_signal", failing_for_logs):
+            with self.assertLogs("lambda_otel.flush", "ERROR"):
+                self.assertFalse(h.flush().success)
+            self.assertTrue(h.flush().success)
+        self.assertEqual(len(h.sink.log_records()), 1)
+        self.assertEqual(len(h.span_names()), 1)
+
     def test_dropped_metric_goes_out_with_the_next_flush(self):
         h = Harness(self, strategy="end")
         h.gate.open()

@@ -75,11 +75,13 @@ class ShutdownRaceTest(ReliabilityTestCase):
         self.assertTrue(during, "no telemetry POST overlapped SHUTDOWN")
 
     def test_shutdown_while_the_backend_is_slow_counts_what_it_could_not_send(self):
-        # Each request takes 1.5 s; the 2 s shutdown budget fits at most one: the rest is
+        # Each request takes 1.5 s; the 2 s shutdown budget fits at most one per signal (the
+        # signals go out at once), and the 60 lines need three requests of 20: the rest is
         # counted as shutdown_deadline and the extension still exits in time.
         sink = self.make_sink()
         sim = self.make_sim(self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY="periodic",
-                                          LAMBDA_OTEL_FLUSH_INTERVAL_MS="60000"))
+                                          LAMBDA_OTEL_FLUSH_INTERVAL_MS="60000",
+                                          LAMBDA_OTEL_MAX_BATCH_RECORDS="20"))
         sim.start(timeout=30)
         results = [sim.invoke({"logs": 20}, timeout=30) for _ in range(3)]
         sink.set_reply(Reply(delay=1.5))
