@@ -104,7 +104,6 @@ from __future__ import annotations
 import enum
 import logging
 import random
-import statistics
 import threading
 import time
 from collections import OrderedDict, deque
@@ -141,9 +140,9 @@ PROBE_TIMEOUT_S = 0.5  # ... with a short deadline (also capped by flush_budget_
 BREAKER_INITIAL_BACKOFF_S = 1.0
 GATE_CLOSE_GRACE_S = 0.25  # slack on top of the in-flight request's own deadline
 MAX_BATCHES_PER_FLUSH = 10_000  # loop bound; never reached with sane budgets
-# A flush's signals go out at once when its recent requests took at least this long (send_together).
+# A flush's signals go out at once when each recent request took at least this long (send_together).
 SEND_TOGETHER_MIN_S = 0.002
-RECENT_REQUESTS = 9  # requests whose duration send_together looks at (their median)
+RECENT_REQUESTS = 9  # requests whose durations send_together looks at
 # A function whose invocations bring this share of the buffer budget is held for (any strategy).
 NEAR_BUDGET_FRACTION = 0.5
 VOLUME_HISTORY = 5  # invocations whose data volume the near-budget decision remembers
@@ -352,18 +351,20 @@ def decide(now: float, state: FlushState) -> Decision:
     return Decision(Action.WAIT, wait_s=wait_s)
 
 
-def send_together(signals: int, recent_requests_s: Sequence[float]) -> bool:
+def send_together(signals: int, recent_requests_s: Sequence[float]) -> bool:  # ExportOutcome.round_trip_s
     """Whether a flush's signals are drained at once (the exporter thread and its lanes) rather
-    than in turn: when several have data, and the recent requests took long enough for their
-    waits to overlap with profit. A request to a backend on the same host takes ~1 ms, most of it
-    our own CPU: sent at once they would cost more CPU (thread hand-offs) and save nothing; a
-    backend elsewhere answers in several ms, and in turn a hold would wait for every round trip.
-    With no request seen yet, at once (the first flush is often the one a hold waits for)."""
-    if signals < 2:
+    than in turn: when several have data, and even the quickest of the recent requests took long
+    enough for their waits to overlap with profit. A request to a backend on the same host takes
+    ~1 ms, most of it our own CPU: sent at once they would cost more CPU (thread hand-offs) and
+    memory (two more threads) and save nothing; a backend elsewhere answers in several ms, and in
+    turn a hold would wait for every round trip. The quickest, not a mean: a busy CPU or a new
+    connection makes a request slower, never quicker, so only the backend's distance keeps every
+    request above ``SEND_TOGETHER_MIN_S``.
+    With no request seen yet, in turn: the lanes (threads, and the memory each thread's allocator
+    keeps) are started only for a backend that has shown it is worth it."""
+    if signals < 2 or not recent_requests_s:
         return False
-    if not recent_requests_s:
-        return True
-    return statistics.median(recent_requests_s) >= SEND_TOGETHER_MIN_S
+    return min(recent_requests_s) >= SEND_TOGETHER_MIN_S
 
 
 def holds_next(strategy: Strategy, breaker_open: bool, near_budget: bool = False) -> bool:
@@ -795,7 +796,7 @@ class ExportWorker(threading.Thread):
         self._left_over = False  # the last hold ended with data pending (sent first, at the next chance)
         self._lanes: list = []  # SendLane threads, started by the first flush with two signals pending
         self._draining: Dict[str, _Drain] = {}  # signals a lane still drains (a late one, past its wait)
-        self._recent_requests: Deque[float] = deque(maxlen=RECENT_REQUESTS)  # seconds each request took
+        self._recent_requests: Deque[float] = deque(maxlen=RECENT_REQUESTS)  # ExportOutcome.round_trip_s
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
         aggregator.set_on_lost(self._lost_for_good)  # evicted metrics give their loss counts back
 
@@ -852,7 +853,7 @@ class ExportWorker(threading.Thread):
             self._cond.notify_all()
         for t in tickets:
             t._finish(FlushResult(deferred=True))
-        for lane in self._lanes:
+        for lane in list(self._lanes):
             lane.stop()
         if self.is_alive():
             self.join(bounded(timeout))
@@ -931,8 +932,9 @@ class ExportWorker(threading.Thread):
         """One small batch with a short deadline, to see whether the backend is back."""
         self._collect_metrics()
         result = FlushResult()
+        busy = self._busy_signals()
         for signal in loss_mod.SIGNALS:
-            if self.aggregator.pending_records(signal):
+            if signal not in busy and self.aggregator.pending_records(signal):
                 status = self._drain_signal(signal, until, result, final=False, max_records=PROBE_MAX_RECORDS,
                                             max_batches=1)
                 if status is DrainStatus.FAILED:  # feeds the breaker: the next probe waits a longer backoff
@@ -968,6 +970,10 @@ class ExportWorker(threading.Thread):
                                     bounded(not_before - self._clock()))
             if DrainStatus.FAILED in self._drain_together(until, result, final=True):
                 result.success = False
+        self._wait_for_late_lanes(until)
+        if self._busy_signals():
+            log.warning("final flush: an export outlasted the shutdown deadline; what it had taken from the "
+                        "queue is neither sent nor counted")
         unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
         self._send_last_metrics(last_until, result)
         result.shutdown_dropped = unsent
@@ -998,7 +1004,8 @@ class ExportWorker(threading.Thread):
         except Exception:  # logged by the first collect that failed
             return
         now = self._clock()
-        if rm is None or until - now < MIN_REQUEST_S or not self.exporter.ready():
+        if rm is None or until - now < MIN_REQUEST_S or not self.exporter.ready() \
+                or loss_mod.METRICS in self._busy_signals():
             return
         from lambda_otel.aggregator import Batch
         from lambda_otel.otlp import count_records
@@ -1017,50 +1024,92 @@ class ExportWorker(threading.Thread):
 
     def _drain_together(self, until: float, result: FlushResult, final: bool) -> List[DrainStatus]:
         """Drain every signal with data pending, at once if ``send_together`` says so: the first
-        here, the others on the lanes; their statuses once all are done (a lane is waited for until
-        the flush's deadline plus ``GATE_CLOSE_GRACE_S``; its requests end by then, cut by their
-        own deadlines)."""
+        here, the others on the lanes; their statuses once all are done. In turn, as before there
+        were lanes: each signal is looked at when its turn comes, and a flush stops at the first
+        signal not emptied (the backend is failing, or time is out), the final flush only when
+        time is out."""
+        busy = self._busy_signals()
         with self._cond:
-            busy = {s for s, job in self._draining.items() if not job.done.is_set()}
-            self._draining = {s: job for s, job in self._draining.items() if s in busy}
             recent = list(self._recent_requests)
-        signals = [s for s in loss_mod.SIGNALS if s not in busy and self.aggregator.pending_records(s)]
         statuses = [DrainStatus.STOPPED] * len(busy)  # a signal a late lane still drains: not this time
-        if not signals:
-            return statuses + [DrainStatus.EMPTY]
-        if not send_together(len(signals), recent):
-            for signal in signals:
+        pending = [s for s in loss_mod.SIGNALS if s not in busy and self.aggregator.pending_records(s)]
+        if not send_together(len(pending), recent):
+            for signal in loss_mod.SIGNALS:
+                if signal in busy:
+                    continue
                 statuses.append(self._drain_signal(signal, until, result, final))
-                # In turn, as before lanes: a flush stops at the first signal not emptied (the
-                # backend is failing, or time is out); the final flush only when time is out.
                 if statuses[-1] is DrainStatus.STOPPED or (statuses[-1] is DrainStatus.FAILED and not final):
                     break
             return statuses
         jobs: List[_Drain] = []
-        for signal in signals[1:]:
-            part = FlushResult()
-            job = _Drain(signal, part, lambda s=signal, p=part: self._drain_signal(s, until, p, final))
-            if self._lane_for(job):
-                jobs.append(job)
-            else:  # no lane free: in turn, here
+        try:
+            for signal in pending[1:]:
+                part = FlushResult()
+                job = _Drain(signal, part, lambda s=signal, p=part: self._drain_signal(s, until, p, final))
+                if self._lane_for(job):
+                    jobs.append(job)
+                else:  # no lane free: in turn, here
+                    statuses.append(self._drain_signal(signal, until, result, final))
+            statuses.append(self._drain_signal(pending[0], until, result, final))
+        finally:  # also when a drain here raised: no lane's signal is left running unowned
+            error = self._join(jobs, until, result, statuses)
+        if error is not None:
+            raise error
+        for signal in loss_mod.SIGNALS:  # data that came for another signal meanwhile
+            if signal not in pending and signal not in busy and self.aggregator.pending_records(signal):
                 statuses.append(self._drain_signal(signal, until, result, final))
-        statuses.append(self._drain_signal(signals[0], until, result, final))
+        return statuses
+
+    def _join(self, jobs: List[_Drain], until: float, result: FlushResult,
+              statuses: List[DrainStatus]) -> Optional[BaseException]:
+        """Wait for the lanes' drains until ``until`` + ``GATE_CLOSE_GRACE_S`` (their requests are
+        cut by their own deadlines before then) and merge their results; the first error raised in
+        a lane is returned. A drain still running then (a starved CPU) is remembered as owning its
+        signal: no other drain takes that signal until it is done."""
+        error: Optional[BaseException] = None
+        end = until + GATE_CLOSE_GRACE_S
         for job in jobs:
-            if not job.done.wait(bounded(until - self._clock() + GATE_CLOSE_GRACE_S)):
+            for _ in range(int(max(0.0, end - self._clock()) / MAX_WAIT_S) + 2):  # bounded in count too
+                remaining = end - self._clock()
+                if job.done.is_set() or remaining <= 0:
+                    break
+                job.done.wait(bounded(remaining))
+            if not job.done.is_set():
                 with self._cond:
-                    self._draining[job.signal] = job  # what it sends later is not in this result
+                    self._draining[job.signal] = job
                 self._once.warning(log, "lane_late", "export of %s outlasted its flush's deadline; its outcome "
                                    "is not in this flush's result", job.signal)
                 statuses.append(DrainStatus.STOPPED)
-                continue
-            if job.error is not None:
-                raise job.error
-            _merge(result, job.result)
-            statuses.append(job.status or DrainStatus.STOPPED)
-        return statuses
+            elif job.error is not None:
+                error = error or job.error
+                statuses.append(DrainStatus.FAILED)
+            else:
+                _merge(result, job.result)
+                statuses.append(job.status or DrainStatus.STOPPED)
+        return error
+
+    def _busy_signals(self) -> set:
+        """Signals a late lane still drains (see ``_join``): every drain path leaves them alone."""
+        with self._cond:
+            self._draining = {s: job for s, job in self._draining.items() if not job.done.is_set()}
+            return set(self._draining)
+
+    def _wait_for_late_lanes(self, until: float) -> None:
+        """The final flush: let a late lane finish (bounded by ``until``) before counting what is left."""
+        with self._cond:
+            late = list(self._draining.values())
+        for job in late:
+            for _ in range(int(max(0.0, until - self._clock()) / MAX_WAIT_S) + 2):
+                remaining = until - self._clock()
+                if job.done.is_set() or remaining <= 0:
+                    break
+                job.done.wait(bounded(remaining))
 
     def _lane_for(self, job: _Drain) -> bool:
         """Give ``job`` to an idle lane (started on first use); False when none is free."""
+        with self._cond:
+            if self._stopping:
+                return False
         for lane in self._lanes:
             if lane.submit(job):
                 return True
@@ -1094,8 +1143,9 @@ class ExportWorker(threading.Thread):
                 started = self._clock()
                 outcome = self._export(signal, batch, req_deadline)
                 elapsed = self._clock() - started
-                with self._cond:
-                    self._recent_requests.append(elapsed)
+                if outcome is not None and outcome.round_trip_s is not None:
+                    with self._cond:
+                        self._recent_requests.append(outcome.round_trip_s)
             finally:
                 self.gate.end(token)
             kind = ExportKind.RETRYABLE if outcome is None else outcome.kind

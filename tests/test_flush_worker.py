@@ -123,10 +123,19 @@ class ExportWorkerTest(unittest.TestCase):
         self.assertEqual(h.aggregator.pending_records(), 0)
 
     def test_a_flush_sends_its_signals_together_not_in_turn(self):
-        # Each answer takes a second: in turn, no two requests would ever be open at once.
+        # Each answer takes a second: in turn, no two requests would ever be open at once. The first
+        # two flushes go in turn (the first opens the connections, the second times the backend
+        # on them); the third knows its backend is slow.
         h = Harness(self, strategy="end", flush_budget_s=8.0)
-        h.sink.set_reply(Reply(delay=1.0))
+        h.sink.set_reply(Reply(delay=0.05))
         h.gate.open()
+        for _ in range(2):
+            h.add_spans(1)
+            h.aggregator.add(L.LOGS, logs(1), records=1)
+            h.metrics.add("faas.invocations", 1)
+            self.assertTrue(h.flush(budget=8.0).success)
+        h.sink.clear()
+        h.sink.set_reply(Reply(delay=1.0))
         h.add_spans(3)
         h.aggregator.add(L.LOGS, logs(2), records=2)
         h.metrics.add("faas.invocations", 1)
@@ -144,40 +153,105 @@ class ExportWorkerTest(unittest.TestCase):
     def test_after_fast_requests_a_flush_sends_its_signals_in_turn(self):
         # Requests quicker than SEND_TOGETHER_MIN_S are mostly our own CPU: lanes would only add
         # thread hand-offs. (The threshold is raised so that this sink's 0.3 s answers count as fast.)
-        with mock.patch.object(flush_mod, "SEND_TOGETHER_MIN_S", 10.0):
-            h = Harness(self, strategy="end", flush_budget_s=8.0)
-            h.sink.set_reply(Reply(delay=0.3))
-            h.gate.open()
-            for _ in range(2):  # the first flush knows no request yet (at once); the second knows three
+        h = Harness(self, strategy="end", flush_budget_s=8.0)
+        h.sink.set_reply(Reply(delay=0.3))
+        h.gate.open()
+        # 0.3 s answers: slow, then (by a raised threshold) fast. Flush 1 opens the connections and
+        # flush 2 times the backend on them, both in turn; flush 3 knows it is slow.
+        for threshold in (0.1, 0.1, 0.1, 10.0):
+            with mock.patch.object(flush_mod, "SEND_TOGETHER_MIN_S", threshold):
                 h.add_spans(1)
                 h.aggregator.add(L.LOGS, logs(1), records=1)
                 h.metrics.add("faas.invocations", 1)
                 self.assertTrue(h.flush(budget=8.0).success)
-            first, second = h.sink.requests[:3], h.sink.requests[3:]
-            self.assertEqual(len(h.sink.open_at(max(r.start for r in first))), 3, "the first flush: at once")
-            self.assertEqual(len(second), 3)
-            self.assertTrue(all(len(h.sink.open_at(r.start)) == 1 for r in second), "the second: in turn")
+        requests = h.sink.requests
+        self.assertEqual(len(requests), 12)
+        at_once = [len(h.sink.open_at(r.start)) for r in requests]
+        self.assertEqual(at_once[:6], [1] * 6, "flushes 1 and 2: in turn")
+        self.assertEqual(max(at_once[6:9]), 3, "slow requests seen: at once")
+        self.assertEqual(at_once[9:], [1] * 3, "fast requests (by the raised threshold): in turn")
+
+    def test_a_lane_is_waited_for_until_its_deadline_however_short_each_wait(self):
+        # The flush waits for a lane in bounded steps (MAX_WAIT_S, shortened here) up to its own
+        # deadline, not one step: a lane well within its deadline is part of the flush's result.
+        with mock.patch.object(flush_mod, "MAX_WAIT_S", 0.1):
+            h = Harness(self, strategy="end", flush_budget_s=5.0)
+            h.gate.open()
+            h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)  # as after a slow backend
+            h.sink.set_reply(Reply(delay=0.6), path="/v1/logs")
+            h.add_spans(1)
+            h.aggregator.add(L.LOGS, logs(2), records=2)
+            result = h.flush(budget=5.0)
+        self.assertTrue(result.success)
+        self.assertEqual(result.sent, {"traces": 1, "logs": 2})
+        self.assertFalse(result.deferred)
+        self.assertEqual(h.worker._busy_signals(), set())
+
+    def test_a_drain_that_raises_beside_a_lane_leaves_no_signal_drained_twice(self):
+        h = Harness(self, strategy="end", flush_budget_s=5.0)
+        h.gate.open()
+        h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+        h.sink.set_reply(Reply(delay=0.5), path="/v1/logs")
+        h.add_spans(1)
+        h.aggregator.add(L.LOGS, logs(3), records=3)
+        real = h.worker._drain_signal
+        raised = []
+
+        def traces_raise_once(signal, *args, **kwargs):
+            if signal == L.TRACES and not raised:
+                raised.append(signal)
+                raise RuntimeError("boom on the exporter thread")
+            return real(signal, *args, **kwargs)
+
+        with mock.patch.object(h.worker, "_drain_signal", traces_raise_once):
+            with self.assertLogs("lambda_otel.flush", "ERROR"):
+                self.assertFalse(h.flush(budget=5.0).success)
+            self.assertTrue(h.flush(budget=5.0).success)
+        log_requests = h.sink.requests_to("/v1/logs")
+        self.assertEqual(len(log_requests), 1, "logs were sent by the lane only")
+        self.assertEqual(len(h.sink.log_records()), 3)
+        self.assertEqual(len(h.span_names()), 1)
+        self.assertEqual(h.loss.total(), 0)
+
+    def test_in_turn_data_that_comes_during_the_flush_goes_with_it(self):
+        h = Harness(self, strategy="end", flush_budget_s=5.0)
+        h.gate.open()
+        h.sink.set_reply(Reply(delay=0.3), path="/v1/traces")
+        h.add_spans(1)
+        adder = threading.Timer(0.1, lambda: h.aggregator.add(L.LOGS, logs(2), records=2))
+        adder.start()
+        self.addCleanup(adder.cancel)
+        result = h.flush(budget=5.0)
+        self.assertTrue(result.success)
+        self.assertEqual(result.sent, {"traces": 1, "logs": 2})
+        self.assertEqual(h.aggregator.pending_records(), 0)
 
     def test_one_signal_failing_beside_the_others_fails_the_flush_and_keeps_its_data(self):
-        h = Harness(self, strategy="end")
-        h.sink.set_reply(Reply(status=503), path="/v1/logs")
-        h.gate.open()
-        h.add_spans(2)
-        h.aggregator.add(L.LOGS, logs(4), records=4)
-        result = h.flush()
-        self.assertFalse(result.success)
-        self.assertTrue(result.deferred)
-        self.assertEqual(result.sent.get("traces"), 2)
-        self.assertIsNotNone(result.last_failure)
-        self.assertEqual(h.aggregator.pending_records(L.LOGS), 4, "the failed batch is back in the queue")
-        h.sink.reset_behaviour()
-        self.assertTrue(h.flush().success)
-        self.assertEqual(len(h.sink.log_records()), 4)
-        self.assertEqual(h.loss.total(), 0)
+        for at_once in (False, True):
+            with self.subTest(at_once=at_once):
+                h = Harness(self, strategy="end")
+                if at_once:  # as after a slow backend
+                    h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+                h.sink.set_reply(Reply(status=503), path="/v1/logs")
+                h.gate.open()
+                h.add_spans(2)
+                h.aggregator.add(L.LOGS, logs(4), records=4)
+                result = h.flush()
+                self.assertFalse(result.success)
+                self.assertTrue(result.deferred)
+                self.assertEqual(result.sent.get("traces"), 2)
+                self.assertIsNotNone(result.last_failure)
+                self.assertEqual(h.aggregator.pending_records(L.LOGS), 4, "the failed batch is back in the queue")
+                self.assertEqual(len(h.worker._lanes), 1 if at_once else 0)
+                h.sink.reset_behaviour()
+                self.assertTrue(h.flush().success)
+                self.assertEqual(len(h.sink.log_records()), 4)
+                self.assertEqual(h.loss.total(), 0)
 
     def test_a_lane_that_raises_reaches_the_worker_and_the_next_flush_still_works(self):
         h = Harness(self, strategy="end")
         h.gate.open()
+        h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)  # as after a slow backend: at once
         h.add_spans(1)
         h.aggregator.add(L.LOGS, logs(1), records=1)
         real = h.worker._drain_signal
@@ -192,6 +266,7 @@ class ExportWorkerTest(unittest.TestCase):
         with mock.patch.object(h.worker, "_drain_signal", failing_for_logs):
             with self.assertLogs("lambda_otel.flush", "ERROR"):
                 self.assertFalse(h.flush().success)
+            self.assertEqual(len(h.worker._lanes), 1, "logs was drained on a lane")
             self.assertTrue(h.flush().success)
         self.assertEqual(len(h.sink.log_records()), 1)
         self.assertEqual(len(h.span_names()), 1)
