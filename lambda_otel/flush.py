@@ -850,10 +850,11 @@ class ExportWorker(threading.Thread):
         with self._cond:
             self._stopping = True
             tickets, self._tickets = list(self._tickets), deque()
+            lanes = list(self._lanes)
             self._cond.notify_all()
         for t in tickets:
             t._finish(FlushResult(deferred=True))
-        for lane in list(self._lanes):
+        for lane in lanes:
             lane.stop()
         if self.is_alive():
             self.join(bounded(timeout))
@@ -954,6 +955,7 @@ class ExportWorker(threading.Thread):
         result = FlushResult()
         last_until, until = until, until - min(FINAL_METRICS_RESERVE_S, max(0.0, until - self._clock()) / 4)
         for _ in range(MAX_BATCH_ATTEMPTS):  # passes: a signal that failed is retried next pass
+            self._wait_for_late_lanes(until)  # a lane an earlier flush left running: its signal next
             if self.aggregator.pending_records() == 0 or self._clock() >= until:
                 break
             if not self._client_ready_by(until):
@@ -997,15 +999,14 @@ class ExportWorker(threading.Thread):
         """The losses the final flush just counted, in one metrics request, so the backend's
         ``lambda_otel.dropped`` adds up to the shutdown line. Not queued and not counted if it
         fails: it only describes the loss, which the shutdown line logs anyway."""
-        if self.metrics_state is None:
+        if self.metrics_state is None or loss_mod.METRICS in self._busy_signals():
             return
         try:
             rm = self.metrics_state.collect(self._wall_ns())
         except Exception:  # logged by the first collect that failed
             return
         now = self._clock()
-        if rm is None or until - now < MIN_REQUEST_S or not self.exporter.ready() \
-                or loss_mod.METRICS in self._busy_signals():
+        if rm is None or until - now < MIN_REQUEST_S or not self.exporter.ready():
             return
         from lambda_otel.aggregator import Batch
         from lambda_otel.otlp import count_records
@@ -1051,8 +1052,12 @@ class ExportWorker(threading.Thread):
                 else:  # no lane free: in turn, here
                     statuses.append(self._drain_signal(signal, until, result, final))
             statuses.append(self._drain_signal(pending[0], until, result, final))
-        finally:  # also when a drain here raised: no lane's signal is left running unowned
-            error = self._join(jobs, until, result, statuses)
+        except BaseException:
+            error = self._join(jobs, until, result, statuses)  # no lane's signal is left running unowned
+            if error is not None:
+                log.error("export lane failed beside the exporter thread's own error: %r", error)
+            raise
+        error = self._join(jobs, until, result, statuses)
         if error is not None:
             raise error
         for signal in loss_mod.SIGNALS:  # data that came for another signal meanwhile
@@ -1069,12 +1074,7 @@ class ExportWorker(threading.Thread):
         error: Optional[BaseException] = None
         end = until + GATE_CLOSE_GRACE_S
         for job in jobs:
-            for _ in range(int(max(0.0, end - self._clock()) / MAX_WAIT_S) + 2):  # bounded in count too
-                remaining = end - self._clock()
-                if job.done.is_set() or remaining <= 0:
-                    break
-                job.done.wait(bounded(remaining))
-            if not job.done.is_set():
+            if not self._wait_done(job, end):
                 with self._cond:
                     self._draining[job.signal] = job
                 self._once.warning(log, "lane_late", "export of %s outlasted its flush's deadline; its outcome "
@@ -1095,29 +1095,40 @@ class ExportWorker(threading.Thread):
             return set(self._draining)
 
     def _wait_for_late_lanes(self, until: float) -> None:
-        """The final flush: let a late lane finish (bounded by ``until``) before counting what is left."""
+        """The final flush: let a late lane finish (bounded by ``until``), so that its signal can be
+        drained, and what is left counted, after it."""
         with self._cond:
             late = list(self._draining.values())
         for job in late:
-            for _ in range(int(max(0.0, until - self._clock()) / MAX_WAIT_S) + 2):
-                remaining = until - self._clock()
-                if job.done.is_set() or remaining <= 0:
-                    break
-                job.done.wait(bounded(remaining))
+            self._wait_done(job, until)
+
+    def _wait_done(self, job: _Drain, end: float) -> bool:
+        """Wait for ``job`` until ``end`` at most, in ``bounded`` steps (bounded in count too, whatever
+        the clock does); True once it is done."""
+        remaining = end - self._clock()
+        steps = int(min(remaining, 3600.0) / MAX_WAIT_S) + 2 if remaining > 0 else 1
+        for _ in range(steps):
+            remaining = end - self._clock()
+            if job.done.is_set() or not remaining > 0:
+                break
+            job.done.wait(bounded(remaining))
+        return job.done.is_set()
 
     def _lane_for(self, job: _Drain) -> bool:
         """Give ``job`` to an idle lane (started on first use); False when none is free."""
         with self._cond:
             if self._stopping:
                 return False
-        for lane in self._lanes:
+            lanes = list(self._lanes)
+        for lane in lanes:
             if lane.submit(job):
                 return True
-        if len(self._lanes) >= SEND_LANES:
-            return False
-        lane = SendLane(f"lambda-otel-export-lane-{len(self._lanes) + 1}")
+        with self._cond:  # stop() takes its list of lanes under this lock: none is added after it
+            if self._stopping or len(self._lanes) >= SEND_LANES:
+                return False
+            lane = SendLane(f"lambda-otel-export-lane-{len(self._lanes) + 1}")
+            self._lanes.append(lane)
         lane.start()
-        self._lanes.append(lane)
         return lane.submit(job)
 
     def _drain_signal(self, signal: str, until: float, result: FlushResult, final: bool,

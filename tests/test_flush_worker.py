@@ -865,6 +865,58 @@ class CoordinatorTest(unittest.TestCase):
         self.assertEqual(values, [1, 1, 1], "delta temporality: one point per flush")
 
 
+class LateLaneTest(unittest.TestCase):
+    """A lane still sending past its flush's deadline (a starved CPU): its signal is left to it,
+    and the final flush drains that signal after it, in the time it still has."""
+
+    def test_the_final_flush_sends_what_a_late_lane_left_in_the_queue(self):
+        release = threading.Event()
+        self.addCleanup(release.set)
+        sent = []
+
+        class Exporter:
+            def ready(self):
+                return True
+
+            def export(self, signal, items, deadline):
+                if signal == L.LOGS and not any(s == L.LOGS for s, _ in sent):
+                    release.wait(5)  # the lane's request overruns its flush
+                sent.append((signal, list(items)))
+                return exporter_mod.ExportOutcome(exporter_mod.SUCCESS, round_trip_s=1.0)
+
+        loss = L.LossCounter()
+        config = replace(FlushConfig(), strategy="end", max_batch_records=1, flush_budget_s=5.0)
+        aggregator = Aggregator(16 << 20, 100_000, loss)
+        gate = ExportGate()
+        gate.open()
+        worker = ExportWorker(aggregator, Exporter(), None, FlushManager(config), gate, loss, config)
+        worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)  # as after a distant backend
+        self.addCleanup(worker.stop, 5.0)
+        aggregator.add(L.TRACES, "t", records=1, nbytes=10)
+        aggregator.add(L.LOGS, "l1", records=1, nbytes=10)
+        aggregator.add(L.LOGS, "l2", records=1, nbytes=10)
+        with self.assertLogs("lambda_otel.flush", "WARNING"):
+            first = worker._flush(time.monotonic() + 0.2)
+        self.assertTrue(first.deferred)
+        self.assertEqual(worker._busy_signals(), {L.LOGS})
+        threading.Timer(0.3, release.set).start()
+        final = worker._final_flush(time.monotonic() + 3.0)
+        self.assertEqual(final.shutdown_dropped, 0)
+        self.assertEqual(loss.total(), 0)
+        self.assertEqual(sorted(item for s, items in sent if s == L.LOGS for item in items), ["l1", "l2"])
+        self.assertEqual(worker._busy_signals(), set())
+
+    def test_a_flush_with_no_deadline_waits_for_its_lanes_in_bounded_steps(self):
+        h = Harness(self, strategy="end")
+        h.gate.open()
+        h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+        h.add_spans(1)
+        h.aggregator.add(L.LOGS, logs(1), records=1)
+        result = h.worker._flush(float("inf"))  # on the test's thread; the worker thread idles
+        self.assertTrue(result.success)
+        self.assertEqual(result.sent, {"traces": 1, "logs": 1})
+
+
 class ManagedInstancesTest(unittest.TestCase):
     """Lambda Managed Instances: no freeze, no INVOKE, overlapping invocations."""
 
