@@ -62,26 +62,15 @@ class DelayingProxy:
                 t.start()
 
     def _requests(self, client: socket.socket, upstream: socket.socket, state: dict) -> None:
-        client.settimeout(0.2)
-        while not self.stopping.is_set():
-            try:
-                data = client.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
+        def request_bytes() -> None:
             with self.lock:
                 if not state["waiting"]:
                     state["waiting"] = True
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
             time.sleep(self.delay)
-            try:
-                upstream.sendall(data)
-            except OSError:
-                break
+
+        self._pump(client, upstream, request_bytes)
         for s in (client, upstream):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -89,26 +78,34 @@ class DelayingProxy:
                 pass
 
     def _answers(self, client: socket.socket, upstream: socket.socket, state: dict) -> None:
-        upstream.settimeout(0.2)
-        while not self.stopping.is_set():
-            try:
-                data = upstream.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
+        def answer_bytes() -> None:
             with self.lock:
                 if state["waiting"]:
                     state["waiting"] = False
                     self.in_flight -= 1
-            try:
-                client.sendall(data)
-            except OSError:
-                break
+
+        self._pump(upstream, client, answer_bytes)
         client.close()
         upstream.close()
+
+    def _pump(self, source: socket.socket, target: socket.socket, on_data) -> None:
+        """Copy ``source`` to ``target`` until either closes or the proxy stops; ``on_data`` runs
+        before each chunk is forwarded."""
+        source.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                data = source.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            on_data()
+            try:
+                target.sendall(data)
+            except OSError:
+                return
 
 
 class DistantBackendTest(ExtensionTestCase):
