@@ -318,6 +318,15 @@ class ChattyFirstInvocationTest(WarmUpCase):
         return sim, sink, results, output
 
     def test_end_lost_is_exactly_what_is_counted_and_nothing_is_open_at_a_freeze(self):
+        # The scenario must overflow our queue. On a loaded runner Lambda's own buffer may drop so
+        # much of the burst (platform.logsDropped) that what reaches us fits: then it is run once
+        # more (bounded), and every run's accounting is checked all the same.
+        for attempt in (1, 2):
+            overflowed = self.check_chatty_first_invocation(last=attempt == 2)
+            if overflowed:
+                return
+
+    def check_chatty_first_invocation(self, last: bool) -> bool:
         from tests.test_flush_e2e import chatty_lines, final_flush_line, freeze_violations
 
         lines = 50_000  # ~4 budgets at 128 MB: the queue overflows while the client is not ready
@@ -339,11 +348,14 @@ class ChattyFirstInvocationTest(WarmUpCase):
         by_us = sum(counted.values())
         self.assertEqual(by_lambda, sum(r["droppedRecords"] for r in notices), summary)
         lost_by_us = (lines_in + len(notices)) - (len(got) + notices_out)
-        self.assertGreater(lost_by_us, 0, "the scenario did not overflow the queue")
         self.assertLessEqual(lost_by_us, by_us, summary)
         self.assertLessEqual(by_us - lost_by_us, 2 * 1000 + 100, f"over-counted beyond two cut batches; {summary}")
         problems = freeze_violations(sim, sink)
         self.assertEqual(problems, [], "\n".join(problems[:20]))
+        if last:
+            self.assertGreater(lost_by_us, 0, f"the scenario did not overflow the queue: {lines_in} lines "
+                               f"reached us, Lambda dropped {by_lambda}; {summary}")
+        return lost_by_us > 0
 
 class SdkFunctionWhileNotReadyTest(WarmUpCase):
     """A real SDK function (BatchSpanProcessor, 128 MB) exporting bursts of spans to the receiver
