@@ -161,6 +161,19 @@ def bounded(seconds: float) -> float:
     return min(seconds, MAX_WAIT_S)
 
 
+def wait_for_event(event: threading.Event, end: float, clock: Clock = time.monotonic) -> bool:
+    """Wait until ``event`` is set or ``clock()`` reaches ``end``, in ``bounded`` steps that are
+    bounded in count too (whatever the clock does); whether it is set."""
+    remaining = end - clock()
+    steps = int(min(remaining, 3600.0) / MAX_WAIT_S) + 2 if remaining > 0 else 1
+    for _ in range(steps):
+        remaining = end - clock()
+        if event.is_set() or not remaining > 0:
+            break
+        event.wait(bounded(remaining))
+    return event.is_set()
+
+
 # --- the vocabulary -------------------------------------------------------------------------
 
 
@@ -677,13 +690,7 @@ class FlushTicket:
         self._done = threading.Event()
 
     def wait(self, timeout: float) -> bool:
-        end = time.monotonic() + max(0.0, timeout)
-        while not self._done.is_set():
-            remaining = end - time.monotonic()
-            if not remaining > 0:
-                return False
-            self._done.wait(bounded(remaining))
-        return True
+        return wait_for_event(self._done, time.monotonic() + max(0.0, timeout))
 
     @property
     def done(self) -> bool:
@@ -794,7 +801,7 @@ class ExportWorker(threading.Thread):
         self.flushes = 0
         self._last_flush_end = float("-inf")
         self._left_over = False  # the last hold ended with data pending (sent first, at the next chance)
-        self._lanes: list = []  # SendLane threads, started by the first flush with two signals pending
+        self._lanes: List[SendLane] = []  # threads, started by the first flush with two signals pending
         self._draining: Dict[str, _Drain] = {}  # signals a lane still drains (a late one, past its wait)
         self._recent_requests: Deque[float] = deque(maxlen=RECENT_REQUESTS)  # ExportOutcome.round_trip_s
         aggregator.set_on_data(self.wake)  # a full batch starts at once, without polling
@@ -972,8 +979,7 @@ class ExportWorker(threading.Thread):
                                     bounded(not_before - self._clock()))
             if DrainStatus.FAILED in self._drain_together(until, result, final=True):
                 result.success = False
-        self._wait_for_late_lanes(until)
-        if self._busy_signals():
+        if self._busy_signals():  # still running after every pass's wait for it: past the deadline
             log.warning("final flush: an export outlasted the shutdown deadline; what it had taken from the "
                         "queue is neither sent nor counted")
         unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
@@ -1074,7 +1080,7 @@ class ExportWorker(threading.Thread):
         error: Optional[BaseException] = None
         end = until + GATE_CLOSE_GRACE_S
         for job in jobs:
-            if not self._wait_done(job, end):
+            if not wait_for_event(job.done, end, self._clock):
                 with self._cond:
                     self._draining[job.signal] = job
                 self._once.warning(log, "lane_late", "export of %s outlasted its flush's deadline; its outcome "
@@ -1100,19 +1106,7 @@ class ExportWorker(threading.Thread):
         with self._cond:
             late = list(self._draining.values())
         for job in late:
-            self._wait_done(job, until)
-
-    def _wait_done(self, job: _Drain, end: float) -> bool:
-        """Wait for ``job`` until ``end`` at most, in ``bounded`` steps (bounded in count too, whatever
-        the clock does); True once it is done."""
-        remaining = end - self._clock()
-        steps = int(min(remaining, 3600.0) / MAX_WAIT_S) + 2 if remaining > 0 else 1
-        for _ in range(steps):
-            remaining = end - self._clock()
-            if job.done.is_set() or not remaining > 0:
-                break
-            job.done.wait(bounded(remaining))
-        return job.done.is_set()
+            wait_for_event(job.done, until, self._clock)
 
     def _lane_for(self, job: _Drain) -> bool:
         """Give ``job`` to an idle lane (started on first use); False when none is free."""
