@@ -228,7 +228,6 @@ class Transport:
         self._sessions: Dict[str, "requests.Session"] = {}
         self._urls: Dict[str, Tuple[str, Dict[str, str]]] = {}  # url -> (prepared url, proxies)
         self._adapter_cls = None
-        self._sent = False
 
     def warm_up(self) -> None:
         """Import requests and urllib3 and build the adapter class, so the first export does not."""
@@ -238,7 +237,7 @@ class Transport:
     @property
     def last_reused(self) -> bool:
         """Whether the last ``post`` went out on a pooled connection (opened none of its own)."""
-        return self._sent and self._watch is not None and not self._watch.opened
+        return self._watch is not None and not self._watch.opened
 
     def attach(self, sock: socket.socket, new: bool = False) -> None:
         """The connection hooks: the current attempt now uses ``sock``."""
@@ -269,7 +268,6 @@ class Transport:
         request.headers["Content-Length"] = str(len(body))
         request.body = body
         adapter = session.get_adapter(prepared_url)
-        self._sent = True
         watch = self._watch = self.watchdog.arm(deadline)
         try:
             response = adapter.send(request, stream=True, timeout=timeout, verify=self.verify, cert=None,
