@@ -68,6 +68,11 @@ def epoch_ms_in(seconds: float) -> int:
     return int((time.time() + seconds) * 1000)
 
 
+def as_after_a_distant_backend(worker: ExportWorker) -> None:
+    """The worker has seen only slow requests: its next flush sends its signals at once."""
+    worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+
+
 class Harness:
     """One extension's worth of flush machinery wired to a fresh sink."""
 
@@ -181,7 +186,7 @@ class ExportWorkerTest(unittest.TestCase):
         with mock.patch.object(flush_mod, "MAX_WAIT_S", 0.1):
             h = Harness(self, strategy="end", flush_budget_s=5.0)
             h.gate.open()
-            h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)  # as after a slow backend
+            as_after_a_distant_backend(h.worker)
             h.sink.set_reply(Reply(delay=0.6), path="/v1/logs")
             h.add_spans(1)
             h.aggregator.add(L.LOGS, logs(2), records=2)
@@ -194,7 +199,7 @@ class ExportWorkerTest(unittest.TestCase):
     def test_a_drain_that_raises_beside_a_lane_leaves_no_signal_drained_twice(self):
         h = Harness(self, strategy="end", flush_budget_s=5.0)
         h.gate.open()
-        h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+        as_after_a_distant_backend(h.worker)
         h.sink.set_reply(Reply(delay=0.5), path="/v1/logs")
         h.add_spans(1)
         h.aggregator.add(L.LOGS, logs(3), records=3)
@@ -234,8 +239,8 @@ class ExportWorkerTest(unittest.TestCase):
         for at_once in (False, True):
             with self.subTest(at_once=at_once):
                 h = Harness(self, strategy="end")
-                if at_once:  # as after a slow backend
-                    h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+                if at_once:
+                    as_after_a_distant_backend(h.worker)
                 h.sink.set_reply(Reply(status=503), path="/v1/logs")
                 h.gate.open()
                 h.add_spans(2)
@@ -255,7 +260,7 @@ class ExportWorkerTest(unittest.TestCase):
     def test_a_lane_that_raises_reaches_the_worker_and_the_next_flush_still_works(self):
         h = Harness(self, strategy="end")
         h.gate.open()
-        h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)  # as after a slow backend: at once
+        as_after_a_distant_backend(h.worker)
         h.add_spans(1)
         h.aggregator.add(L.LOGS, logs(1), records=1)
         real = h.worker._drain_signal
@@ -894,7 +899,7 @@ class LateLaneTest(unittest.TestCase):
         gate = ExportGate()
         gate.open()
         worker = ExportWorker(aggregator, Exporter(), None, FlushManager(config), gate, loss, config)
-        worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)  # as after a distant backend
+        as_after_a_distant_backend(worker)
         self.addCleanup(worker.stop, 5.0)
         aggregator.add(L.TRACES, "t", records=1, nbytes=10)
         aggregator.add(L.LOGS, "l1", records=1, nbytes=10)
@@ -913,7 +918,7 @@ class LateLaneTest(unittest.TestCase):
     def test_a_flush_with_no_deadline_waits_for_its_lanes_in_bounded_steps(self):
         h = Harness(self, strategy="end")
         h.gate.open()
-        h.worker._recent_requests.extend([1.0] * flush_mod.RECENT_REQUESTS)
+        as_after_a_distant_backend(h.worker)
         h.add_spans(1)
         h.aggregator.add(L.LOGS, logs(1), records=1)
         result = h.worker._flush(float("inf"))  # on the test's thread; the worker thread idles
