@@ -17,20 +17,31 @@ from typing import Union
 # as the local port of any new connection (and then the extension's bind fails "address in use").
 PORT_RANGE = (20000, 32767)
 PORT_TRIES = 200
+# Ports this process handed out recently: nothing listens on them yet when the next is asked for
+# (e.g. the receiver's and the telemetry listener's, picked one after the other), so a bind test
+# alone could give the same port twice.
+_GIVEN: "set[int]" = set()
+_GIVEN_MAX = 2048
 
 
 def free_port() -> int:
-    """A 127.0.0.1 port nobody listens on now, chosen at random outside the ephemeral range (the
-    extension's ports must be >= 1024 and not 9001, which this range guarantees)."""
+    """A 127.0.0.1 port nobody listens on now and not handed out recently by this process, chosen
+    at random outside the ephemeral range (the extension's ports must be >= 1024 and not 9001,
+    which this range guarantees)."""
     import random
 
     for _ in range(PORT_TRIES):  # bounded: a busy range falls back to the kernel's choice
         port = random.randint(*PORT_RANGE)
+        if port in _GIVEN:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            if len(_GIVEN) >= _GIVEN_MAX:
+                _GIVEN.clear()
+            _GIVEN.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
