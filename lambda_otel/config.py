@@ -39,9 +39,9 @@ from .sampling import DEFAULT_SAMPLER, SAMPLERS
 # here are strings, read by the type checker only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-# ipaddress, socket, threading and urllib.parse are imported where they are needed: this module
+# ipaddress, socket and urllib.parse are imported where they are needed: this module
 # is on the path to the first /next, and most environments never need them there.
 
 STRATEGIES = ("default", "end", "periodic", "continuous")
@@ -58,7 +58,6 @@ LOOPBACK_HOSTS = (
     "localhost.localdomain", "ip6-localhost", "ip6-loopback",
 )
 OURS = "LAMBDA_OTEL_"
-RESOLVE_TIMEOUT_S = 0.5  # the self-export check's one name lookup at start
 
 
 class InitType(enum.Enum):
@@ -632,8 +631,11 @@ SETTINGS: Tuple[Setting, ...] = (
                 "Where the signal is exported. The base variables (``LAMBDA_OTEL_EXPORTER_ENDPOINT``, "
                 "``OTEL_EXPORTER_OTLP_ENDPOINT``) get ``/v1/traces``, ``/v1/metrics`` or ``/v1/logs`` appended "
                 "to their path; the per-signal ones are used as is. An endpoint that is lambda-otel's own "
-                "receiver (in any spelling, or a name that resolves to loopback) is refused: from "
-                "``LAMBDA_OTEL_*`` at init, from ``OTEL_*`` (the function's SDK pointing at us) with a warning.",
+                "receiver in any spelling of loopback is refused: from ``LAMBDA_OTEL_*`` at init, from "
+                "``OTEL_*`` (the function's SDK pointing at us) with a warning. A host name that resolves "
+                "to loopback on the receiver's port (a hosts-file alias) is refused at its first export, "
+                "from the lookup the connection needs anyway (init asks DNS nothing): one warning, and "
+                "its records counted as ``export_rejected``.",
                 EXPORT, unset_doc=f"exports no {signal}")
         for signal in SIGNALS
     ),
@@ -858,12 +860,10 @@ class _Reader:
         return chosen
 
 
-def load_config(env: Mapping[str, str] | None = None,
-                resolve: Optional[Callable[[str, int], Sequence[str]]] = None) -> Config:
+def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate every setting; raise ConfigError on the first bad ``LAMBDA_OTEL_*`` one.
 
-    ``resolve(host, port) -> addresses`` is the self-export check's name lookup (default: the
-    system resolver, bounded by RESOLVE_TIMEOUT_S).
+    Nothing here waits on the network: this runs before the first ``/next``.
     """
     env = os.environ if env is None else env
     reader = _Reader(env)
@@ -871,7 +871,7 @@ def load_config(env: Mapping[str, str] | None = None,
 
     _check_ports(values)
     _check_limits(values)
-    _check_self_export(values, reader, resolve or resolve_host)
+    _check_self_export(values, reader)
     _check_aws(values, reader, env)
     return _build(values, reader.warnings)
 
@@ -960,62 +960,35 @@ def _is_local_ip(ip: Any) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
-def resolve_host(host: str, port: int, timeout: float = RESOLVE_TIMEOUT_S) -> Sequence[str]:
-    """The addresses ``host`` resolves to, or () when the lookup fails or takes longer than ``timeout``.
+def is_local_address(text: str) -> bool:
+    """Whether an address (as ``getaddrinfo`` returns it) is this machine's loopback or unspecified one."""
+    ip = _ip(text)
+    return ip is not None and _is_local_ip(ip)
 
-    ``getaddrinfo`` has no timeout of its own, so it runs on a daemon thread we stop waiting for.
+
+def _is_own_receiver(url: str, receiver_port: int) -> bool:
+    """Whether ``url`` is our receiver in a spelling that shows without DNS.
+
+    No lookup before the first ``/next``: a name that only a lookup shows to be this machine (a
+    hosts-file alias) is caught by the exporter, which resolves it anyway (``OtlpExporter``).
     """
-    import socket
-    import threading
-    found: List[str] = []
-
-    def lookup() -> None:
-        try:
-            found.extend(str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP))
-        except (OSError, UnicodeError):
-            pass
-
-    thread = threading.Thread(target=lookup, name="config-resolve", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return () if thread.is_alive() else tuple(found)
-
-
-def _is_own_receiver(url: str, receiver_port: int, resolve: Callable[[str, int], Sequence[str]]) -> bool:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    if port != receiver_port:
-        return False  # the only case that needs no lookup, and by far the most common one
-    host = parts.hostname or ""
-    if is_loopback_host(host):
-        return True
-    if _ip(host) is not None:
-        return False
-    # A name: hosts-file aliases of 127.0.0.1 (e.g. the machine's own name) only show in a lookup.
-    return any(_is_local_ip(ip) for ip in map(_ip, resolve(host, port)) if ip is not None)
+    return port == receiver_port and is_loopback_host(parts.hostname or "")
 
 
-def _check_self_export(values: Dict[str, Any], reader: _Reader, resolve: Callable[[str, int], Sequence[str]]) -> None:
+def _check_self_export(values: Dict[str, Any], reader: _Reader) -> None:
     """An endpoint that is our own receiver would loop every record back to us forever."""
-    from urllib.parse import urlsplit
-
     if not values["receiver.enabled"]:
         return
     port = values["receiver.port"]
-    verdicts: Dict[Tuple[Optional[str], Optional[int]], bool] = {}  # one lookup per host and port
     looping: Dict[str, List[str]] = {}  # shared variable -> signals it would loop
     for signal in SIGNALS:
         key = f"exporter.{signal}_endpoint"
         url = values[key]
-        if url is None:
-            continue
-        parts = urlsplit(url)
-        where = (parts.hostname, parts.port)
-        if where not in verdicts:
-            verdicts[where] = _is_own_receiver(url, port, resolve)
-        if not verdicts[where]:
+        if url is None or not _is_own_receiver(url, port):
             continue
         source = reader.sources[key] or "OTEL_EXPORTER_OTLP_ENDPOINT"
         if is_ours(source):
@@ -1118,5 +1091,5 @@ def _check_aws(values: Dict[str, Any], reader: _Reader, env: Mapping[str, str]) 
 __all__ = [
     "AwsConfig", "Config", "ConfigError", "ExporterConfig", "FlushConfig", "FunctionConfig", "InitType", "OtlpProtocol",
     "QueueConfig", "ReceiverConfig", "SETTINGS", "Setting", "TelemetryConfig", "VARIABLES", "is_loopback_host",
-    "is_ours", "load_config", "parse_key_values", "redact_url", "resolve_host",
+    "is_local_address", "is_ours", "load_config", "parse_key_values", "redact_url",
 ]

@@ -113,7 +113,8 @@ class Pipeline:
         self.exporter = OtlpExporter(config.exporter, self.loss, signer=self.auth.signer,
                                      header_source=self.auth.header_source,
                                      max_request_bytes=CLOUDWATCH_MAX_REQUEST_BYTES if cloudwatch else None,
-                                     max_request_records=CLOUDWATCH_MAX_REQUEST_RECORDS if cloudwatch else None)
+                                     max_request_records=CLOUDWATCH_MAX_REQUEST_RECORDS if cloudwatch else None,
+                                     own_receiver_port=config.receiver.port if config.receiver.enabled else None)
 
         # Managed Instances: no freeze, no INVOKE: background export, no gate, no hold; the buffer
         # is sized by the instance's memory once platform.initStart tells it.

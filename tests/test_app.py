@@ -111,9 +111,9 @@ class RenewAfterRestoreTest(unittest.TestCase):
 
 # Modules the first /next must not wait for: the pipeline and its dependencies, logging (its lines
 # are kept until the startup thread sets it up), typing (annotations are for the checker only),
-# threading (imported when the startup thread is started, once the first /next is on the wire; the
-# self-export check's name lookup needs it only for an endpoint named by a host name on the
-# receiver's port), runpy, the idna codec (getaddrinfo gets the Runtime API host as bytes).
+# threading (imported when the startup thread is started, once the first /next is on the wire),
+# runpy, the idna codec (getaddrinfo gets the Runtime API host as bytes; config asks DNS nothing,
+# even for a backend named by a host name on the receiver's port, the usual http://collector:4318).
 NOT_BEFORE_FIRST_NEXT = ("typing", "logging", "threading", "runpy", "pkgutil", "encodings.idna", "http.client",
                          "http.server", "email", "ssl", "requests", "google.protobuf", "readerwriterlock",
                          "lambda_otel.pipeline", "lambda_otel.aggregator", "lambda_otel.telemetry_api",
@@ -136,7 +136,7 @@ class ImportsBeforeFirstNextTest(unittest.TestCase):
         out = root / "first-next.json"
         receiver_port = free_port()
         env = {"LAMBDA_OTEL_RECEIVER_PORT": str(receiver_port), "LAMBDA_OTEL_TELEMETRY_PORT": str(free_port()),
-               "LAMBDA_OTEL_EXPORTER_ENDPOINT": "http://127.0.0.1:9",
+               "LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://collector.internal:{receiver_port}",
                # the function's SDK pointed at our receiver: the self-export check runs too
                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}"}
         sim = Simulator(extensions_dir=str(ext_dir), env=env, init_timeout_s=30.0)

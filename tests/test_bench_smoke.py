@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 600  # generous: a shared, loaded machine; the quick run itself is meant to take < 60 s
 BENCH_ROWS = {
     "ready": 2,
-    "startup": 8,
+    "startup": 9,
     "memory": 2,
     "throughput": 1,
     "convert": 1,

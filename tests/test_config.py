@@ -3,9 +3,7 @@ may fail init (ours) and which only warn (shared), consistent limits, the self-e
 
 import ast
 import re
-import socket
 import tempfile
-import threading
 import unittest
 from pathlib import Path
 from unittest import mock
@@ -22,12 +20,10 @@ from lambda_otel.config import (
     load_config,
     parse_key_values,
     redact_url,
-    resolve_host,
 )
 from tests.support import ExtensionTestCase, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-NO_LOOKUP = lambda host, port: ()  # noqa: E731 - a resolver that knows nothing
 
 
 def warning_for(config: Config, variable: str) -> str:
@@ -153,7 +149,7 @@ class SelfExportTest(unittest.TestCase):
                      "sandbox.localdomain", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
         for host in spellings:
             with self.subTest(host=host), self.assertRaises(ConfigError) as ctx:
-                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"}, resolve=NO_LOOKUP)
+                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"})
             self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_ENDPOINT")
             self.assertIn("would loop", str(ctx.exception))
         with self.assertRaises(ConfigError) as ctx:
@@ -161,55 +157,30 @@ class SelfExportTest(unittest.TestCase):
                          "LAMBDA_OTEL_RECEIVER_PORT": "4400"})
         self.assertEqual(ctx.exception.variable, "LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT")
 
-    def test_a_name_that_resolves_to_loopback_is_refused(self):
-        seen = []
+    def test_config_never_asks_dns(self):
+        # It runs before the first /next: a name on the receiver's port (the usual
+        # http://collector:4318) costs no lookup there; the exporter judges what the name resolves to
+        # (tests.test_exporter.SelfExportAtRunTimeTest, tests.test_local_e2e's alias case).
+        asked = []
 
-        def resolve(host, port):
-            seen.append((host, port))
-            return ("127.0.0.1",) if host == "vm" else ("::1",) if host == "v6" else ("203.0.113.7",)
+        def no_dns(*args, **kwargs):
+            asked.append(args)
+            raise OSError("no lookup here")
 
-        for host in ("vm", "v6"):
-            with self.subTest(host=host), self.assertRaises(ConfigError):
-                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"}, resolve=resolve)
-        load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": "http://collector:4318"}, resolve=resolve)
-        self.assertEqual(seen, [("vm", 4318), ("v6", 4318), ("collector", 4318)], "one lookup per URL")
-
-    def test_a_hosts_file_alias_of_loopback_is_refused_with_the_real_resolver(self):
-        name = next((n for n in (socket.gethostname(), "vm", "localhost.localdomain")
-                     if n and _resolves_to_loopback(n) and not n.startswith("localhost")), None)
-        if name is None:
-            self.skipTest("no hosts-file alias of 127.0.0.1 on this machine")
-        with self.assertRaises(ConfigError) as ctx:
-            load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{name}:4318"})
-        self.assertIn("own OTLP receiver", str(ctx.exception))
-
-    def test_no_lookup_unless_the_port_is_the_receivers(self):
-        calls = []
-        load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": "https://backend.example"},
-                    resolve=lambda host, port: calls.append(host) or ())
-        load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": "http://10.0.0.1:4318"},
-                    resolve=lambda host, port: calls.append(host) or ())
-        load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": "http://backend.example:4318", "LAMBDA_OTEL_RECEIVER_ENABLED": "false"},
-                    resolve=lambda host, port: calls.append(host) or ())
-        self.assertEqual(calls, [])
-
-    def test_the_lookup_is_bounded(self):
-        release = threading.Event()
-        self.addCleanup(release.set)
-
-        def hanging_getaddrinfo(*args, **kwargs):
-            release.wait(30)
-            raise socket.gaierror("released")
-
-        with mock.patch("socket.getaddrinfo", hanging_getaddrinfo):
-            self.assertEqual(resolve_host("slow.example", 4318, timeout=0.05), ())
-            self.assertFalse(release.is_set(), "returned while the lookup was still blocked")
-            load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": "http://slow.example:4318"})  # not refused, not hung
+        with mock.patch("socket.getaddrinfo", no_dns), mock.patch("socket.gethostbyname", no_dns):
+            for url in ("http://collector:4318", "http://vm:4318", "https://backend.example", "http://10.0.0.1:4318"):
+                with self.subTest(url=url):
+                    c = load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": url})
+                    self.assertEqual(c.exporter.logs_endpoint, url + "/v1/logs")
+                    c = load_config({"OTEL_EXPORTER_OTLP_ENDPOINT": url})
+                    self.assertEqual(c.exporter.traces_endpoint, url + "/v1/traces")
+                    self.assertEqual(c.warnings, ())
+        self.assertEqual(asked, [])
 
     def test_remote_hosts_are_not_mistaken_for_loopback(self):
         for host in ("backend.example", "10.0.0.1", "128.0.0.1", "localhost.example.com", "[2001:db8::1]", "1"):
             with self.subTest(host=host):
-                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"}, resolve=NO_LOOKUP)
+                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": f"http://{host}:4318"})
 
     def test_receiver_on_another_port_makes_loopback_endpoint_fine(self):
         c = load_config({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "LAMBDA_OTEL_RECEIVER_PORT": "4400"})
@@ -223,14 +194,6 @@ class SelfExportTest(unittest.TestCase):
         self.assertIn("would loop", message)
         self.assertIn("traces, metrics, logs", message)
         self.assertIn("LAMBDA_OTEL_EXPORTER_ENDPOINT", message)
-
-
-def _resolves_to_loopback(name: str) -> bool:
-    try:
-        return all(info[4][0].startswith("127.") or info[4][0] == "::1"
-                   for info in socket.getaddrinfo(name, 4318, proto=socket.IPPROTO_TCP))
-    except OSError:
-        return False
 
 
 class RedactionTest(unittest.TestCase):
@@ -247,7 +210,7 @@ class RedactionTest(unittest.TestCase):
                     "alice:pa55w0rd@c.example:4318", "ftp://alice:pa55w0rd@c.example/?token=t0k3n",
                     "http://alice:pa55w0rd@[::1"):
             with self.subTest(url=url), self.assertRaises(ConfigError) as ctx:
-                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": url}, resolve=NO_LOOKUP)
+                load_config({"LAMBDA_OTEL_EXPORTER_ENDPOINT": url})
             for secret in self.SECRETS:
                 self.assertNotIn(secret, str(ctx.exception))
 
@@ -384,7 +347,7 @@ class ValidationTest(unittest.TestCase):
                 continue
             for value in garbage:
                 with self.subTest(variable=variable, value=value):
-                    load_config({variable: value}, resolve=NO_LOOKUP)
+                    load_config({variable: value})
 
     def test_same_port_for_receiver_and_listener(self):
         with self.assertRaises(ConfigError) as ctx:
@@ -575,6 +538,38 @@ class SharedValuesNeverFailInitTest(ExtensionTestCase):
         self.assertNotIn("OTEL_EXPORTER_OTLP_ENDPOINT", output, "shadowed by LAMBDA_OTEL_EXPORTER_ENDPOINT")
         self.assertNotIn("s3cr3t", output)
         self.assertTrue(sink.log_items())
+
+
+class SelfExportEndToEndTest(ExtensionTestCase):
+    """The real extension, its receiver, this machine's resolver: a hosts-file alias of loopback on
+    the receiver's port, which config cannot see without DNS, is refused by the exporter; nothing
+    loops, every refused record is counted, one line says why."""
+
+    def test_logs_to_an_alias_of_our_receiver_are_refused_and_counted_the_rest_is_exported(self):
+        from tests.reliability_support import shutdown_summary
+        from tests.test_exporter import loopback_alias
+
+        name = loopback_alias()
+        if name is None:
+            self.skipTest("no hosts-file alias of 127.0.0.1 on this machine")
+        sink = self.make_sink()
+        env = self.make_env(sink, LAMBDA_OTEL_FLUSH_STRATEGY="end")
+        env["LAMBDA_OTEL_EXPORTER_LOGS_ENDPOINT"] = f"http://{name}:{env['LAMBDA_OTEL_RECEIVER_PORT']}/v1/logs"
+        sim = self.make_sim(env)
+        init = sim.start(timeout=30, check=False)
+        self.assertEqual(init.status, "success", self.extension_output(sim))
+        self.invoke_until_started(sim)
+        results = [sim.invoke({"logs": 5}, timeout=30) for _ in range(4)]
+        self.assertEqual({r.status for r in results}, {"success"})
+        sim.shutdown("spindown", timeout=30)
+        output = self.extension_output(sim)
+        self.assertEqual(output.count("would loop"), 1, output)
+        summary = shutdown_summary(output)
+        self.assertIsNotNone(summary, output)
+        self.assertGreaterEqual(summary["dropped"].get("export_rejected", 0), 4 * 5, summary)
+        self.assertEqual(set(summary["dropped"]), {"export_rejected"}, summary)
+        self.assertEqual(sink.log_items(), [], "logs go nowhere but the count")
+        self.assertTrue(sink.span_items(), "traces still reach the backend")
 
 
 if __name__ == "__main__":

@@ -327,6 +327,77 @@ class InvalidHostTest(ExporterTestCase):
             self.assertFalse(_never_resolves(f"http://{host}:4318/v1/traces"), host)
 
 
+def loopback_alias() -> "str | None":
+    """A name this machine's resolver (hosts file) maps to loopback only, if it has one."""
+    for name in (socket.gethostname(), "vm", "localhost.localdomain"):
+        if not name or name.startswith("localhost") and name != "localhost.localdomain":
+            continue
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)}
+        except OSError:
+            continue
+        if addresses and all(a.startswith("127.") or a == "::1" for a in addresses):
+            return name
+    return None
+
+
+class SelfExportAtRunTimeTest(ExporterTestCase):
+    """A name that resolves to this machine on our receiver's port would loop: refused at export, from
+    the lookup the connection needs anyway (config sees only the spellings that need no DNS)."""
+
+    def own_exporter(self, url: str, own_port: int) -> OtlpExporter:
+        exp = OtlpExporter(ExporterConfig(traces_endpoint=url, timeout_s=5.0), self.loss, own_receiver_port=own_port)
+        self.addCleanup(exp.close)
+        return exp
+
+    def test_a_hosts_file_alias_of_our_receiver_is_refused_and_nothing_is_sent(self):
+        name = loopback_alias()
+        if name is None:
+            self.skipTest("no hosts-file alias of 127.0.0.1 on this machine")
+        # The sink stands where our receiver would: same address, same port.
+        exp = self.own_exporter(f"http://{name}:{self.sink.port}/v1/traces", own_port=self.sink.port)
+        with self.assertLogs("lambda_otel.exporter", level=logging.WARNING) as logs:
+            outcomes = [self.export(exp) for _ in range(3)]
+        for outcome in outcomes:
+            self.assertEqual((outcome.kind, outcome.cause, outcome.attempts), (REJECTED, FailureCause.CONFIG, 0))
+            self.assertIn(f"port {self.sink.port}", outcome.error)
+            self.assertIn("would loop", outcome.error)
+        self.assertEqual(len(logs.output), 1, "one line for the endpoint, not one per export")
+        self.assertEqual(self.sink.requests, [])
+        # The same name on another port is somebody else's: exported.
+        other = self.own_exporter(f"http://{name}:{self.sink.port}/v1/traces", own_port=self.sink.port + 1)
+        self.assertEqual(self.export(other).kind, SUCCESS)
+        self.assertTrue(self.sink.wait_for_requests(1, timeout=5))
+
+    def test_decided_once_from_the_connections_lookup_and_a_failed_lookup_decides_nothing(self):
+        calls = []
+        real = socket.getaddrinfo
+        answers = {"loop.test": "127.0.0.1", "elsewhere.test": "127.0.0.1"}
+
+        def dns(host, port, family=0, type=0, proto=0, flags=0):
+            if flags & socket.AI_NUMERICHOST or host not in answers and host != "down.test":
+                return real(host, port, family, type, proto, flags)
+            calls.append(host)
+            if host == "down.test":
+                raise socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+
+        port = self.sink.port
+        with mock.patch("socket.getaddrinfo", dns):
+            looping = self.own_exporter(f"http://loop.test:{port}/v1/traces", own_port=port)
+            for _ in range(3):
+                self.assertEqual(self.export(looping).cause, FailureCause.CONFIG)
+            self.assertEqual(calls, ["loop.test"], "one lookup, its answer kept for the connections")
+            down = self.own_exporter(f"http://down.test:{port}/v1/traces", own_port=port)
+            asked = []
+            for _ in range(2):
+                outcome = self.export(down, within=1.0)
+                self.assertEqual((outcome.kind, outcome.cause), (RETRYABLE, FailureCause.DNS))
+                asked.append(calls.count("down.test"))
+        self.assertLess(asked[0], asked[1], "a failed lookup is asked again at the next export, not taken as a verdict")
+        self.assertEqual(self.sink.requests, [])
+
+
 class StaleConnectionTest(ExporterTestCase):
     def test_dead_pooled_connection_is_resent_once_without_counting(self):
         # The sink resets any request that arrives on an already-used keep-alive connection:
