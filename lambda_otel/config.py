@@ -633,9 +633,9 @@ SETTINGS: Tuple[Setting, ...] = (
                 "to their path; the per-signal ones are used as is. An endpoint that is lambda-otel's own "
                 "receiver in any spelling of loopback is refused: from ``LAMBDA_OTEL_*`` at init, from "
                 "``OTEL_*`` (the function's SDK pointing at us) with a warning. A host name that resolves "
-                "to loopback on the receiver's port (a hosts-file alias) is refused at its first export, "
-                "from the lookup the connection needs anyway (init asks DNS nothing): one warning, and "
-                "its records counted as ``export_rejected``.",
+                "to loopback on the receiver's port (a hosts-file alias) is refused by the export's "
+                "connection, on the addresses it resolved (init asks DNS nothing): one warning, and its "
+                "records counted as ``export_rejected``.",
                 EXPORT, unset_doc=f"exports no {signal}")
         for signal in SIGNALS
     ),
@@ -970,7 +970,7 @@ def _is_own_receiver(url: str, receiver_port: int) -> bool:
     """Whether ``url`` is our receiver in a spelling that shows without DNS.
 
     No lookup before the first ``/next``: a name that only a lookup shows to be this machine (a
-    hosts-file alias) is caught by the exporter, which resolves it anyway (``OtlpExporter``).
+    hosts-file alias) is refused by the export's connection (``export_http.OwnReceiverAddress``).
     """
     from urllib.parse import urlsplit
 

@@ -27,6 +27,8 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from lambda_otel.config import is_local_address
+
 if TYPE_CHECKING:  # pragma: no cover
     import requests
 
@@ -210,16 +212,27 @@ def _cut(sock: socket.socket) -> None:
         pass
 
 
+class OwnReceiverAddress(Exception):
+    """A connection would reach our own OTLP receiver: everything sent there would come back to us.
+
+    Not an ``OSError``, so urllib3 and requests hand it on as it is (no retry, no wrapping)."""
+
+
 class Transport:
     """POSTs through one ``requests.Session`` per endpoint origin; see the module docstring.
 
     Used from one thread at a time; ``close()`` may come from another. Transports may share a
     ``Resolver`` and a ``Watchdog`` (both thread-safe); ``close()`` stops the watchdog only if the
-    transport made its own.
+    transport made its own. ``own_receiver_port``: no connection is made to a loopback (or
+    unspecified) address on that port; the connection raises ``OwnReceiverAddress`` instead. It is
+    judged on the addresses the connection itself resolved (a hosts-file alias of 127.0.0.1 only
+    shows there), so the check costs no lookup of its own.
     """
 
-    def __init__(self, verify: Any, resolver: Optional[Resolver] = None, watchdog: Optional[Watchdog] = None) -> None:
+    def __init__(self, verify: Any, resolver: Optional[Resolver] = None, watchdog: Optional[Watchdog] = None,
+                 own_receiver_port: Optional[int] = None) -> None:
         self.verify = verify
+        self.own_receiver_port = own_receiver_port
         self.resolver = resolver or Resolver()
         self._own_watchdog = watchdog is None
         self.watchdog = watchdog or Watchdog()
@@ -358,6 +371,12 @@ def _adapter_class(transport: Transport):
                 raise NameResolutionError(self.host, self, exc) from exc
             except DeadlineExceeded as exc:
                 raise ConnectTimeoutError(self, str(exc)) from exc
+            own = transport.own_receiver_port
+            if own is not None and self.port == own:
+                for *_, address in infos:
+                    if is_local_address(str(address[0])):
+                        raise OwnReceiverAddress(f"{host} resolves to {address[0]}, this machine, where lambda-otel's "
+                                                 f"own OTLP receiver listens on port {own}")
             error: Optional[OSError] = None
             for family, socktype, proto, _, address in infos:
                 sock = None

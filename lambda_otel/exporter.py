@@ -38,8 +38,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 from urllib.parse import quote, unquote, urlsplit
 
 from lambda_otel import __version__, otlp
-from lambda_otel.config import ExporterConfig, OtlpProtocol, is_local_address, redact_url
-from lambda_otel.export_http import DeadlineExceeded, Resolver, Transport, Watchdog
+from lambda_otel.config import ExporterConfig, OtlpProtocol, redact_url
+from lambda_otel.export_http import DeadlineExceeded, OwnReceiverAddress, Resolver, Transport, Watchdog
 from lambda_otel.log_once import LogOnce
 from lambda_otel.loss import EXPORT_REJECTED, LossCounter
 
@@ -151,10 +151,11 @@ class OtlpExporter:
     ``signer`` signs each attempt; ``header_source`` adds run-time headers (None from it defers
     the export). A batch over ``max_request_bytes`` (serialised) or ``max_request_records`` is
     sent as several requests, in order.
-    ``own_receiver_port``: the port our OTLP receiver listens on (None: no receiver). An endpoint
-    whose host resolves to this machine on that port would loop every record back to us: config
-    refuses the spellings it sees without DNS, before the first ``/next``; the names only a lookup
-    shows (hosts-file aliases) are refused here, from the lookup the connection needs anyway.
+    ``own_receiver_port``: the port our OTLP receiver listens on (None: no receiver). A connection
+    to this machine on that port would loop every record back to us: config refuses the spellings
+    it sees without DNS, before the first ``/next``; a name only a lookup shows to be loopback (a
+    hosts-file alias) is refused by the connection, on the addresses it resolved
+    (``export_http.OwnReceiverAddress``): a config problem, dropped and counted, said once.
     """
 
     def __init__(self, config: ExporterConfig, loss: LossCounter, signer: Optional[RequestSigner] = None,
@@ -168,10 +169,8 @@ class OtlpExporter:
         self._header_source = header_source
         self._max_bytes = max_request_bytes
         self._max_records = max_request_records
-        self._own_receiver_port = own_receiver_port
-        self._loop_verdicts: Dict[str, bool] = {}  # endpoint URL -> it resolves to our receiver
-        self._resolver, self._watchdog = Resolver(), Watchdog()
-        self._transports = {signal: Transport(config.certificate or True, self._resolver, self._watchdog)
+        resolver, self._watchdog = Resolver(), Watchdog()
+        self._transports = {signal: Transport(config.certificate or True, resolver, self._watchdog, own_receiver_port)
                             for signal in otlp.SPECS}
         self._last_used = {signal: 0.0 for signal in otlp.SPECS}
         self._closed = threading.Event()  # interrupts a backoff wait when closing
@@ -230,10 +229,6 @@ class OtlpExporter:
             # RFC 6761: names under .invalid never resolve; do not ask DNS.
             return self._config_problem(url, "its host is under the reserved .invalid domain (RFC 6761) "
                                              "and never resolves")
-        if self._loops_back(url, deadline):
-            return self._config_problem(url, f"its host resolves to this machine, where lambda-otel's own OTLP "
-                                             f"receiver listens on port {self._own_receiver_port}: exporting there "
-                                             "would loop every record back (set the endpoint to your backend)")
         if self._header_source is not None:
             try:
                 user_headers = self._header_source.headers(signal)
@@ -397,29 +392,12 @@ class OtlpExporter:
         if isinstance(exc, OSError) and self._config.certificate and "certificate" in str(exc).lower() \
                 and not isinstance(exc, requests.exceptions.RequestException):
             return f"cannot use CA bundle {self._config.certificate!r}: {exc}"
+        if isinstance(exc, OwnReceiverAddress):
+            return f"{exc}: exporting there would loop every record back (set the endpoint to your backend)"
         if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
                             requests.exceptions.MissingSchema, requests.exceptions.InvalidHeader)):
             return f"cannot send to {redact_url(url)}: {type(exc).__name__}"
         return None
-
-    def _loops_back(self, url: str, deadline: float) -> bool:
-        """Whether ``url``'s host resolves to this machine on our receiver's port. Decided once per
-        URL; a lookup that fails decides nothing (the request's own connection reports it)."""
-        verdict = self._loop_verdicts.get(url)
-        if verdict is not None:
-            return verdict
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if port != self._own_receiver_port:
-            verdict = False
-        else:
-            try:  # the connection's own lookup: the resolver caches it, so DNS is not asked twice
-                infos = self._resolver.resolve(parts.hostname or "", port, max(0.0, deadline - time.monotonic()))
-            except (OSError, DeadlineExceeded):
-                return False
-            verdict = any(is_local_address(str(info[4][0])) for info in infos)
-        self._loop_verdicts[url] = verdict
-        return verdict
 
     def _config_problem(self, url: str, message: str, attempts: int = 0, stale_retries: int = 0) -> ExportOutcome:
         message = self._clean(message)
