@@ -702,15 +702,45 @@ class FlushTicket:
 
 
 class _Drain:
-    """One signal's drain handed to a ``SendLane``: done once ``status`` or ``error`` is set."""
+    """One signal's drain handed to a ``SendLane``: done once ``status`` or ``error`` is set.
 
-    def __init__(self, signal: str, result: FlushResult, run: Callable[[], DrainStatus]) -> None:
+    It knows the batch its current request carries, so that a final flush that cannot wait for it
+    any longer (``abandon``) counts that batch, and the lane then neither takes another nor counts
+    that one again: every record is sent or counted, once.
+    """
+
+    def __init__(self, signal: str, result: FlushResult, run: Callable[["_Drain"], DrainStatus]) -> None:
         self.signal = signal
         self.result = result  # the lane's own: merged into the flush's once done
         self.run = run
         self.status: Optional[DrainStatus] = None
         self.error: Optional[BaseException] = None
         self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._holding: Optional["Batch"] = None
+        self._abandoned = False
+
+    def take(self, take_batch: Callable[[], Optional["Batch"]]) -> Optional["Batch"]:
+        """Take the next batch and hold it (None once abandoned: the final flush counts the queue)."""
+        with self._lock:
+            if self._abandoned:
+                return None
+            self._holding = take_batch()
+            return self._holding
+
+    def settle(self) -> bool:
+        """The held batch's request is over: True when its outcome is still the lane's to account."""
+        with self._lock:
+            self._holding = None
+            return not self._abandoned
+
+    def abandon(self) -> Optional["Batch"]:
+        """The final flush's deadline passed: the batch the lane's request carries, for the caller to
+        count (None: it holds none). It may still arrive; counting it lost is the honest report."""
+        with self._lock:
+            self._abandoned = True
+            batch, self._holding = self._holding, None
+            return batch
 
 
 class SendLane(threading.Thread):
@@ -750,7 +780,7 @@ class SendLane(threading.Thread):
                     return
                 job = self._job
             try:
-                job.status = job.run()
+                job.status = job.run(job)
             except BaseException as exc:  # noqa: BLE001 - handed to the exporter thread
                 job.error = exc
             finally:
@@ -979,15 +1009,31 @@ class ExportWorker(threading.Thread):
                                     bounded(not_before - self._clock()))
             if DrainStatus.FAILED in self._drain_together(until, result, final=True):
                 result.success = False
-        if self._busy_signals():  # still running after every pass's wait for it: past the deadline
-            log.warning("final flush: an export outlasted the shutdown deadline; what it had taken from the "
-                        "queue is neither sent nor counted")
-        unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure))
+        overran = self._abandon_late_lanes()
+        unsent = self.aggregator.discard_all(final_loss_reason(result.last_failure)) + overran
         self._send_last_metrics(last_until, result)
         result.shutdown_dropped = unsent
         result.deferred = unsent > 0
         self._record(result)
         return result
+
+    def _abandon_late_lanes(self) -> int:
+        """The final flush's end: a lane still sending now (after every pass waited for it; only a
+        starved CPU gets here, the watchdog cuts each request at its deadline) has its batch counted
+        as ``shutdown_deadline``; the records counted."""
+        with self._cond:
+            late = [job for job in self._draining.values() if not job.done.is_set()]
+        counted = 0
+        for job in late:
+            batch = job.abandon()
+            if batch is not None:
+                self.loss.add(batch.signal, loss_mod.SHUTDOWN_DEADLINE, batch.records)
+                self._lost_for_good(batch.signal, batch.items)
+                counted += batch.records
+        if late:
+            log.warning("final flush: an export outlasted the shutdown deadline; the %d records it carried are "
+                        "counted as shutdown_deadline (they may still arrive)", counted)
+        return counted
 
     def _client_ready_by(self, until: float) -> bool:
         """Whether the export client is ready, waiting (woken by start-up) until ``until`` at most
@@ -1052,7 +1098,7 @@ class ExportWorker(threading.Thread):
         try:
             for signal in pending[1:]:
                 part = FlushResult()
-                job = _Drain(signal, part, lambda s=signal, p=part: self._drain_signal(s, until, p, final))
+                job = _Drain(signal, part, lambda job, s=signal, p=part: self._drain_signal(s, until, p, final, job=job))
                 if self._lane_for(job):
                     jobs.append(job)
                 else:  # no lane free: in turn, here
@@ -1126,8 +1172,10 @@ class ExportWorker(threading.Thread):
         return lane.submit(job)
 
     def _drain_signal(self, signal: str, until: float, result: FlushResult, final: bool,
-                      max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH) -> DrainStatus:
-        """Send batches of one signal until its queue is empty, the gate closes, or time runs out."""
+                      max_records: Optional[int] = None, max_batches: int = MAX_BATCHES_PER_FLUSH,
+                      job: Optional[_Drain] = None) -> DrainStatus:
+        """Send batches of one signal until its queue is empty, the gate closes, or time runs out.
+        ``job``: the lane's drain this runs for (None on the exporter thread)."""
         cfg = self.config
         for _ in range(max_batches):
             now = self._clock()
@@ -1142,11 +1190,20 @@ class ExportWorker(threading.Thread):
                 return DrainStatus.STOPPED
             batch = None
             try:
-                batch = self.aggregator.take_batch(signal, cfg.max_batch_bytes, max_records or cfg.max_batch_records)
+                def take() -> Optional["Batch"]:
+                    return self.aggregator.take_batch(signal, cfg.max_batch_bytes, max_records or cfg.max_batch_records)
+
+                batch = take() if job is None else job.take(take)
                 if batch is None:
                     return DrainStatus.EMPTY
                 started = self._clock()
-                outcome = self._export(signal, batch, req_deadline)
+                try:
+                    outcome = self._export(signal, batch, req_deadline)
+                finally:
+                    if job is not None and not job.settle():
+                        batch = None  # the final flush gave up on this request and counted its batch
+                if batch is None:
+                    return DrainStatus.STOPPED
                 elapsed = self._clock() - started
                 if outcome is not None and outcome.round_trip_s is not None:
                     with self._cond:

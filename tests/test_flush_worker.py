@@ -34,6 +34,7 @@ from lambda_otel.flush import (
 )
 from lambda_otel.local.sink import OtlpSink, Reply
 from lambda_otel.metrics import MetricsState
+from tests.aws_support import wait_until
 
 
 def resource() -> resource_pb2.Resource:
@@ -914,6 +915,50 @@ class LateLaneTest(unittest.TestCase):
         self.assertEqual(loss.total(), 0)
         self.assertEqual(sorted(item for s, items in sent if s == L.LOGS for item in items), ["l1", "l2"])
         self.assertEqual(worker._busy_signals(), set())
+
+    def test_a_lane_past_the_shutdown_deadline_has_its_batch_counted_once(self):
+        release = threading.Event()
+        self.addCleanup(release.set)
+        answered = threading.Event()
+        calls = []
+
+        class Exporter:
+            def ready(self):
+                return True
+
+            def export(self, signal, items, deadline):
+                calls.append((signal, list(items)))
+                if signal == L.LOGS:
+                    release.wait(5)  # the lane's request outlasts even the final flush (a starved CPU)
+                    answered.set()
+                    # The answer comes after the final flush counted the batch: it must not count it again.
+                    return exporter_mod.ExportOutcome(exporter_mod.REJECTED, status=400)
+                return exporter_mod.ExportOutcome(exporter_mod.SUCCESS, round_trip_s=1.0)
+
+        loss = L.LossCounter()
+        config = replace(FlushConfig(), strategy="end", max_batch_records=2, flush_budget_s=5.0)
+        aggregator = Aggregator(16 << 20, 100_000, loss)
+        gate = ExportGate()
+        gate.open()
+        worker = ExportWorker(aggregator, Exporter(), None, FlushManager(config), gate, loss, config)
+        as_after_a_distant_backend(worker)
+        self.addCleanup(worker.stop, 5.0)
+        aggregator.add(L.TRACES, "t", records=1, nbytes=10)
+        for i in range(5):  # the lane's batch carries 2; 3 stay queued
+            aggregator.add(L.LOGS, f"l{i}", records=1, nbytes=10)
+        with self.assertLogs("lambda_otel.flush", "WARNING"):
+            worker._flush(time.monotonic() + 0.2)
+        self.assertEqual(worker._busy_signals(), {L.LOGS})
+        with self.assertLogs("lambda_otel.flush", "WARNING") as logs:
+            final = worker._final_flush(time.monotonic() + 0.3)
+        self.assertIn("the 2 records it carried are counted as shutdown_deadline", "\n".join(logs.output))
+        self.assertEqual(final.shutdown_dropped, 5, "the 3 queued and the 2 of the late request")
+        self.assertEqual(loss.snapshot(), {(L.LOGS, L.SHUTDOWN_DEADLINE): 5})
+        release.set()
+        self.assertTrue(answered.wait(5))
+        self.assertTrue(wait_until(lambda: not worker._busy_signals(), 5))
+        self.assertEqual(loss.snapshot(), {(L.LOGS, L.SHUTDOWN_DEADLINE): 5}, "counted once, not again as rejected")
+        self.assertEqual([s for s, _ in calls].count(L.LOGS), 1, "the abandoned lane took no other batch")
 
     def test_a_flush_with_no_deadline_waits_for_its_lanes_in_bounded_steps(self):
         h = Harness(self, strategy="end")
