@@ -856,6 +856,13 @@ class ExportWorker(threading.Thread):
             self._failing_spent = 0.0
             self._cond.notify_all()
 
+    def end_invocation_by(self, until: float) -> None:
+        """A hold's flush: no request of this invocation may end after ``until`` (the cap until the
+        next ``begin_invocation``), so one that starts after the hold's flush (a full batch, while the
+        gate is still open) cannot make the closing of the gate wait past the hold's bound."""
+        with self._cond:
+            self._cap = until if self._cap is None else min(self._cap, until)
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
@@ -1478,6 +1485,7 @@ class FlushCoordinator:
                 self._adapt(report.runtime_done)
                 now = self._clock()
                 flush_deadline = min(now + self.config.flush_budget_s, limit)
+                self.worker.end_invocation_by(flush_deadline)
                 if flush_deadline > now:
                     # Deferred at once (not waited for) while the export client is still being
                     # imported at start-up: the data goes at the next INVOKE instead.

@@ -479,6 +479,56 @@ class CoordinatorTest(unittest.TestCase):
         self.assertFalse(h.gate.is_open)
         self.assertIsNone(h.gate.try_begin())
 
+    def test_no_request_outlives_the_holds_flush_even_one_started_after_it(self):
+        # Each logs answer takes 0.15 s: the hold's flush (0.4 s) sends two batches, its third
+        # request is cut at the flush's deadline and leaves a full batch. A flush the worker then
+        # starts on its own (the batch is full, the gate still open, 0.25 s of failures spent of
+        # the 0.4 s budget) must end by the hold's flush deadline too, or closing the gate waits
+        # for it: the hold would last up to twice its bound.
+        h = Harness(self, strategy="end", flush_budget_s=0.4, max_batch_records=2)
+        h.sink.set_reply(Reply(delay=0.15), path="/v1/logs")
+        hold_deadlines, export_deadlines = [], []
+        real_request, real_export = h.worker.request_flush, h.exporter.export
+
+        def request_flush(deadline, *args, **kwargs):
+            hold_deadlines.append(deadline)
+            return real_request(deadline, *args, **kwargs)
+
+        def export(signal, items, deadline):
+            export_deadlines.append(deadline)
+            return real_export(signal, items, deadline)
+
+        started = threading.Event()
+        real_close = h.coordinator._close_gate
+
+        def close_gate_late():
+            # Give the worker the chance to start another request before the gate closes (bounded).
+            started.wait(1.0)
+            return real_close()
+
+        h.coordinator.on_invoke("req-1", epoch_ms_in(10))
+        for i in range(3):
+            h.aggregator.add(L.LOGS, logs(2), records=2)
+        h.coordinator.on_runtime_done("req-1")
+        with mock.patch.object(h.worker, "request_flush", request_flush), \
+                mock.patch.object(h.exporter, "export", export), \
+                mock.patch.object(h.coordinator, "_close_gate", close_gate_late):
+            real_finish = flush_mod.FlushTicket._finish
+
+            def finish(ticket, result):
+                real_finish(ticket, result)
+                # From now on, any export is one the hold did not ask for.
+                h.exporter.export = lambda *a: (started.set(), export(*a))[1]
+
+            with mock.patch.object(flush_mod.FlushTicket, "_finish", finish):
+                h.coordinator.before_next()
+        self.assertEqual(len(hold_deadlines), 1)
+        self.assertTrue(export_deadlines, "the hold's flush sent the logs")
+        late = [d for d in export_deadlines if d > hold_deadlines[0] + 1e-6]
+        self.assertEqual(late, [], "a request of this invocation ends after the hold's flush deadline")
+        self.assertFalse(h.gate.is_open)
+        self.assertEqual(h.gate.in_flight, 0)
+
     def test_no_hold_waits_for_the_export_client_import(self):
         # app.py: the start-up thread imports requests after the first /next; an invocation that
         # ends before that keeps its data (gate closed: nothing in flight across the freeze) and
