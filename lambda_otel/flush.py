@@ -107,6 +107,7 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
+from functools import partial
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
@@ -1184,6 +1185,7 @@ class ExportWorker(threading.Thread):
         """Send batches of one signal until its queue is empty, the gate closes, or time runs out.
         ``job``: the lane's drain this runs for (None on the exporter thread)."""
         cfg = self.config
+        take = partial(self.aggregator.take_batch, signal, cfg.max_batch_bytes, max_records or cfg.max_batch_records)
         for _ in range(max_batches):
             now = self._clock()
             with self._cond:
@@ -1197,9 +1199,6 @@ class ExportWorker(threading.Thread):
                 return DrainStatus.STOPPED
             batch = None
             try:
-                def take() -> Optional["Batch"]:
-                    return self.aggregator.take_batch(signal, cfg.max_batch_bytes, max_records or cfg.max_batch_records)
-
                 batch = take() if job is None else job.take(take)
                 if batch is None:
                     return DrainStatus.EMPTY

@@ -929,6 +929,18 @@ class LateLaneTest(unittest.TestCase):
     """A lane still sending past its flush's deadline (a starved CPU): its signal is left to it,
     and the final flush drains that signal after it, in the time it still has."""
 
+    def worker_sending_at_once(self, exporter, max_batch_records: int):
+        """A worker (not started: the test calls its flushes) whose signals go on lanes, gate open."""
+        loss = L.LossCounter()
+        config = replace(FlushConfig(), strategy="end", max_batch_records=max_batch_records, flush_budget_s=5.0)
+        aggregator = Aggregator(16 << 20, 100_000, loss)
+        gate = ExportGate()
+        gate.open()
+        worker = ExportWorker(aggregator, exporter, None, FlushManager(config), gate, loss, config)
+        as_after_a_distant_backend(worker)
+        self.addCleanup(worker.stop, 5.0)
+        return worker, aggregator, loss
+
     def test_the_final_flush_sends_what_a_late_lane_left_in_the_queue(self):
         release = threading.Event()
         self.addCleanup(release.set)
@@ -944,14 +956,7 @@ class LateLaneTest(unittest.TestCase):
                 sent.append((signal, list(items)))
                 return exporter_mod.ExportOutcome(exporter_mod.SUCCESS, round_trip_s=1.0)
 
-        loss = L.LossCounter()
-        config = replace(FlushConfig(), strategy="end", max_batch_records=1, flush_budget_s=5.0)
-        aggregator = Aggregator(16 << 20, 100_000, loss)
-        gate = ExportGate()
-        gate.open()
-        worker = ExportWorker(aggregator, Exporter(), None, FlushManager(config), gate, loss, config)
-        as_after_a_distant_backend(worker)
-        self.addCleanup(worker.stop, 5.0)
+        worker, aggregator, loss = self.worker_sending_at_once(Exporter(), max_batch_records=1)
         aggregator.add(L.TRACES, "t", records=1, nbytes=10)
         aggregator.add(L.LOGS, "l1", records=1, nbytes=10)
         aggregator.add(L.LOGS, "l2", records=1, nbytes=10)
@@ -985,14 +990,7 @@ class LateLaneTest(unittest.TestCase):
                     return exporter_mod.ExportOutcome(exporter_mod.REJECTED, status=400)
                 return exporter_mod.ExportOutcome(exporter_mod.SUCCESS, round_trip_s=1.0)
 
-        loss = L.LossCounter()
-        config = replace(FlushConfig(), strategy="end", max_batch_records=2, flush_budget_s=5.0)
-        aggregator = Aggregator(16 << 20, 100_000, loss)
-        gate = ExportGate()
-        gate.open()
-        worker = ExportWorker(aggregator, Exporter(), None, FlushManager(config), gate, loss, config)
-        as_after_a_distant_backend(worker)
-        self.addCleanup(worker.stop, 5.0)
+        worker, aggregator, loss = self.worker_sending_at_once(Exporter(), max_batch_records=2)
         aggregator.add(L.TRACES, "t", records=1, nbytes=10)
         for i in range(5):  # the lane's batch carries 2; 3 stay queued
             aggregator.add(L.LOGS, f"l{i}", records=1, nbytes=10)
